@@ -1,0 +1,119 @@
+//! The PVH entry point: QEMU (through the firmware's pvh option ROM) jumps to
+//! `pvh_start` in 32-bit protected mode, paging off, EBX = `hvm_start_info`.
+//!
+//! The stub zeroes `.bss`, identity-maps 0–4 GiB with 2 MiB pages (PCI BARs
+//! sit just below 4 GiB), enables long mode, loads a 64-bit GDT and calls
+//! `pvagent_main(start_info)` on the agent's own stack.
+
+use core::arch::global_asm;
+
+// The ELF note that makes QEMU boot the image through PVH:
+// XEN_ELFNOTE_PHYS32_ENTRY (18) whose descriptor is the 32-bit entry address.
+global_asm!(
+    r#"
+    .pushsection .note.pvh, "a", @note
+    .balign 4
+    .long 4
+    .long 4
+    .long 18
+    .asciz "Xen"
+    .balign 4
+    .long pvh_start
+    .balign 4
+    .popsection
+    "#
+);
+
+global_asm!(
+    r#"
+    .pushsection .text.boot, "ax"
+    .code32
+    .global pvh_start
+pvh_start:
+    cli
+    cld
+    mov %ebx, %esi
+
+    /* Zero .bss (page tables and stack live there). */
+    mov $__bss_start, %edi
+    mov $__bss_end, %ecx
+    sub %edi, %ecx
+    xor %eax, %eax
+    rep stosb
+
+    /* PML4[0] -> PDPT; PDPT[0..4] -> PD[0..4]; 2048 PD entries of 2 MiB. */
+    movl $(boot_pdpt + 0x3), boot_pml4
+    mov $boot_pdpt, %edi
+    mov $(boot_pd + 0x3), %eax
+    mov $4, %ecx
+1:  mov %eax, (%edi)
+    add $0x1000, %eax
+    add $8, %edi
+    loop 1b
+    mov $boot_pd, %edi
+    mov $0x83, %eax
+    mov $2048, %ecx
+2:  mov %eax, (%edi)
+    add $0x200000, %eax
+    add $8, %edi
+    loop 2b
+
+    /* PAE, page tables, EFER.LME, then paging: long mode. */
+    mov %cr4, %eax
+    or $0x20, %eax
+    mov %eax, %cr4
+    mov $boot_pml4, %eax
+    mov %eax, %cr3
+    mov $0xc0000080, %ecx
+    rdmsr
+    or $0x100, %eax
+    wrmsr
+    mov %cr0, %eax
+    or $0x80000001, %eax
+    mov %eax, %cr0
+
+    lgdt boot_gdt_ptr
+    ljmp $0x08, $pvh_long_mode
+
+    .code64
+pvh_long_mode:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %ax, %fs
+    mov %ax, %gs
+    mov $__stack_top, %rsp
+    mov %esi, %edi
+    call pvagent_main
+3:  hlt
+    jmp 3b
+    .popsection
+
+    .pushsection .rodata.boot, "a"
+    .balign 8
+boot_gdt:
+    .quad 0
+    .quad 0x00af9a000000ffff
+    .quad 0x00cf92000000ffff
+boot_gdt_end:
+boot_gdt_ptr:
+    .word boot_gdt_end - boot_gdt - 1
+    .long boot_gdt
+    .popsection
+
+    .pushsection .bss.boot, "aw", @nobits
+    .balign 4096
+boot_pml4:
+    .skip 4096
+boot_pdpt:
+    .skip 4096
+boot_pd:
+    .skip 4 * 4096
+    .balign 16
+    .skip 32 * 1024
+__stack_top:
+    .popsection
+    "#,
+    options(att_syntax)
+);

@@ -1,0 +1,46 @@
+//! `struct hvm_start_info`, as QEMU's PVH boot hands it over.
+
+/// Magic value of a valid `hvm_start_info`.
+pub const START_INFO_MAGIC: u32 = 0x336e_c578;
+
+/// What the agent uses of the start info.
+#[derive(Clone, Copy)]
+pub struct BootInfo {
+    /// Physical address of the NUL-terminated `-append` string (0: none).
+    cmdline: u64,
+}
+
+impl BootInfo {
+    /// Reads the start info at the physical address QEMU passed in EBX.
+    pub fn from_start_info(paddr: u32) -> Option<Self> {
+        if paddr == 0 {
+            return None;
+        }
+        let base = paddr as usize as *const u8;
+        // SAFETY: QEMU's PVH boot passes a valid, identity-mapped
+        // hvm_start_info; its layout is fixed (magic at 0, cmdline_paddr at 24).
+        let (magic, cmdline) = unsafe {
+            (core::ptr::read_unaligned(base as *const u32), core::ptr::read_unaligned(base.add(24) as *const u64))
+        };
+        (magic == START_INFO_MAGIC).then_some(BootInfo { cmdline })
+    }
+
+    /// Copies the command line into `buf`; returns its length, or `Err(len)`
+    /// with a lower bound of its length if it does not fit.
+    pub fn copy_cmdline(&self, buf: &mut [u8]) -> Result<usize, usize> {
+        if self.cmdline == 0 || self.cmdline >= 1 << 32 {
+            return Ok(0);
+        }
+        let src = self.cmdline as usize as *const u8;
+        for (i, slot) in buf.iter_mut().enumerate() {
+            // SAFETY: the command line is a NUL-terminated string in low
+            // memory, identity mapped; we stop at its terminator.
+            let byte = unsafe { core::ptr::read_volatile(src.add(i)) };
+            if byte == 0 {
+                return Ok(i);
+            }
+            *slot = byte;
+        }
+        Err(buf.len())
+    }
+}
