@@ -1,11 +1,13 @@
 //! The agent proper: find the devices, load and check the script, run it.
 
-use crate::arch::{self, pvh::BootInfo};
+use crate::arch::{self, interrupts, pvh::BootInfo};
 use crate::exit::{DebugExit, ErrorExit};
 use crate::fw_cfg::{self, FileEntry, FwCfg};
 use crate::pvpanic::{self, Pvpanic};
 use crate::script::{self, Action, PvDevice, PvEvent, Step};
 use crate::time::Clock;
+use crate::watchdog::{self, I6300Esb, Ib700, Model, Watchdog};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use defmt::{error, info, warn};
 
 /// Everything the agent found on the machine.
@@ -15,6 +17,9 @@ pub struct Devices {
     pvpanic_isa: Option<Pvpanic>,
     pvpanic_pci: Option<Pvpanic>,
     debug_exit: Option<DebugExit>,
+    /// ib700's ports are write-only: it cannot be detected, only used.
+    ib700: Ib700,
+    i6300esb: Option<I6300Esb>,
 }
 
 impl Devices {
@@ -47,6 +52,8 @@ impl Devices {
             pvpanic_isa: isa_port.and_then(Pvpanic::probe_isa),
             pvpanic_pci: Pvpanic::probe_pci(),
             debug_exit: DebugExit::probe(),
+            ib700: Ib700::default(),
+            i6300esb: I6300Esb::probe(),
             fw_cfg,
         }
     }
@@ -67,6 +74,16 @@ impl Devices {
                 None => info!("{=str}: not present", name),
             }
         }
+        match &self.i6300esb {
+            Some(esb) => info!(
+                "i6300esb: {} BAR0 at {=u64:#x}, previous reset by this watchdog: {=str}",
+                esb.bdf(),
+                esb.address(),
+                yes_no(esb.previous_reboot())
+            ),
+            None => info!("i6300esb: not present"),
+        }
+        info!("ib700: write-only ports 0x441/0x443 (cannot be detected)");
         match self.debug_exit {
             Some(_) => info!("isa-debug-exit: at {=u16:#x}", crate::exit::DEBUG_EXIT_PORT),
             None => info!("isa-debug-exit: not present (errors will halt instead of exiting)"),
@@ -82,18 +99,17 @@ impl Devices {
         }
     }
 
-    /// Ends the agent with one of its documented error exits (or halts when
-    /// QEMU has no isa-debug-exit).
-    pub fn fail(&mut self, why: ErrorExit) -> ! {
-        match self.debug_exit.take() {
-            Some(exit) => {
-                error!("exiting through isa-debug-exit with {=u8:#04x} ({})", why.code(), why);
-                exit.exit(why.code())
-            }
-            None => {
-                error!("no isa-debug-exit device: halting ({})", why);
-                arch::halt()
-            }
+    fn feed(&mut self, model: Model) {
+        match model {
+            Model::Ib700 => self.ib700.feed(),
+            Model::I6300Esb => self.i6300esb.as_mut().map_or((), Watchdog::feed),
+        }
+    }
+
+    fn stop(&mut self, model: Model) -> bool {
+        match model {
+            Model::Ib700 => self.ib700.stop(),
+            Model::I6300Esb => self.i6300esb.as_mut().is_some_and(Watchdog::stop),
         }
     }
 }
@@ -102,11 +118,27 @@ fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
+/// Ends the agent with one of its documented error exits (or halts when
+/// QEMU has no isa-debug-exit).
+fn fail(debug_exit: Option<DebugExit>, why: ErrorExit) -> ! {
+    match debug_exit {
+        Some(exit) => {
+            error!("exiting through isa-debug-exit with {=u8:#04x} ({})", why.code(), why);
+            exit.exit(why.code())
+        }
+        None => {
+            error!("no isa-debug-exit device: halting ({})", why);
+            arch::halt()
+        }
+    }
+}
+
 /// Why a step cannot run on this machine.
 enum DeviceError {
     NoPvpanic(PvDevice),
     NotAdvertised(&'static str, u64, u8, PvEvent),
     NoDebugExit,
+    NoI6300Esb,
 }
 
 /// Checks that the devices a step needs are there.
@@ -120,6 +152,9 @@ fn check(step: &Step<'_>, devices: &Devices) -> Result<(), DeviceError> {
             Ok(())
         }
         Action::Exit(_) if devices.debug_exit.is_none() => Err(DeviceError::NoDebugExit),
+        _ if step.action.watchdog() == Some(Model::I6300Esb) && devices.i6300esb.is_none() => {
+            Err(DeviceError::NoI6300Esb)
+        }
         _ => Ok(()),
     }
 }
@@ -149,6 +184,9 @@ fn log_device_error(number: usize, step: &Step<'_>, e: &DeviceError) {
             "step {=usize} ({=str}): no isa-debug-exit (add -device isa-debug-exit,iobase=0xf4,iosize=0x04)",
             number, step.text
         ),
+        DeviceError::NoI6300Esb => {
+            error!("step {=usize} ({=str}): no i6300esb device (add -device i6300esb)", number, step.text)
+        }
     }
 }
 
@@ -159,15 +197,68 @@ enum Source {
     CommandLine,
 }
 
+/// The device that interrupt and panic handlers report through (packed by
+/// [`Pvpanic::to_raw`]; 0 = none), and whether isa-debug-exit exists.
+static REPORT_PVPANIC: AtomicU64 = AtomicU64::new(0);
+static HAS_DEBUG_EXIT: AtomicBool = AtomicBool::new(false);
+
+fn report_device(event: PvEvent) -> Option<Pvpanic> {
+    Pvpanic::from_raw(REPORT_PVPANIC.load(Ordering::Relaxed)).filter(|d| pvpanic::advertises(d.events(), event))
+}
+
+/// Reports a crash of the agent: pvpanic `panicked` when a device is there,
+/// else the documented isa-debug-exit code, else halt.
+fn report_crash(why: ErrorExit) -> ! {
+    if let Some(device) = report_device(PvEvent::Panicked) {
+        error!("reporting it through {=str} panicked", device.name());
+        device.fire(PvEvent::Panicked);
+        arch::halt();
+    }
+    let debug_exit = if HAS_DEBUG_EXIT.load(Ordering::Relaxed) { DebugExit::probe() } else { None };
+    fail(debug_exit, why)
+}
+
+fn on_nmi() {
+    warn!("NMI received (QEMU's watchdog action inject-nmi sends one)");
+    match report_device(PvEvent::CrashLoaded) {
+        Some(device) => {
+            info!("reporting the NMI through {=str} crashloaded", device.name());
+            device.fire(PvEvent::CrashLoaded);
+        }
+        None => warn!("no pvpanic device with crashloaded: the NMI is only logged"),
+    }
+}
+
+fn on_exception(frame: &interrupts::Frame) -> ! {
+    error!(
+        "CPU exception {=u64} ({=str}): error code {=u64:#x}, RIP {=u64:#x}, RSP {=u64:#x}",
+        frame.vector,
+        interrupts::vector_name(frame.vector),
+        frame.error_code,
+        frame.rip,
+        frame.rsp
+    );
+    if frame.vector == u64::from(interrupts::PAGE_FAULT) {
+        error!("page fault address (CR2) {=u64:#x}", interrupts::cr2());
+    }
+    report_crash(ErrorExit::Fault)
+}
+
 /// The agent's main loop, entered from the architecture's start-up code.
 pub fn run(boot: Option<BootInfo>) -> ! {
     crate::log::init();
-    info!("pvagent {=str} (x86_64, PVH boot)", crate::VERSION);
+    interrupts::init(interrupts::Handlers { nmi: on_nmi, exception: on_exception });
+    let boot_number = crate::cmos::count_boot();
+    info!("pvagent {=str} (x86_64, PVH boot), boot {=u8}", crate::VERSION, boot_number);
     if boot.is_none() {
         warn!("no valid PVH start info: no command line");
     }
     let mut devices = Devices::discover();
     devices.log();
+    if let Some(device) = devices.pvpanic(PvDevice::Any) {
+        REPORT_PVPANIC.store(device.to_raw(), Ordering::Relaxed);
+    }
+    HAS_DEBUG_EXIT.store(devices.debug_exit.is_some(), Ordering::Relaxed);
 
     // Load the script text: fw_cfg first, else the command line.
     let mut buf = [0u8; script::MAX_SCRIPT_LEN + 1];
@@ -188,7 +279,7 @@ pub fn run(boot: Option<BootInfo>) -> ! {
         Ok(script) => script,
         Err(e) => {
             error!("{}", defmt::Display2Format(&e));
-            devices.fail(ErrorExit::Script)
+            fail(devices.debug_exit.take(), ErrorExit::Script)
         }
     };
     info!("script from {}: {=usize} step(s)", source, script.len());
@@ -197,7 +288,7 @@ pub fn run(boot: Option<BootInfo>) -> ! {
     for (i, step) in script.iter().enumerate() {
         if let Err(e) = check(step, &devices) {
             log_device_error(i + 1, step, &e);
-            devices.fail(ErrorExit::Device);
+            fail(devices.debug_exit.take(), ErrorExit::Device);
         }
     }
 
@@ -221,27 +312,70 @@ pub fn run(boot: Option<BootInfo>) -> ! {
                 info!("halting");
                 arch::halt();
             }
+            Action::FirstBoot if boot_number > 1 => {
+                info!("boot {=u8} is not the first: the script ends here", boot_number);
+                arch::halt();
+            }
+            Action::FirstBoot => {}
+            Action::WatchdogArm(watchdog::Timeout::Ib700(timeout)) => {
+                info!("ib700: armed, WATCHDOG after {=u64}us", timeout.us());
+                devices.ib700.arm(&timeout);
+            }
+            Action::WatchdogArm(watchdog::Timeout::I6300Esb(settings)) => {
+                info!(
+                    "i6300esb: armed, {=str} prescaler, preloads {=u32}/{=u32}, reboot {=str}, free-run {=str}: WATCHDOG after {=u64}us",
+                    settings.prescaler.name(),
+                    settings.preload1,
+                    settings.preload2,
+                    yes_no(settings.reboot),
+                    yes_no(settings.free_run),
+                    settings.total_us()
+                );
+                if let Some(esb) = devices.i6300esb.as_mut() {
+                    esb.arm(&settings);
+                }
+            }
+            Action::WatchdogFeed(model) => devices.feed(model),
+            Action::WatchdogStop(model) => {
+                if !devices.stop(model) {
+                    warn!("{=str}: locked, it cannot be stopped", model.name());
+                }
+            }
+            Action::FeedFor { model, every_us, for_us } => {
+                let clock = clock.get_or_insert_with(Clock::calibrate);
+                let start = clock.now_us();
+                let mut feeds = 0u64;
+                loop {
+                    devices.feed(model);
+                    feeds += 1;
+                    let next = feeds * every_us;
+                    if next > for_us {
+                        break;
+                    }
+                    let now = clock.now_us() - start;
+                    clock.sleep_us(next.saturating_sub(now));
+                }
+                info!("{=str}: fed {=u64} times, last at {=u64}us", model.name(), feeds, clock.now_us() - start);
+            }
         }
     }
     info!("script finished: halting");
     arch::halt()
 }
 
-/// Reports a panic of the agent: pvpanic `panicked` when a device is there,
-/// else the documented isa-debug-exit code, else halt.
+/// The panic handler's body.
 pub fn report_panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    use core::sync::atomic::{AtomicBool, Ordering};
     static PANICKING: AtomicBool = AtomicBool::new(false);
     if PANICKING.swap(true, Ordering::Relaxed) {
         arch::halt();
     }
     error!("panic: {}", defmt::Display2Format(info));
-    let mut devices = Devices::discover();
-    if let Some(device) = devices.pvpanic(PvDevice::Any).filter(|d| pvpanic::advertises(d.events(), PvEvent::Panicked))
-    {
-        error!("reporting the panic through {=str}", device.name());
-        device.fire(PvEvent::Panicked);
-        arch::halt();
+    if REPORT_PVPANIC.load(Ordering::Relaxed) == 0 && !HAS_DEBUG_EXIT.load(Ordering::Relaxed) {
+        // A panic before discovery finished: look for the devices now.
+        if let Some(device) = Pvpanic::probe_isa(pvpanic::ISA_DEFAULT_PORT) {
+            REPORT_PVPANIC.store(device.to_raw(), Ordering::Relaxed);
+        }
+        HAS_DEBUG_EXIT.store(DebugExit::probe().is_some(), Ordering::Relaxed);
     }
-    devices.fail(ErrorExit::Panic)
+    report_crash(ErrorExit::Panic)
 }

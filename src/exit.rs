@@ -20,6 +20,8 @@ pub enum ErrorExit {
     Device = 0x71,
     /// The agent panicked and no pvpanic device could report it (229).
     Panic = 0x72,
+    /// A CPU exception and no pvpanic device to report it (231).
+    Fault = 0x73,
 }
 
 impl ErrorExit {
@@ -77,6 +79,7 @@ mod tests {
         assert_eq!(qemu_status(ErrorExit::Script.code()), 225);
         assert_eq!(qemu_status(ErrorExit::Device.code()), 227);
         assert_eq!(qemu_status(ErrorExit::Panic.code()), 229);
+        assert_eq!(qemu_status(ErrorExit::Fault.code()), 231);
         assert_eq!(qemu_status(0), 1);
         assert_eq!(qemu_status(5), 11);
         assert!(ErrorExit::Script.code() as u64 > crate::script::MAX_USER_EXIT_CODE);

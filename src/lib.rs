@@ -8,11 +8,13 @@
 //!   the bare-metal target (`target_os = "none"`). `unsafe` lives there only.
 #![cfg_attr(not(test), no_std)]
 
+pub mod cmos;
 pub mod exit;
 pub mod fw_cfg;
 pub mod pci;
 pub mod pvpanic;
 pub mod script;
+pub mod watchdog;
 
 #[cfg(target_os = "none")]
 pub mod agent;

@@ -84,6 +84,30 @@ mod hw {
             }
         }
 
+        /// Packs the device into one word (0 = none), so that interrupt
+        /// and panic handlers can find it without touching shared state.
+        pub fn to_raw(&self) -> u64 {
+            let kind = match self {
+                Pvpanic::Isa { .. } => 0,
+                Pvpanic::Pci { .. } => 1 << 62,
+            };
+            1 << 63 | kind | u64::from(self.events()) << 48 | (self.address() & 0xffff_ffff_ffff)
+        }
+
+        /// Unpacks [`Self::to_raw`] (the PCI address is not kept).
+        pub fn from_raw(raw: u64) -> Option<Self> {
+            if raw >> 63 == 0 {
+                return None;
+            }
+            let events = (raw >> 48) as u8;
+            let address = raw & 0xffff_ffff_ffff;
+            Some(if raw & 1 << 62 == 0 {
+                Pvpanic::Isa { port: address as u16, events }
+            } else {
+                Pvpanic::Pci { bdf: Bdf { bus: 0, device: 0, function: 0 }, base: address, events }
+            })
+        }
+
         /// Reports one event. Only one bit is ever written: QEMU acts on the
         /// first bit it recognises.
         pub fn fire(&self, event: PvEvent) {

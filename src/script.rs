@@ -11,6 +11,7 @@
 //! script before the agent runs any step, so a script with an error anywhere
 //! never fires an event.
 
+use crate::watchdog::{self, Model, i6300esb, ib700};
 use core::fmt;
 use heapless::Vec;
 
@@ -81,6 +82,30 @@ pub enum Action<'a> {
     Log(&'a str),
     /// Idle forever.
     Halt,
+    /// Arm a watchdog (the model is the timeout's).
+    WatchdogArm(watchdog::Timeout),
+    WatchdogFeed(Model),
+    WatchdogStop(Model),
+    /// Feed at `0, every, 2·every, …` up to `for`, then end the step.
+    FeedFor {
+        model: Model,
+        every_us: u64,
+        for_us: u64,
+    },
+    /// On any boot after the first (a watchdog reset), end the script here.
+    FirstBoot,
+}
+
+impl Action<'_> {
+    /// The watchdog a step uses, if any.
+    pub fn watchdog(&self) -> Option<Model> {
+        match *self {
+            Action::WatchdogArm(watchdog::Timeout::Ib700(_)) => Some(Model::Ib700),
+            Action::WatchdogArm(watchdog::Timeout::I6300Esb(_)) => Some(Model::I6300Esb),
+            Action::WatchdogFeed(m) | Action::WatchdogStop(m) | Action::FeedFor { model: m, .. } => Some(m),
+            _ => None,
+        }
+    }
 }
 
 /// A parsed step: what to do, plus where it came from for the log.
@@ -125,6 +150,20 @@ pub enum ErrorKind<'a> {
     MissingDurationUnit(&'a str),
     DurationTooLong(&'a str),
     ExitCodeOutOfRange(u64),
+    Ib700Timeout(&'a str),
+    EsbTooLong(&'a str),
+    EsbUnrepresentable(&'a str),
+    UnknownFlag {
+        verb: &'a str,
+        flag: &'a str,
+    },
+    UnknownDevice(&'a str),
+    /// A `key=value` argument is missing or repeated.
+    NeedsKey {
+        verb: &'a str,
+        key: &'static str,
+    },
+    ZeroInterval,
 }
 
 /// A refused script: which step, where, and why.
@@ -171,6 +210,20 @@ impl fmt::Display for ScriptError<'_> {
                 write!(f, "duration '{d}' has no unit (use us, ms or s)")
             }
             ErrorKind::DurationTooLong(d) => write!(f, "duration '{d}' is too long"),
+            ErrorKind::Ib700Timeout(d) => {
+                write!(f, "ib700 cannot time out after '{d}': its timeouts are 0s, 2s, 4s, ... 30s")
+            }
+            ErrorKind::EsbTooLong(d) => {
+                write!(f, "i6300esb stages of '{d}' exceed its range (about 1030s a stage)")
+            }
+            ErrorKind::EsbUnrepresentable(d) => write!(
+                f,
+                "i6300esb cannot represent stages '{d}' within 0.5% with one prescaler (1MHz: 0.96us units up to 1.0066s; 1kHz: 983.04us units)"
+            ),
+            ErrorKind::UnknownFlag { verb, flag } => write!(f, "'{verb}' has no option '{flag}'"),
+            ErrorKind::UnknownDevice(d) => write!(f, "unknown watchdog '{d}' (ib700 or i6300esb)"),
+            ErrorKind::NeedsKey { verb, key } => write!(f, "'{verb}' needs exactly one '{key}=<duration>'"),
+            ErrorKind::ZeroInterval => write!(f, "'every=' must be longer than 0"),
             ErrorKind::ExitCodeOutOfRange(c) => write!(
                 f,
                 "exit code {c} out of range (0..={MAX_USER_EXIT_CODE}; higher values are the agent's own error codes)"
@@ -315,8 +368,8 @@ fn parse_step(step: &str) -> Result<Action<'_>, (usize, ErrorKind<'_>)> {
         Some(a) => Ok(a),
     };
 
-    if let Some((device, event)) = verb.split_once('.') {
-        let device = match device {
+    if let Some((device_name, event)) = verb.split_once('.') {
+        let device = match device_name {
             "pvpanic" => Some(PvDevice::Any),
             "pvpanic-isa" => Some(PvDevice::Isa),
             "pvpanic-pci" => Some(PvDevice::Pci),
@@ -326,9 +379,17 @@ fn parse_step(step: &str) -> Result<Action<'_>, (usize, ErrorKind<'_>)> {
             no_args()?;
             return Ok(Action::Pvpanic(device, event));
         }
+        if let Some(model) = Model::from_name(device_name) {
+            return parse_watchdog(model, event, verb, args, args_at, step.len());
+        }
         return Err((0, ErrorKind::UnknownVerb(verb)));
     }
     match verb {
+        "first-boot" => {
+            no_args()?;
+            Ok(Action::FirstBoot)
+        }
+        "feed" => parse_feed(verb, one_arg("a watchdog, every=<duration> and for=<duration>")?, args_at),
         "halt" => {
             no_args()?;
             Ok(Action::Halt)
@@ -348,6 +409,106 @@ fn parse_step(step: &str) -> Result<Action<'_>, (usize, ErrorKind<'_>)> {
         }
         _ => Err((0, ErrorKind::UnknownVerb(verb))),
     }
+}
+
+type StepResult<'a> = Result<Action<'a>, (usize, ErrorKind<'a>)>;
+
+/// Splits an argument list on commas, with each argument's offset.
+fn split_args(args: &str, at: usize) -> impl Iterator<Item = (&str, usize)> {
+    let mut offset = at;
+    args.split(',').map(move |raw| {
+        let (arg, lead) = trim_with_offset(raw);
+        let here = offset + lead;
+        offset += raw.len() + 1;
+        (arg, here)
+    })
+}
+
+fn duration_arg(arg: &str, at: usize) -> Result<u64, (usize, ErrorKind<'_>)> {
+    parse_duration_us(arg).map_err(|e| (at, duration_error(e, arg)))
+}
+
+/// `ib700.*` and `i6300esb.*`.
+fn parse_watchdog<'a>(
+    model: Model,
+    op: &'a str,
+    verb: &'a str,
+    args: Option<&'a str>,
+    args_at: usize,
+    end: usize,
+) -> StepResult<'a> {
+    let no_args = |action| match args {
+        Some(_) => Err((args_at, ErrorKind::UnexpectedArgument { verb })),
+        None => Ok(action),
+    };
+    match op {
+        "feed" => no_args(Action::WatchdogFeed(model)),
+        "stop" => no_args(Action::WatchdogStop(model)),
+        "arm" => {
+            let Some(args) = args.filter(|a| !a.trim().is_empty()) else {
+                return Err((end, ErrorKind::MissingArgument { verb, what: "a timeout, e.g. 2s" }));
+            };
+            match model {
+                Model::Ib700 => {
+                    let arg = single(verb, args, args_at)?;
+                    let us = duration_arg(arg, args_at)?;
+                    let timeout = ib700::Timeout::from_us(us).ok_or((args_at, ErrorKind::Ib700Timeout(arg)))?;
+                    Ok(Action::WatchdogArm(watchdog::Timeout::Ib700(timeout)))
+                }
+                Model::I6300Esb => parse_esb_arm(verb, args, args_at),
+            }
+        }
+        _ => Err((0, ErrorKind::UnknownVerb(verb))),
+    }
+}
+
+/// `i6300esb.arm:<stage1>[,<stage2>][,no-reboot][,free-run]`.
+fn parse_esb_arm<'a>(verb: &'a str, args: &'a str, at: usize) -> StepResult<'a> {
+    let (mut stages, mut reboot, mut free_run) = (Vec::<u64, 2>::new(), true, false);
+    for (arg, offset) in split_args(args, at) {
+        match arg {
+            "no-reboot" => reboot = false,
+            "free-run" => free_run = true,
+            _ if arg.bytes().next().is_some_and(|b| b.is_ascii_digit()) => {
+                let us = duration_arg(arg, offset)?;
+                stages.push(us).map_err(|_| (offset, ErrorKind::TooManyArguments { verb, max: 4 }))?;
+            }
+            _ => return Err((offset, ErrorKind::UnknownFlag { verb, flag: arg })),
+        }
+    }
+    let stage1 = stages[0];
+    let stage2 = stages.get(1).copied().unwrap_or(stage1);
+    match i6300esb::Settings::new(stage1, stage2, reboot, free_run) {
+        Ok(settings) => Ok(Action::WatchdogArm(watchdog::Timeout::I6300Esb(settings))),
+        Err(i6300esb::ArmError::TooLong) => Err((at, ErrorKind::EsbTooLong(args))),
+        Err(i6300esb::ArmError::Unrepresentable) => Err((at, ErrorKind::EsbUnrepresentable(args))),
+    }
+}
+
+/// `feed:<watchdog>,every=<duration>,for=<duration>`.
+fn parse_feed<'a>(verb: &'a str, args: &'a str, at: usize) -> StepResult<'a> {
+    let mut parts = split_args(args, at);
+    let (device, device_at) = parts.next().unwrap_or(("", at));
+    let model = Model::from_name(device).ok_or((device_at, ErrorKind::UnknownDevice(device)))?;
+    let (mut every, mut total) = (None, None);
+    for (arg, offset) in parts {
+        let (slot, value) = match arg.split_once('=') {
+            Some(("every", v)) => (&mut every, v),
+            Some(("for", v)) => (&mut total, v),
+            _ => return Err((offset, ErrorKind::UnknownFlag { verb, flag: arg })),
+        };
+        if slot.is_some() {
+            let key = if arg.starts_with("every") { "every" } else { "for" };
+            return Err((offset, ErrorKind::NeedsKey { verb, key }));
+        }
+        *slot = Some(duration_arg(value, offset + arg.len() - value.len())?);
+    }
+    let every_us = every.ok_or((at, ErrorKind::NeedsKey { verb, key: "every" }))?;
+    let for_us = total.ok_or((at, ErrorKind::NeedsKey { verb, key: "for" }))?;
+    if every_us == 0 {
+        return Err((at, ErrorKind::ZeroInterval));
+    }
+    Ok(Action::FeedFor { model, every_us, for_us })
 }
 
 /// Checks that an argument list holds exactly one argument and returns it.
@@ -498,6 +659,65 @@ mod tests {
         assert_eq!(parse_bytes(b"log:\xff").unwrap_err().kind, ErrorKind::NotAscii);
         assert_eq!(parse_bytes(b"log:\xff").unwrap_err().offset, 4);
         assert!(parse_bytes(b"halt").is_ok());
+    }
+
+    #[test]
+    fn watchdog_verbs() {
+        let a = actions("ib700.arm:4s; ib700.feed; ib700.stop; i6300esb.feed; i6300esb.stop; first-boot");
+        assert_eq!(a[0], Action::WatchdogArm(watchdog::Timeout::Ib700(ib700::Timeout::from_us(4_000_000).unwrap())));
+        assert_eq!(a[1..3], [Action::WatchdogFeed(Model::Ib700), Action::WatchdogStop(Model::Ib700)]);
+        assert_eq!(a[3].watchdog(), Some(Model::I6300Esb));
+        assert_eq!(a[5], Action::FirstBoot);
+        assert_eq!(error("ib700.arm:3s").kind, ErrorKind::Ib700Timeout("3s"));
+        assert_eq!(
+            error("ib700.arm").kind,
+            ErrorKind::MissingArgument { verb: "ib700.arm", what: "a timeout, e.g. 2s" }
+        );
+        assert_eq!(error("ib700.kick").kind, ErrorKind::UnknownVerb("ib700.kick"));
+    }
+
+    #[test]
+    fn i6300esb_arm_options() {
+        // 1 s still fits the 1 MHz prescaler's 20 bits (up to 1.0066 s): exact.
+        let Action::WatchdogArm(watchdog::Timeout::I6300Esb(s)) = actions("i6300esb.arm:1s")[0] else { panic!() };
+        assert_eq!((s.prescaler, s.reboot, s.free_run), (i6300esb::Prescaler::Mhz1, true, false));
+        assert_eq!(s.total_us(), 2_000_000);
+        let Action::WatchdogArm(watchdog::Timeout::I6300Esb(s)) = actions("i6300esb.arm:2s")[0] else { panic!() };
+        assert_eq!(s.prescaler, i6300esb::Prescaler::Khz1);
+        assert!(s.total_us().abs_diff(4_000_000) < 1_000);
+        let Action::WatchdogArm(watchdog::Timeout::I6300Esb(s)) =
+            actions("i6300esb.arm:100ms, 300ms, no-reboot, free-run")[0]
+        else {
+            panic!()
+        };
+        assert_eq!((s.prescaler, s.reboot, s.free_run), (i6300esb::Prescaler::Mhz1, false, true));
+        assert_eq!(s.total_us(), 400_000);
+        assert_eq!(error("i6300esb.arm:1s,maybe").kind, ErrorKind::UnknownFlag { verb: "i6300esb.arm", flag: "maybe" });
+        assert_eq!(error("i6300esb.arm:2000s").kind, ErrorKind::EsbTooLong("2000s"));
+        assert_eq!(error("i6300esb.arm:2ms,100s").kind, ErrorKind::EsbUnrepresentable("2ms,100s"));
+        assert!(matches!(error("i6300esb.arm:1s,2s,3s").kind, ErrorKind::TooManyArguments { .. }));
+    }
+
+    #[test]
+    fn feed_for() {
+        assert_eq!(
+            actions("feed:i6300esb,every=500ms,for=3s"),
+            [Action::FeedFor { model: Model::I6300Esb, every_us: 500_000, for_us: 3_000_000 }]
+        );
+        assert_eq!(
+            actions("feed: ib700 , for=1s, every=1ms"),
+            [Action::FeedFor { model: Model::Ib700, every_us: 1_000, for_us: 1_000_000 }]
+        );
+        assert_eq!(error("feed:diag288,every=1s,for=2s").kind, ErrorKind::UnknownDevice("diag288"));
+        assert_eq!(error("feed:ib700,every=1s").kind, ErrorKind::NeedsKey { verb: "feed", key: "for" });
+        assert_eq!(
+            error("feed:ib700,every=1s,every=2s,for=1s").kind,
+            ErrorKind::NeedsKey { verb: "feed", key: "every" }
+        );
+        assert_eq!(error("feed:ib700,every=0s,for=1s").kind, ErrorKind::ZeroInterval);
+        assert_eq!(error("feed:ib700,every=x1s,for=1s").kind, ErrorKind::BadNumber("x1s"));
+        let e = error("feed:ib700,every=1s,for=1h");
+        assert_eq!((e.offset, e.kind), (24, ErrorKind::BadDurationUnit("1h")));
     }
 
     #[test]

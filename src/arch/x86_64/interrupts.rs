@@ -1,0 +1,214 @@
+//! The IDT: an entry stub for each CPU exception (naked functions: stable
+//! Rust has no `x86-interrupt` ABI), one common path that saves the
+//! registers, and a dispatcher into the agent.
+
+use core::arch::naked_asm;
+use core::cell::UnsafeCell;
+use x86_64::VirtAddr;
+use x86_64::instructions::tables::lidt;
+use x86_64::structures::DescriptorTablePointer;
+
+/// Vector of the non-maskable interrupt.
+pub const NMI: u8 = 2;
+/// Vector of the page fault.
+pub const PAGE_FAULT: u8 = 14;
+
+/// The registers the common entry saves, then what the CPU pushed.
+#[repr(C)]
+pub struct Frame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    /// The CPU's error code, or 0 for vectors without one.
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// One 16-byte interrupt gate.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Gate {
+    offset_low: u16,
+    selector: u16,
+    ist: u8,
+    attributes: u8,
+    offset_mid: u16,
+    offset_high: u32,
+    reserved: u32,
+}
+
+impl Gate {
+    const MISSING: Gate =
+        Gate { offset_low: 0, selector: 0, ist: 0, attributes: 0, offset_mid: 0, offset_high: 0, reserved: 0 };
+
+    fn interrupt(handler: usize) -> Gate {
+        Gate {
+            offset_low: handler as u16,
+            selector: 0x08, // the boot GDT's code segment
+            ist: 0,
+            attributes: 0x8e, // present, DPL 0, 64-bit interrupt gate
+            offset_mid: (handler >> 16) as u16,
+            offset_high: (handler >> 32) as u32,
+            reserved: 0,
+        }
+    }
+}
+
+#[repr(C, align(16))]
+struct Idt(UnsafeCell<[Gate; 32]>);
+
+// SAFETY: written once by `init` on the only CPU before interrupts can arrive.
+unsafe impl Sync for Idt {}
+
+static IDT: Idt = Idt(UnsafeCell::new([Gate::MISSING; 32]));
+
+/// The exception and NMI handlers the agent supplies.
+pub struct Handlers {
+    pub nmi: fn(),
+    pub exception: fn(&Frame) -> !,
+}
+
+struct HandlerCell(UnsafeCell<Option<Handlers>>);
+// SAFETY: set once by `init` before the IDT is loaded; read-only afterwards.
+unsafe impl Sync for HandlerCell {}
+static HANDLERS: HandlerCell = HandlerCell(UnsafeCell::new(None));
+
+/// Installs the IDT for vectors 0–31.
+pub fn init(handlers: Handlers) {
+    // SAFETY: called once, on the only CPU, before the IDT is loaded; no
+    // other reference to these statics exists yet.
+    let gates = unsafe {
+        *HANDLERS.0.get() = Some(handlers);
+        &mut *IDT.0.get()
+    };
+    for (gate, stub) in gates.iter_mut().zip(STUBS) {
+        *gate = Gate::interrupt(stub as usize);
+    }
+    let pointer = DescriptorTablePointer {
+        limit: (core::mem::size_of::<[Gate; 32]>() - 1) as u16,
+        base: VirtAddr::new(IDT.0.get() as u64),
+    };
+    // SAFETY: the table is static, fully initialised, and its gates point
+    // at the stubs below with the boot GDT's code selector.
+    unsafe { lidt(&pointer) };
+}
+
+/// Called by the common entry with the saved frame.
+extern "C" fn dispatch(frame: &mut Frame) {
+    // SAFETY: HANDLERS was set before the IDT was loaded and is never
+    // written again.
+    let Some(handlers) = (unsafe { &*HANDLERS.0.get() }) else { return };
+    if frame.vector == u64::from(NMI) {
+        (handlers.nmi)();
+    } else {
+        (handlers.exception)(frame);
+    }
+}
+
+/// Saves every general register, calls `dispatch(&mut Frame)`, restores
+/// them, drops the vector and error code, and returns from the interrupt.
+#[unsafe(naked)]
+extern "C" fn common_entry() {
+    naked_asm!(
+        "push rax", "push rcx", "push rdx", "push rbx", "push rbp", "push rsi", "push rdi",
+        "push r8", "push r9", "push r10", "push r11", "push r12", "push r13", "push r14", "push r15",
+        "mov rdi, rsp",
+        "call {dispatch}",
+        "pop r15", "pop r14", "pop r13", "pop r12", "pop r11", "pop r10", "pop r9", "pop r8",
+        "pop rdi", "pop rsi", "pop rbp", "pop rbx", "pop rdx", "pop rcx", "pop rax",
+        "add rsp, 16",
+        "iretq",
+        dispatch = sym dispatch,
+    )
+}
+
+/// One stub per vector: pushes a dummy error code where the CPU pushes
+/// none, then the vector, and joins the common entry.
+macro_rules! stubs {
+    ($($name:ident = $vector:literal $($error:ident)?;)*) => {
+        $(
+            #[unsafe(naked)]
+            extern "C" fn $name() {
+                naked_asm!(
+                    stubs!(@dummy $($error)?),
+                    concat!("push ", $vector),
+                    "jmp {common}",
+                    common = sym common_entry,
+                )
+            }
+        )*
+        const STUBS: [extern "C" fn(); 32] = [$($name),*];
+    };
+    (@dummy error) => { "" };
+    (@dummy) => { "push 0" };
+}
+
+stubs! {
+    vector0 = 0; vector1 = 1; vector2 = 2; vector3 = 3; vector4 = 4; vector5 = 5; vector6 = 6; vector7 = 7;
+    vector8 = 8 error; vector9 = 9; vector10 = 10 error; vector11 = 11 error; vector12 = 12 error;
+    vector13 = 13 error; vector14 = 14 error; vector15 = 15; vector16 = 16; vector17 = 17 error;
+    vector18 = 18; vector19 = 19; vector20 = 20; vector21 = 21 error; vector22 = 22; vector23 = 23;
+    vector24 = 24; vector25 = 25; vector26 = 26; vector27 = 27; vector28 = 28; vector29 = 29 error;
+    vector30 = 30 error; vector31 = 31;
+}
+
+/// The mnemonic of an exception vector.
+pub fn vector_name(vector: u64) -> &'static str {
+    const NAMES: [&str; 32] = [
+        "#DE divide error",
+        "#DB debug",
+        "NMI",
+        "#BP breakpoint",
+        "#OF overflow",
+        "#BR bound range",
+        "#UD invalid opcode",
+        "#NM device not available",
+        "#DF double fault",
+        "coprocessor segment overrun",
+        "#TS invalid TSS",
+        "#NP segment not present",
+        "#SS stack-segment fault",
+        "#GP general protection",
+        "#PF page fault",
+        "reserved",
+        "#MF x87 floating-point",
+        "#AC alignment check",
+        "#MC machine check",
+        "#XM SIMD floating-point",
+        "#VE virtualization",
+        "#CP control protection",
+        "reserved",
+        "reserved",
+        "reserved",
+        "reserved",
+        "reserved",
+        "reserved",
+        "#HV hypervisor injection",
+        "#VC VMM communication",
+        "#SX security",
+        "reserved",
+    ];
+    NAMES.get(vector as usize).copied().unwrap_or("unknown")
+}
+
+/// The faulting address of the last page fault.
+pub fn cr2() -> u64 {
+    x86_64::registers::control::Cr2::read_raw()
+}

@@ -1,0 +1,50 @@
+//! The agent's watchdog abstraction (embedded-hal 1.0 has none) and its two
+//! x86 models.
+
+pub mod i6300esb;
+pub mod ib700;
+
+#[cfg(target_os = "none")]
+pub use {i6300esb::I6300Esb, ib700::Ib700};
+
+/// Which watchdog a step addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub enum Model {
+    Ib700,
+    I6300Esb,
+}
+
+impl Model {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Model::Ib700 => "ib700",
+            Model::I6300Esb => "i6300esb",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Model::Ib700, Model::I6300Esb].into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// How a watchdog is armed; computed (and checked) when the script is parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timeout {
+    Ib700(ib700::Timeout),
+    I6300Esb(i6300esb::Settings),
+}
+
+/// What every watchdog driver offers.
+pub trait Watchdog {
+    /// The device's own representation of a timeout.
+    type Timeout;
+    /// Starts (or restarts) the countdown.
+    fn arm(&mut self, timeout: &Self::Timeout);
+    /// Restarts the countdown of an armed watchdog.
+    fn feed(&mut self);
+    /// Stops the countdown; false if the device cannot be stopped.
+    fn stop(&mut self) -> bool;
+    /// Whether `stop` can work.
+    fn can_stop(&self) -> bool;
+}
