@@ -6,7 +6,7 @@ use crate::fw_cfg::{self, FileEntry, FwCfg};
 use crate::pvpanic::{self, Pvpanic};
 use crate::script::{self, Action, PvDevice, PvEvent, Step};
 use crate::time::Clock;
-use crate::watchdog::{self, I6300Esb, Ib700, Model, Watchdog};
+use crate::watchdog::{self, I6300Esb, Ib700, Model, Watchdog, i6300esb, ib700};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use defmt::{error, info, warn};
 
@@ -18,8 +18,8 @@ pub struct Devices {
     pvpanic_pci: Option<Pvpanic>,
     debug_exit: Option<DebugExit>,
     /// ib700's ports are write-only: it cannot be detected, only used.
-    ib700: Ib700,
-    i6300esb: Option<I6300Esb>,
+    ib700: Ib700<ib700::IsaPorts>,
+    i6300esb: Option<I6300Esb<i6300esb::PciEsbBus>>,
 }
 
 impl Devices {
@@ -52,8 +52,8 @@ impl Devices {
             pvpanic_isa: isa_port.and_then(Pvpanic::probe_isa),
             pvpanic_pci: Pvpanic::probe_pci(),
             debug_exit: DebugExit::probe(),
-            ib700: Ib700::default(),
-            i6300esb: I6300Esb::probe(),
+            ib700: Ib700::new(ib700::IsaPorts),
+            i6300esb: i6300esb::probe(),
             fw_cfg,
         }
     }
@@ -77,8 +77,8 @@ impl Devices {
         match &self.i6300esb {
             Some(esb) => info!(
                 "i6300esb: {} BAR0 at {=u64:#x}, previous reset by this watchdog: {=str}",
-                esb.bdf(),
-                esb.address(),
+                esb.bus().bdf,
+                esb.bus().base as u64,
                 yes_no(esb.previous_reboot())
             ),
             None => info!("i6300esb: not present"),
@@ -190,13 +190,6 @@ fn log_device_error(number: usize, step: &Step<'_>, e: &DeviceError) {
     }
 }
 
-/// Where the script came from.
-#[derive(Clone, Copy, defmt::Format)]
-enum Source {
-    FwCfg,
-    CommandLine,
-}
-
 /// The device that interrupt and panic handlers report through (packed by
 /// [`Pvpanic::to_raw`]; 0 = none), and whether isa-debug-exit exists.
 static REPORT_PVPANIC: AtomicU64 = AtomicU64::new(0);
@@ -263,10 +256,10 @@ pub fn run(boot: Option<BootInfo>) -> ! {
     // Load the script text: fw_cfg first, else the command line.
     let mut buf = [0u8; script::MAX_SCRIPT_LEN + 1];
     let (source, len) = match (&mut devices.fw_cfg, devices.script_file) {
-        (Some(fw), Some(file)) => (Source::FwCfg, fw.read_file(&file, &mut buf)),
+        (Some(fw), Some(file)) => ("fw_cfg opt/pvagent/script", fw.read_file(&file, &mut buf)),
         _ => {
             let len = boot.map_or(Ok(0), |b| b.copy_cmdline(&mut buf)).unwrap_or_else(|len| len);
-            (Source::CommandLine, len)
+            ("the command line", len)
         }
     };
     let text = &buf[..len];
@@ -282,7 +275,7 @@ pub fn run(boot: Option<BootInfo>) -> ! {
             fail(devices.debug_exit.take(), ErrorExit::Script)
         }
     };
-    info!("script from {}: {=usize} step(s)", source, script.len());
+    info!("script from {=str}: {=usize} step(s)", source, script.len());
 
     // Every step's devices are checked before the first one runs.
     for (i, step) in script.iter().enumerate() {
@@ -298,6 +291,13 @@ pub fn run(boot: Option<BootInfo>) -> ! {
         match step.action {
             Action::Pvpanic(which, event) => {
                 if let Some(device) = devices.pvpanic(which) {
+                    info!(
+                        "{=str} at {=u64:#x}: writing {=str} ({=u8:#04x})",
+                        device.name(),
+                        device.address(),
+                        event.name(),
+                        event.bit()
+                    );
                     device.fire(event);
                 }
             }

@@ -146,111 +146,148 @@ impl Settings {
     }
 }
 
+/// The register accesses the driver needs, each with its exact width (a
+/// fake records them in tests).
+pub trait EsbBus {
+    fn config_read8(&mut self, offset: u8) -> u8;
+    fn config_write8(&mut self, offset: u8, value: u8);
+    fn config_write16(&mut self, offset: u8, value: u16);
+    fn mmio_read16(&mut self, offset: usize) -> u16;
+    fn mmio_write8(&mut self, offset: usize, value: u8);
+    fn mmio_write16(&mut self, offset: usize, value: u16);
+    fn mmio_write32(&mut self, offset: usize, value: u32);
+}
+
+/// The i6300esb driver.
+pub struct I6300Esb<B> {
+    bus: B,
+    /// The previous reset was caused by this watchdog.
+    previous_reboot: bool,
+}
+
+impl<B: EsbBus> I6300Esb<B> {
+    /// Takes over the device and reads its previous-reboot flag.
+    pub fn new(mut bus: B) -> Self {
+        let flags = bus.mmio_read16(MMIO_RELOAD);
+        I6300Esb { bus, previous_reboot: flags & RELOAD_PREVIOUS_REBOOT == RELOAD_PREVIOUS_REBOOT }
+    }
+
+    pub fn bus(&self) -> &B {
+        &self.bus
+    }
+
+    /// The device says the last reset was its doing.
+    pub fn previous_reboot(&self) -> bool {
+        self.previous_reboot
+    }
+
+    fn unlock(&mut self) {
+        for byte in UNLOCK {
+            self.bus.mmio_write8(MMIO_RELOAD, byte);
+        }
+    }
+
+    /// Preloads are written 32 bits wide, each after an unlock.
+    fn write_preload(&mut self, offset: usize, value: u32) {
+        self.unlock();
+        self.bus.mmio_write32(offset, value);
+    }
+
+    /// A pet is a 16-bit write to the reload register, after an unlock.
+    fn pet(&mut self) {
+        self.unlock();
+        self.bus.mmio_write16(MMIO_RELOAD, RELOAD_PET);
+    }
+}
+
+impl<B: EsbBus> super::Watchdog for I6300Esb<B> {
+    type Timeout = Settings;
+
+    fn arm(&mut self, settings: &Settings) {
+        // Disable first so that enabling is a 0→1 transition.
+        self.bus.config_write8(LOCK_REG, 0);
+        self.bus.config_write16(CONFIG_REG, settings.config());
+        self.write_preload(MMIO_TIMER1, settings.preload1);
+        self.write_preload(MMIO_TIMER2, settings.preload2);
+        self.pet();
+        self.bus.config_write8(LOCK_REG, settings.enable());
+    }
+
+    fn feed(&mut self) {
+        self.pet();
+    }
+
+    fn stop(&mut self) -> bool {
+        if !self.can_stop() {
+            return false;
+        }
+        self.bus.config_write8(LOCK_REG, 0);
+        true
+    }
+
+    fn can_stop(&mut self) -> bool {
+        self.bus.config_read8(LOCK_REG) & LOCK_LOCKED == 0
+    }
+}
+
 #[cfg(target_os = "none")]
-pub use hw::I6300Esb;
+pub use hw::{PciEsbBus, probe};
 
 #[cfg(target_os = "none")]
 mod hw {
     use super::*;
     use crate::pci::{self, Bdf};
 
-    /// A found i6300esb with its BAR0 mapped.
-    pub struct I6300Esb {
-        bdf: Bdf,
-        base: usize,
-        /// The previous reset was caused by this watchdog.
-        previous_reboot: bool,
+    /// The device's PCI configuration space and its mapped BAR0.
+    pub struct PciEsbBus {
+        pub bdf: Bdf,
+        pub base: usize,
     }
 
-    impl I6300Esb {
-        /// Finds the device on any PCI bus and maps BAR0.
-        pub fn probe() -> Option<Self> {
-            let bdf = pci::find(PCI_VENDOR, PCI_DEVICE)?;
-            let bar = match pci::map_memory_bar(bdf, 0) {
-                Ok(bar) => bar,
-                Err(e) => {
-                    defmt::warn!("i6300esb at {}: BAR0 unusable: {}", bdf, e);
-                    return None;
-                }
-            };
-            let mut esb = I6300Esb { bdf, base: bar.address as usize, previous_reboot: false };
-            esb.previous_reboot = esb.read16(MMIO_RELOAD) & RELOAD_PREVIOUS_REBOOT == RELOAD_PREVIOUS_REBOOT;
-            Some(esb)
+    /// Finds the device on any PCI bus and maps BAR0.
+    pub fn probe() -> Option<I6300Esb<PciEsbBus>> {
+        let bdf = pci::find(PCI_VENDOR, PCI_DEVICE)?;
+        match pci::map_memory_bar(bdf, 0) {
+            Ok(bar) => Some(I6300Esb::new(PciEsbBus { bdf, base: bar.address as usize })),
+            Err(e) => {
+                defmt::warn!("i6300esb at {}: BAR0 unusable: {}", bdf, e);
+                None
+            }
+        }
+    }
+
+    impl EsbBus for PciEsbBus {
+        fn config_read8(&mut self, offset: u8) -> u8 {
+            pci::read8(self.bdf, offset)
         }
 
-        pub fn bdf(&self) -> Bdf {
-            self.bdf
+        fn config_write8(&mut self, offset: u8, value: u8) {
+            pci::write8(self.bdf, offset, value)
         }
 
-        pub fn address(&self) -> u64 {
-            self.base as u64
+        fn config_write16(&mut self, offset: u8, value: u16) {
+            pci::write16(self.bdf, offset, value)
         }
 
-        /// The device says the last reset was its doing.
-        pub fn previous_reboot(&self) -> bool {
-            self.previous_reboot
-        }
-
-        fn locked(&self) -> bool {
-            pci::read8(self.bdf, LOCK_REG) & LOCK_LOCKED != 0
-        }
-
-        fn read16(&self, offset: usize) -> u16 {
-            // SAFETY: BAR0 of the i6300esb, identity mapped (0-4 GiB); a
-            // 16-bit read of the reload register only reports the flags.
+        fn mmio_read16(&mut self, offset: usize) -> u16 {
+            // SAFETY: BAR0 of the i6300esb (16 bytes), identity mapped
+            // (0-4 GiB); the driver only reads the reload register's flags.
             unsafe { core::ptr::read_volatile((self.base + offset) as *const u16) }
         }
 
-        fn unlock(&mut self) {
-            for byte in UNLOCK {
-                // SAFETY: the unlock writes to BAR0's reload register only
-                // enable the next protected write.
-                unsafe { core::ptr::write_volatile((self.base + MMIO_RELOAD) as *mut u8, byte) }
-            }
+        fn mmio_write8(&mut self, offset: usize, value: u8) {
+            // SAFETY: as above; byte writes are the unlock sequence.
+            unsafe { core::ptr::write_volatile((self.base + offset) as *mut u8, value) }
         }
 
-        /// Preloads are written 32 bits wide, each after an unlock.
-        fn write_preload(&mut self, offset: usize, value: u32) {
-            self.unlock();
-            // SAFETY: a 32-bit write to a timer preload register of BAR0.
+        fn mmio_write16(&mut self, offset: usize, value: u16) {
+            // SAFETY: as above; the 16-bit write is the pet.
+            unsafe { core::ptr::write_volatile((self.base + offset) as *mut u16, value) }
+        }
+
+        fn mmio_write32(&mut self, offset: usize, value: u32) {
+            // SAFETY: as above; 32-bit writes are the timer preloads.
             unsafe { core::ptr::write_volatile((self.base + offset) as *mut u32, value) }
-        }
-
-        /// A pet is a 16-bit write to the reload register, after an unlock.
-        fn pet(&mut self) {
-            self.unlock();
-            // SAFETY: a 16-bit write of the reload bit to BAR0's reload register.
-            unsafe { core::ptr::write_volatile((self.base + MMIO_RELOAD) as *mut u16, RELOAD_PET) }
-        }
-    }
-
-    impl crate::watchdog::Watchdog for I6300Esb {
-        type Timeout = Settings;
-
-        fn arm(&mut self, settings: &Settings) {
-            // Disable first so that enabling is a 0→1 transition.
-            pci::write8(self.bdf, LOCK_REG, 0);
-            pci::write16(self.bdf, CONFIG_REG, settings.config());
-            self.write_preload(MMIO_TIMER1, settings.preload1);
-            self.write_preload(MMIO_TIMER2, settings.preload2);
-            self.pet();
-            pci::write8(self.bdf, LOCK_REG, settings.enable());
-        }
-
-        fn feed(&mut self) {
-            self.pet();
-        }
-
-        fn stop(&mut self) -> bool {
-            if self.locked() {
-                return false;
-            }
-            pci::write8(self.bdf, LOCK_REG, 0);
-            true
-        }
-
-        fn can_stop(&self) -> bool {
-            !self.locked()
         }
     }
 }
@@ -258,6 +295,111 @@ mod hw {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watchdog::Watchdog;
+    extern crate std;
+    use std::vec::Vec;
+
+    /// One register access, with its width.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Access {
+        CfgRead8(u8),
+        CfgWrite8(u8, u8),
+        CfgWrite16(u8, u16),
+        MmioRead16(usize),
+        MmioWrite8(usize, u8),
+        MmioWrite16(usize, u16),
+        MmioWrite32(usize, u32),
+    }
+    use Access::*;
+
+    #[derive(Default)]
+    struct Recorder {
+        log: Vec<Access>,
+        reload: u16,
+        lock: u8,
+    }
+
+    impl EsbBus for Recorder {
+        fn config_read8(&mut self, offset: u8) -> u8 {
+            self.log.push(CfgRead8(offset));
+            self.lock
+        }
+        fn config_write8(&mut self, offset: u8, value: u8) {
+            self.log.push(CfgWrite8(offset, value));
+        }
+        fn config_write16(&mut self, offset: u8, value: u16) {
+            self.log.push(CfgWrite16(offset, value));
+        }
+        fn mmio_read16(&mut self, offset: usize) -> u16 {
+            self.log.push(MmioRead16(offset));
+            self.reload
+        }
+        fn mmio_write8(&mut self, offset: usize, value: u8) {
+            self.log.push(MmioWrite8(offset, value));
+        }
+        fn mmio_write16(&mut self, offset: usize, value: u16) {
+            self.log.push(MmioWrite16(offset, value));
+        }
+        fn mmio_write32(&mut self, offset: usize, value: u32) {
+            self.log.push(MmioWrite32(offset, value));
+        }
+    }
+
+    const UNLOCK_SEQ: [Access; 2] = [MmioWrite8(0x0c, 0x80), MmioWrite8(0x0c, 0x86)];
+
+    #[test]
+    fn arming_uses_exact_widths_and_unlocks_before_each_protected_write() {
+        let mut esb = I6300Esb::new(Recorder::default());
+        assert!(!esb.previous_reboot());
+        let settings = Settings::new(250_000, 100_000, true, false).unwrap();
+        esb.bus.log.clear();
+        esb.arm(&settings);
+        let mut expected = std::vec![CfgWrite8(0x68, 0x00), CfgWrite16(0x60, 0x04)];
+        expected.extend(UNLOCK_SEQ);
+        expected.push(MmioWrite32(0x00, 260_417));
+        expected.extend(UNLOCK_SEQ);
+        expected.push(MmioWrite32(0x04, 104_167));
+        expected.extend(UNLOCK_SEQ);
+        expected.push(MmioWrite16(0x0c, 0x0100));
+        expected.push(CfgWrite8(0x68, 0x02));
+        assert_eq!(esb.bus.log, expected);
+    }
+
+    #[test]
+    fn no_reboot_free_run_and_slow_prescaler_bits() {
+        let mut esb = I6300Esb::new(Recorder::default());
+        esb.arm(&Settings::new(2_000_000, 2_000_000, false, true).unwrap());
+        assert_eq!(esb.bus.log[2], CfgWrite16(0x60, 0x20));
+        assert_eq!(esb.bus.log.last(), Some(&CfgWrite8(0x68, 0x06)));
+    }
+
+    #[test]
+    fn feed_is_an_unlocked_16_bit_pet_and_stop_clears_enable() {
+        let mut esb = I6300Esb::new(Recorder::default());
+        esb.bus.log.clear();
+        esb.feed();
+        assert!(esb.stop());
+        let mut expected = std::vec::Vec::from(UNLOCK_SEQ);
+        expected.push(MmioWrite16(0x0c, 0x0100));
+        expected.push(CfgRead8(0x68));
+        expected.push(CfgWrite8(0x68, 0x00));
+        assert_eq!(esb.bus.log, expected);
+    }
+
+    #[test]
+    fn a_locked_device_cannot_be_stopped() {
+        let mut esb = I6300Esb::new(Recorder { lock: LOCK_LOCKED | LOCK_ENABLE, ..Default::default() });
+        esb.bus.log.clear();
+        assert!(!esb.stop());
+        assert_eq!(esb.bus.log, [CfgRead8(0x68)]);
+    }
+
+    #[test]
+    fn previous_reboot_flag() {
+        let esb = I6300Esb::new(Recorder { reload: 0x1200, ..Default::default() });
+        assert!(esb.previous_reboot());
+        assert_eq!(esb.bus.log, [MmioRead16(0x0c)]);
+    }
 
     #[test]
     fn sub_second_stages_use_the_fast_prescaler() {

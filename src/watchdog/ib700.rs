@@ -33,48 +33,68 @@ impl Timeout {
     }
 }
 
+/// The port writes the driver needs (a fake records them in tests).
+pub trait PortBus {
+    fn write8(&mut self, port: u16, value: u8);
+}
+
+/// The ib700 watchdog. Its ports are write-only, so it cannot be detected:
+/// the agent assumes it is there when a script uses it.
+pub struct Ib700<B> {
+    bus: B,
+    /// The timeout it was last armed with: feeding re-arms with it.
+    armed: Option<Timeout>,
+}
+
+impl<B: PortBus> Ib700<B> {
+    pub fn new(bus: B) -> Self {
+        Ib700 { bus, armed: None }
+    }
+}
+
+impl<B: PortBus> super::Watchdog for Ib700<B> {
+    type Timeout = Timeout;
+
+    fn arm(&mut self, timeout: &Timeout) {
+        self.armed = Some(*timeout);
+        self.bus.write8(ARM_PORT, timeout.code());
+    }
+
+    /// ib700 has no separate "pet": re-arming with the same timeout is how
+    /// it is fed. Feeding a watchdog that was never armed does nothing.
+    fn feed(&mut self) {
+        if let Some(timeout) = self.armed {
+            self.arm(&timeout);
+        }
+    }
+
+    fn stop(&mut self) -> bool {
+        self.bus.write8(STOP_PORT, 0);
+        self.armed = None;
+        true
+    }
+
+    fn can_stop(&mut self) -> bool {
+        true
+    }
+}
+
 #[cfg(target_os = "none")]
-pub use hw::Ib700;
+pub use hw::IsaPorts;
 
 #[cfg(target_os = "none")]
 mod hw {
-    use super::*;
     use x86_64::instructions::port::PortWriteOnly;
 
-    /// The ib700 watchdog. Its ports are write-only, so it cannot be
-    /// detected: the agent assumes it is there when a script uses it.
-    #[derive(Default)]
-    pub struct Ib700 {
-        /// The timeout it was last armed with: feeding re-arms with it.
-        armed: Option<Timeout>,
-    }
+    /// ib700's ISA ports.
+    pub struct IsaPorts;
 
-    impl super::super::Watchdog for Ib700 {
-        type Timeout = Timeout;
-
-        fn arm(&mut self, timeout: &Timeout) {
-            self.armed = Some(*timeout);
-            // SAFETY: 0x443 is ib700's arm port; a write only (re)starts its timer.
-            unsafe { PortWriteOnly::<u8>::new(ARM_PORT).write(timeout.code()) }
-        }
-
-        /// ib700 has no separate "pet": re-arming with the same timeout is
-        /// how it is fed. Feeding a watchdog that was never armed does nothing.
-        fn feed(&mut self) {
-            if let Some(timeout) = self.armed {
-                self.arm(&timeout);
-            }
-        }
-
-        fn stop(&mut self) -> bool {
-            // SAFETY: 0x441 is ib700's stop port; a write only deletes its timer.
-            unsafe { PortWriteOnly::<u8>::new(STOP_PORT).write(0) };
-            self.armed = None;
-            true
-        }
-
-        fn can_stop(&self) -> bool {
-            true
+    impl super::PortBus for IsaPorts {
+        fn write8(&mut self, port: u16, value: u8) {
+            debug_assert!(port == super::ARM_PORT || port == super::STOP_PORT);
+            // SAFETY: the driver only writes ib700's arm (0x443) and stop
+            // (0x441) ports; a write only (re)starts or deletes its timer.
+            unsafe { PortWriteOnly::<u8>::new(port).write(value) }
         }
     }
 }
@@ -82,6 +102,31 @@ mod hw {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watchdog::Watchdog;
+    extern crate std;
+    use std::vec::Vec;
+
+    #[derive(Default)]
+    struct Recorder(Vec<(u16, u8)>);
+
+    impl PortBus for &mut Recorder {
+        fn write8(&mut self, port: u16, value: u8) {
+            self.0.push((port, value));
+        }
+    }
+
+    #[test]
+    fn arm_feed_stop_write_the_right_ports() {
+        let mut rec = Recorder::default();
+        let mut wd = Ib700::new(&mut rec);
+        wd.feed(); // never armed: nothing
+        wd.arm(&Timeout::from_us(4_000_000).unwrap());
+        wd.feed();
+        assert!(wd.can_stop());
+        assert!(wd.stop());
+        wd.feed(); // stopped: nothing
+        assert_eq!(rec.0, [(0x443, 13), (0x443, 13), (0x441, 0)]);
+    }
 
     #[test]
     fn two_second_steps_only() {

@@ -4,7 +4,6 @@
 pub mod i6300esb;
 pub mod ib700;
 
-#[cfg(target_os = "none")]
 pub use {i6300esb::I6300Esb, ib700::Ib700};
 
 /// Which watchdog a step addresses.
@@ -45,6 +44,7 @@ pub trait Watchdog {
     fn feed(&mut self);
     /// Stops the countdown; false if the device cannot be stopped.
     fn stop(&mut self) -> bool;
-    /// Whether `stop` can work.
-    fn can_stop(&self) -> bool;
+    /// Whether `stop` can work (an i6300esb whose lock bit is set cannot
+    /// be stopped until the machine resets).
+    fn can_stop(&mut self) -> bool;
 }

@@ -1,0 +1,295 @@
+//! `cargo xtask …`: thin CLI over the `xtask` library.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use xtask::config::{Board, ScriptVia};
+use xtask::runner::{self, RunEnv, RunSpec};
+use xtask::{Project, agent, artifacts, report, setup, util};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build the pvagent image, boot it under QEMU and check the QMP events it causes",
+    long_about = "Build the pvagent image, boot it under QEMU and check the QMP events it causes.\n\n\
+        Boards live in boards/*.toml, scenarios in scenarios.toml (both validated strictly before \
+        anything runs). Artifacts of every run go to target/pvagent-runs/<run-id>/ \
+        (target/pvagent-runs/latest points at the newest; the 10 newest are kept)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the agent image (cargo build --release -p pvagent --target x86_64-unknown-none)
+    Build,
+    /// Run the scenario table under QEMU (or boot once ad hoc with --script/--device/--qemu-arg)
+    #[command(
+        after_help = "Examples:\n  cargo xtask qemu-run\n  cargo xtask qemu-run --board q35 --scenario 'panicked-*'\n  \
+            cargo xtask qemu-run --scenario '*/pvpanic-pci' --junit target/junit.xml\n  \
+            cargo xtask qemu-run --board q35 --script 'pvpanic.crashloaded' --device pvpanic-pci --timeout 5s"
+    )]
+    QemuRun(QemuRunArgs),
+    /// Decode a serial capture of the agent (raw defmt frames) into text
+    Decode {
+        /// The captured COM1 output (e.g. from `-serial file:x.bin`)
+        serial: PathBuf,
+        /// The image that produced it [default: the release image in the target dir]
+        #[arg(long)]
+        elf: Option<PathBuf>,
+    },
+    /// Set up prerequisites, build the image, then `cargo test --workspace` (incl. the e2e harness)
+    Test {
+        /// Arguments passed to the test binaries (after `--`), e.g. `-- q35::`
+        #[arg(last = true)]
+        libtest_args: Vec<String>,
+    },
+    /// Only set up prerequisites (Rust target, QEMU ≥ 9.1)
+    Setup {
+        /// Only the QEMU of these boards [default: all]
+        #[arg(long = "board", value_name = "BOARD")]
+        boards: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct QemuRunArgs {
+    /// Only these boards (repeatable) [default: all]; ad hoc: the board to boot [default: pc]
+    #[arg(long = "board", value_name = "BOARD")]
+    boards: Vec<String>,
+    /// Only scenarios whose id (`name/variant`), name or `board::id` matches this glob (repeatable; `*`, `?`)
+    #[arg(long = "scenario", value_name = "GLOB")]
+    scenarios: Vec<String>,
+    /// Print the results as JSON on stdout (the table goes to stderr)
+    #[arg(long)]
+    json: bool,
+    /// Also write a JUnit XML report to FILE
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Scenario table to use [default: scenarios.toml at the workspace root]
+    #[arg(long = "scenarios", value_name = "FILE")]
+    scenarios_file: Option<PathBuf>,
+    /// Use this image instead of building one
+    #[arg(long, value_name = "PATH", env = "PVAGENT_IMAGE")]
+    image: Option<PathBuf>,
+    /// Ad hoc: boot once with this script (prints events live)
+    #[arg(long, conflicts_with_all = ["scenarios", "json", "junit", "scenarios_file"])]
+    script: Option<String>,
+    /// Ad hoc: how the script is delivered
+    #[arg(long, value_enum, default_value = "fw-cfg", requires = "script")]
+    script_via: Via,
+    /// Ad hoc: add `-device X` (repeatable)
+    #[arg(long = "device", value_name = "X", conflicts_with_all = ["scenarios", "json", "junit", "scenarios_file"])]
+    devices: Vec<String>,
+    /// Ad hoc: add one raw QEMU argument (repeatable; use --qemu-arg=-foo for leading dashes)
+    #[arg(long = "qemu-arg", value_name = "ARG", allow_hyphen_values = true,
+          conflicts_with_all = ["scenarios", "json", "junit", "scenarios_file"])]
+    qemu_args: Vec<String>,
+    /// Ad hoc: stop after this long (then quit/kill QEMU)
+    #[arg(long, default_value = "10s", value_parser = parse_dur)]
+    timeout: std::time::Duration,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Via {
+    FwCfg,
+    Append,
+}
+
+fn parse_dur(s: &str) -> Result<std::time::Duration, String> {
+    util::parse_duration(s)
+}
+
+fn main() -> ExitCode {
+    xtask::qemu::install_ctrlc_handler();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let root = agent::workspace_root();
+    match cli.cmd {
+        Cmd::Build => {
+            let img = agent::build_image(&root)?;
+            let size = std::fs::metadata(&img)?.len();
+            println!("{} ({size} bytes)", img.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Decode { serial, elf } => {
+            let elf = elf.unwrap_or_else(|| agent::image_path(&root));
+            let lines = xtask::defmt_log::decode_file(&serial, &elf)?;
+            let mut out = std::io::stdout().lock();
+            for l in lines {
+                writeln!(out, "{l}")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Setup { boards } => {
+            let project = Project::load(&root, None)?;
+            let sel = select_boards(&project, &boards)?;
+            for (bin, v) in setup::setup(&root, &sel)? {
+                println!("ok: {bin} {v}");
+            }
+            println!("ok: Rust target {}", agent::TARGET);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Test { libtest_args } => {
+            let project = Project::load(&root, None)?;
+            let sel = select_boards(&project, &[])?;
+            setup::setup(&root, &sel)?;
+            let img = agent::build_image(&root)?;
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = std::process::Command::new(cargo);
+            cmd.args(["test", "--workspace"]).current_dir(&root);
+            cmd.env("PVAGENT_IMAGE", &img);
+            if !libtest_args.is_empty() {
+                cmd.arg("--").args(&libtest_args);
+            }
+            eprintln!(
+                "$ cargo test --workspace{}",
+                if libtest_args.is_empty() {
+                    String::new()
+                } else {
+                    format!(" -- {}", util::shell_join(&libtest_args))
+                }
+            );
+            let st = cmd.status().context("running cargo test")?;
+            Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8))
+        }
+        Cmd::QemuRun(args) => {
+            if args.script.is_some() || !args.devices.is_empty() || !args.qemu_args.is_empty() {
+                adhoc(&root, args)
+            } else {
+                table_run(&root, args)
+            }
+        }
+    }
+}
+
+fn select_boards<'a>(project: &'a Project, names: &[String]) -> Result<Vec<&'a Board>> {
+    if names.is_empty() {
+        return Ok(project.boards.iter().collect());
+    }
+    names.iter().map(|n| project.board(n)).collect()
+}
+
+fn image(root: &std::path::Path, given: Option<PathBuf>) -> Result<PathBuf> {
+    match given {
+        Some(p) => {
+            if !p.is_file() {
+                bail!("image {} does not exist", p.display());
+            }
+            Ok(p)
+        }
+        None => agent::build_image(root),
+    }
+}
+
+fn table_run(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
+    let project = Project::load(root, args.scenarios_file.as_deref())?;
+    let cases = xtask::config::expand_cases(&project.boards, &project.table, &args.boards, &args.scenarios)
+        .map_err(anyhow::Error::msg)?;
+    if cases.is_empty() {
+        bail!("no scenario matches the given --board/--scenario filters");
+    }
+    let mut used: Vec<&Board> = Vec::new();
+    for c in &cases {
+        if !used.iter().any(|b| b.name == c.board.name) {
+            used.push(project.board(&c.board.name)?);
+        }
+    }
+    let versions = setup::setup(root, &used)?;
+    let img = image(root, args.image)?;
+    let run_dir = artifacts::new_run_dir(&artifacts::runs_root(&agent::target_dir(root)))?;
+    let env = RunEnv::new(img.clone(), run_dir.clone());
+    if let Err(e) = env.log_table.as_ref() {
+        eprintln!("warning: agent logs cannot be decoded: {e}");
+    }
+    let qemu: BTreeMap<String, String> = versions.iter().map(|(b, v)| (b.clone(), v.to_string())).collect();
+    // Table to stdout, or to stderr when stdout carries JSON.
+    let mut out: Box<dyn Write> = if args.json { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
+    writeln!(
+        out,
+        "image {}\nQEMU {}\nartifacts {}\n",
+        img.display(),
+        qemu.iter().map(|(b, v)| format!("{b} {v}")).collect::<Vec<_>>().join(", "),
+        run_dir.display()
+    )?;
+    let w = report::widths(cases.iter().map(|c| (c.board.name.as_str(), c.id())));
+    writeln!(out, "{}", report::header(w))?;
+    let results = runner::run_all(&cases, &env, 1, |r| {
+        let _ = writeln!(out, "{}", report::row(r, w));
+        let _ = out.flush();
+    });
+    writeln!(out, "\n{}", report::summary(&results))?;
+    if let Some(path) = &args.junit {
+        std::fs::write(path, report::junit(&results)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let _ = std::fs::write(
+        run_dir.join("results.json"),
+        serde_json::to_string_pretty(&report::to_json(&results, &qemu))? + "\n",
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report::to_json(&results, &qemu))?);
+    }
+    let (passed, failed, _) = report::counts(&results);
+    Ok(if failed > 0 || passed == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn adhoc(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
+    if args.boards.len() > 1 {
+        bail!("an ad-hoc boot takes one --board");
+    }
+    // Only the boards are needed (not the scenario table).
+    let boards = xtask::config::load_boards(&root.join("boards"), root).map_err(anyhow::Error::msg)?;
+    let name = args.boards.first().map(String::as_str).unwrap_or("pc");
+    let board = boards.iter().find(|b| b.name == name).with_context(|| {
+        format!(
+            "unknown board `{name}` (known: {})",
+            boards.iter().map(|b| b.name.as_str()).collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    setup::setup(root, &[board])?;
+    let img = image(root, args.image)?;
+    let run_dir = artifacts::new_run_dir(&artifacts::runs_root(&agent::target_dir(root)))?;
+    let env = RunEnv::new(img, run_dir.clone());
+    let mut extra = Vec::new();
+    for d in &args.devices {
+        extra.push("-device".to_string());
+        extra.push(d.clone());
+    }
+    extra.extend(args.qemu_args.iter().cloned());
+    let spec = RunSpec {
+        board: board.clone(),
+        extra_args: extra,
+        script: args.script.filter(|s| !s.is_empty()),
+        script_via: match args.script_via {
+            Via::FwCfg => ScriptVia::FwCfg,
+            Via::Append => ScriptVia::Append,
+        },
+        qmp_before_cont: Vec::new(),
+        timeout: args.timeout,
+        checks: None,
+        live: true,
+    };
+    let dir = run_dir.join(&board.name).join("adhoc");
+    let code = runner::run_adhoc(&spec, &env, &dir)?;
+    Ok(match code {
+        Some(c) => ExitCode::from(c.clamp(0, 255) as u8),
+        None => ExitCode::SUCCESS,
+    })
+}

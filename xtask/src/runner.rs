@@ -1,0 +1,782 @@
+//! Running one board × scenario × variant (or an ad-hoc boot) under QEMU and
+//! judging it.
+//!
+//! Each run is self-contained (own QEMU, own socket dir, own artifact dir),
+//! so several can run in parallel threads.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use serde_json::Value;
+
+use crate::agent;
+use crate::config::{Board, Case, End, ExpectEntry, QmpCommand, ScriptVia, WATCHED_EVENTS};
+use crate::defmt_log::{self, LogTable};
+use crate::matcher::{self, Progress};
+use crate::qemu::{self, QemuProcess, QmpListener};
+use crate::qmp::{Message, Polled, Qmp, QmpEvent, Transcript};
+use crate::util::{Version, escape_qemu_opt, fmt_duration, fmt_min_version, shell_join, unix_micros};
+
+/// What every run shares: the image and where artifacts go.
+#[derive(Clone)]
+pub struct RunEnv {
+    pub image: PathBuf,
+    /// `target/pvagent-runs/<run-id>`.
+    pub run_dir: PathBuf,
+    /// The image's defmt table; `Err` keeps the reason for agent.log.
+    pub log_table: Arc<Result<LogTable, String>>,
+}
+
+impl RunEnv {
+    pub fn new(image: PathBuf, run_dir: PathBuf) -> RunEnv {
+        let log_table = Arc::new(LogTable::from_file(&image).map_err(|e| format!("{e:#}")));
+        RunEnv { image, run_dir, log_table }
+    }
+
+    fn table(&self) -> Option<&LogTable> {
+        self.log_table.as_ref().as_ref().ok()
+    }
+}
+
+/// Outcome of a case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail(String),
+    Skipped(String),
+}
+
+impl Verdict {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Fail(_) => "FAIL",
+            Verdict::Skipped(_) => "SKIPPED",
+        }
+    }
+}
+
+/// An event as seen in a run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SeenEvent {
+    pub event: String,
+    pub data: Value,
+    /// ms from QEMU spawn to the event's QMP timestamp.
+    pub ms: Option<f64>,
+    /// Watched and not the RESUME answering our `cont`.
+    pub watched: bool,
+    /// Listed in the scenario's `ignore`.
+    pub ignored: bool,
+}
+
+impl SeenEvent {
+    fn relevant(&self) -> bool {
+        self.watched && !self.ignored
+    }
+
+    pub fn short(&self) -> String {
+        QmpEvent { event: self.event.clone(), data: self.data.clone(), timestamp_us: None }.short()
+    }
+}
+
+/// Everything known about one finished case.
+#[derive(Clone, Debug)]
+pub struct CaseResult {
+    pub board: String,
+    pub id: String,
+    pub verdict: Verdict,
+    pub events: Vec<SeenEvent>,
+    pub first_event_ms: Option<f64>,
+    pub exit: Option<String>,
+    pub status: Option<String>,
+    pub artifact_dir: Option<PathBuf>,
+    pub qemu_version: Option<Version>,
+    pub wall_ms: u128,
+}
+
+impl CaseResult {
+    pub fn full_name(&self) -> String {
+        format!("{}::{}", self.board, self.id)
+    }
+
+    /// Watched events for the table: `GUEST_PANICKED(pause) STOP`; ignored
+    /// ones in brackets.
+    pub fn events_summary(&self) -> String {
+        let v: Vec<String> = self
+            .events
+            .iter()
+            .filter(|e| e.watched)
+            .map(|e| if e.ignored { format!("[{}]", e.short()) } else { e.short() })
+            .collect();
+        if v.is_empty() { "-".into() } else { v.join(" ") }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let (result, reason) = match &self.verdict {
+            Verdict::Pass => ("pass", None),
+            Verdict::Fail(r) => ("fail", Some(r.clone())),
+            Verdict::Skipped(r) => ("skipped", Some(r.clone())),
+        };
+        serde_json::json!({
+            "board": self.board,
+            "scenario": self.id,
+            "name": self.full_name(),
+            "result": result,
+            "reason": reason,
+            "events": self.events,
+            "first_event_ms": self.first_event_ms,
+            "exit": self.exit,
+            "status": self.status,
+            "artifact_dir": self.artifact_dir,
+            "qemu_version": self.qemu_version.map(|v| v.to_string()),
+            "wall_ms": self.wall_ms as u64,
+        })
+    }
+}
+
+/// The QEMU argument list of a run (argv[0] is the binary).
+pub fn qemu_argv(
+    board: &Board,
+    image: &Path,
+    qmp_args: &[String],
+    serial: &Path,
+    extra: &[String],
+    script: Option<&str>,
+    via: ScriptVia,
+) -> Vec<String> {
+    let mut a: Vec<String> = vec![board.binary.clone()];
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+    push(&["-nodefaults", "-no-user-config", "-display", "none", "-S"]);
+    push(&["-machine", &board.machine, "-accel", &board.accel, "-m", &board.memory]);
+    if let Some(cpu) = &board.cpu {
+        push(&["-cpu", cpu]);
+    }
+    if let Some(fw) = &board.firmware {
+        push(&["-bios", &fw.to_string_lossy()]);
+    }
+    a.extend(qmp_args.iter().cloned());
+    a.push("-chardev".into());
+    a.push(format!("file,id=serial0,path={}", escape_qemu_opt(&serial.to_string_lossy())));
+    a.push("-serial".into());
+    a.push("chardev:serial0".into());
+    a.extend(board.args.iter().cloned());
+    a.extend(extra.iter().cloned());
+    a.push("-kernel".into());
+    a.push(image.to_string_lossy().into_owned());
+    if let Some(s) = script {
+        match via {
+            ScriptVia::FwCfg => {
+                a.push("-fw_cfg".into());
+                a.push(format!("name={},string={}", agent::SCRIPT_FW_CFG_NAME, escape_qemu_opt(s)));
+            }
+            ScriptVia::Append => {
+                a.push("-append".into());
+                a.push(s.to_string());
+            }
+        }
+    }
+    a
+}
+
+/// The checks of a scenario run (absent for ad-hoc boots).
+#[derive(Clone, Debug)]
+pub struct Checks {
+    pub expect: Vec<ExpectEntry>,
+    pub ignore: Vec<String>,
+    pub settle: Duration,
+    pub end: End,
+    pub log_contains: Vec<String>,
+}
+
+/// One boot.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub board: Board,
+    pub extra_args: Vec<String>,
+    pub script: Option<String>,
+    pub script_via: ScriptVia,
+    pub qmp_before_cont: Vec<QmpCommand>,
+    pub timeout: Duration,
+    pub checks: Option<Checks>,
+    /// Print events as they arrive (ad-hoc mode).
+    pub live: bool,
+}
+
+/// What a boot produced.
+#[derive(Debug, Default)]
+pub struct RunRecord {
+    pub events: Vec<SeenEvent>,
+    pub exit: Option<ExitStatus>,
+    pub killed_by_us: bool,
+    pub status: Option<String>,
+    pub timed_out: bool,
+    pub error: Option<String>,
+    pub progress: Option<Progress>,
+    pub agent_log: String,
+    pub qemu_version: Option<Version>,
+}
+
+struct Observer<'a> {
+    spawn_us: i128,
+    events: Vec<SeenEvent>,
+    resume_dropped: bool,
+    ignore: &'a [String],
+    live: bool,
+    shutdown_seen: bool,
+    stop_after_shutdown: bool,
+    /// Events after our `quit` are recorded but not judged.
+    judging: bool,
+}
+
+impl Observer<'_> {
+    fn on_event(&mut self, q: &mut Qmp, ev: QmpEvent) {
+        let ms = ev.timestamp_us.map(|t| (t - self.spawn_us) as f64 / 1000.0);
+        let mut watched = self.judging && WATCHED_EVENTS.contains(&ev.event.as_str());
+        if watched && ev.event == "RESUME" && !self.resume_dropped {
+            self.resume_dropped = true;
+            watched = false;
+        }
+        if self.judging {
+            if ev.event == "SHUTDOWN" {
+                self.shutdown_seen = true;
+                q.no_more_commands = true;
+            } else if ev.event == "STOP" && self.shutdown_seen {
+                self.stop_after_shutdown = true;
+            }
+        }
+        if self.live {
+            let data = if ev.data.is_null() { String::new() } else { format!(" {}", ev.data) };
+            match ms {
+                Some(ms) => println!("{ms:>9.1} ms  {}{data}", ev.event),
+                None => println!("        ? ms  {}{data}", ev.event),
+            }
+        }
+        let ignored = self.ignore.contains(&ev.event);
+        self.events.push(SeenEvent { event: ev.event, data: ev.data, ms, watched, ignored });
+    }
+
+    fn relevant(&self) -> Vec<(&str, &Value)> {
+        self.events.iter().filter(|e| e.relevant()).map(|e| (e.event.as_str(), &e.data)).collect()
+    }
+
+    fn progress(&self, expect: &[ExpectEntry]) -> Progress {
+        matcher::evaluate(expect, &self.relevant())
+    }
+}
+
+fn log_missing<'a>(needles: &'a [String], log: &str) -> Vec<&'a String> {
+    needles.iter().filter(|n| !log.contains(n.as_str())).collect()
+}
+
+/// Boots once and records everything into `dir`.
+pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
+    let mut rec = RunRecord::default();
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        rec.error = Some(format!("cannot create {}: {e}", dir.display()));
+        return rec;
+    }
+    let serial = dir.join("serial.bin");
+    let _ = std::fs::remove_file(&serial);
+    let checks = spec.checks.clone();
+    let ignore: Vec<String> = checks.as_ref().map(|c| c.ignore.clone()).unwrap_or_default();
+    let mut obs = Observer {
+        spawn_us: 0,
+        events: Vec::new(),
+        resume_dropped: false,
+        ignore: &ignore,
+        live: spec.live,
+        shutdown_seen: false,
+        stop_after_shutdown: false,
+        judging: true,
+    };
+    let mut qemu: Option<QemuProcess> = None;
+    let result = boot(spec, env, dir, &serial, &mut obs, &mut rec, &mut qemu);
+    if let Err(e) = result {
+        rec.error = Some(format!("{e:#}"));
+    }
+    // Whatever happened: make sure QEMU is gone.
+    if let Some(mut p) = qemu.take() {
+        // On an error path QEMU may be on its way out: give it a moment.
+        let grace = if rec.error.is_some() { Duration::from_millis(500) } else { Duration::ZERO };
+        match p.wait_until(Instant::now() + grace) {
+            Ok(Some(st)) => rec.exit = rec.exit.or(Some(st)),
+            _ => {
+                rec.killed_by_us = true;
+                rec.exit = p.kill().ok();
+            }
+        }
+    }
+    if let Some(e) = &mut rec.error {
+        if let Some(st) = rec.exit.filter(|_| !rec.killed_by_us) {
+            e.push_str(&format!("; QEMU {}", qemu::describe_status(st)));
+        }
+        let stderr = first_lines(&dir.join("stderr.txt"));
+        if !e.contains(&stderr) && stderr != "(no stderr)" {
+            e.push_str(&format!("; stderr: {stderr}"));
+        }
+    }
+    rec.agent_log = defmt_log::write_agent_log(env.table(), &serial, &dir.join("agent.log"), &env.image);
+    if env.table().is_none()
+        && let Err(e) = env.log_table.as_ref()
+    {
+        let _ = std::fs::write(
+            dir.join("agent.log"),
+            format!("defmt decoding failed: {e}\nraw output kept in serial.bin\n"),
+        );
+    }
+    if let Some(c) = &checks {
+        rec.progress = Some(obs.progress(&c.expect));
+    }
+    rec.events = obs.events;
+    rec
+}
+
+#[allow(clippy::too_many_arguments)]
+fn boot(
+    spec: &RunSpec,
+    env: &RunEnv,
+    dir: &Path,
+    serial: &Path,
+    obs: &mut Observer<'_>,
+    rec: &mut RunRecord,
+    slot: &mut Option<QemuProcess>,
+) -> Result<()> {
+    let listener = QmpListener::new()?;
+    let argv = qemu_argv(
+        &spec.board,
+        &env.image,
+        &listener.qemu_args(),
+        serial,
+        &spec.extra_args,
+        spec.script.as_deref(),
+        spec.script_via,
+    );
+    std::fs::write(dir.join("cmdline.txt"), format!("{}\n", shell_join(&argv)))?;
+    let stderr = File::create(dir.join("stderr.txt"))?;
+    let qemu = slot.insert(QemuProcess::spawn(&argv, Stdio::from(stderr))?);
+    obs.spawn_us = unix_micros(qemu.spawned_at);
+    let overall = qemu.spawned_instant + spec.timeout;
+    let transcript = Transcript::create(&dir.join("qmp.jsonl"), qemu.spawned_at)?;
+
+    let stream = crate::qmp::accept(&listener.listener, overall, || match qemu.try_wait()? {
+        Some(st) => Err(anyhow!(
+            "QEMU exited before connecting to QMP ({}): {}",
+            qemu::describe_status(st),
+            first_lines(&dir.join("stderr.txt"))
+        )),
+        None => Ok(()),
+    })?;
+    let mut q = Qmp::new(stream, Some(transcript));
+    q.note(&format!("spawned pid {}", qemu.pid()));
+    let greeting = q.greeting(overall)?;
+    rec.qemu_version = crate::qmp::greeting_version(&greeting);
+    {
+        let mut on_ev = |q: &mut Qmp, ev: QmpEvent| obs.on_event(q, ev);
+        q.execute("qmp_capabilities", None, overall, &mut on_ev)?;
+        for c in &spec.qmp_before_cont {
+            q.execute(&c.execute, c.arguments.as_ref(), overall, &mut on_ev)?;
+        }
+        q.execute("cont", None, overall, &mut on_ev)?;
+    }
+
+    // Watch.
+    let mut complete_at: Option<Instant> = None;
+    let mut mismatch_at: Option<Instant> = None;
+    let mut last_len = usize::MAX;
+    loop {
+        let now = Instant::now();
+        if now >= overall {
+            rec.timed_out = true;
+            break;
+        }
+        if q.is_eof() {
+            break;
+        }
+        let mut until = overall;
+        if let Some(c) = &spec.checks {
+            let n = obs.relevant().len();
+            if n != last_len {
+                last_len = n;
+                match obs.progress(&c.expect) {
+                    Progress::Complete => {
+                        complete_at = Some(now);
+                        mismatch_at = None;
+                    }
+                    Progress::Mismatch { .. } => {
+                        complete_at = None;
+                        mismatch_at.get_or_insert(now);
+                    }
+                    Progress::Incomplete { .. } => complete_at = None,
+                }
+            }
+            if let Some(t) = mismatch_at {
+                until = until.min(t + c.settle);
+            } else if let (Some(t), End::Status(_)) = (complete_at, &c.end) {
+                let settled = t + c.settle;
+                if now >= settled {
+                    // Wait (polling) for the agent's log lines, if any are required.
+                    let log = read_log(env, serial);
+                    if log_missing(&c.log_contains, &log).is_empty() {
+                        break;
+                    }
+                    until = until.min(now + Duration::from_millis(50));
+                } else {
+                    until = until.min(settled);
+                }
+            }
+            if now >= until && mismatch_at.is_some() {
+                break;
+            }
+        }
+        match q.poll(until)? {
+            Polled::Msg(Message::Event(ev)) => obs.on_event(&mut q, ev),
+            Polled::Msg(_) | Polled::Timeout => {}
+            Polled::Eof => break,
+        }
+    }
+
+    // Finish.
+    let paused_after_shutdown = obs.shutdown_seen && obs.stop_after_shutdown;
+    if !q.is_eof() && (!obs.shutdown_seen || paused_after_shutdown) {
+        q.no_more_commands = false;
+        let d = Instant::now() + Duration::from_secs(2);
+        let answer = q.execute("query-status", None, d, &mut |q, ev| obs.on_event(q, ev));
+        match answer {
+            Ok(v) => rec.status = v.get("status").and_then(|s| s.as_str()).map(String::from),
+            Err(e) => q.note(&format!("query-status failed: {e:#}")),
+        }
+        obs.judging = false;
+        if !q.no_more_commands {
+            let _ = q.send("quit", None);
+        }
+        q.no_more_commands = true;
+    }
+    obs.judging = obs.judging && !rec.timed_out;
+    let d = Instant::now() + Duration::from_secs(3);
+    q.drain_to_eof(d, &mut |q, ev| obs.on_event(q, ev));
+    let qemu = slot.as_mut().expect("spawned");
+    match qemu.wait_until(Instant::now() + Duration::from_secs(3))? {
+        Some(st) => rec.exit = Some(st),
+        None => {
+            q.note("QEMU did not exit: killed");
+            rec.killed_by_us = true;
+            rec.exit = Some(qemu.kill()?);
+        }
+    }
+    Ok(())
+}
+
+fn read_log(env: &RunEnv, serial: &Path) -> String {
+    match (env.table(), std::fs::read(serial)) {
+        (Some(t), Ok(bytes)) => t.decode(&bytes).join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn first_lines(path: &Path) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let s: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).take(3).collect();
+    if s.is_empty() { "(no stderr)".into() } else { s.join(" | ") }
+}
+
+fn describe_exit(rec: &RunRecord) -> Option<String> {
+    rec.exit.map(|st| {
+        if rec.killed_by_us {
+            "killed (did not exit)".to_string()
+        } else {
+            match st.code() {
+                Some(c) => c.to_string(),
+                None => qemu::describe_status(st),
+            }
+        }
+    })
+}
+
+/// Judges a finished run against its checks.
+pub fn judge(checks: &Checks, timeout: Duration, rec: &RunRecord) -> Verdict {
+    if let Some(e) = &rec.error {
+        return Verdict::Fail(e.clone());
+    }
+    let mut reasons: Vec<String> = Vec::new();
+    let relevant: Vec<&SeenEvent> = rec.events.iter().filter(|e| e.relevant()).collect();
+    let exit_code = if rec.killed_by_us { None } else { rec.exit.and_then(|s| s.code()) };
+    let how_ended = match (rec.killed_by_us, exit_code) {
+        (true, _) => "QEMU kept running".to_string(),
+        (false, Some(c)) => format!("QEMU exited with status {c}{}", agent::explain_exit(c)),
+        (false, None) => "QEMU ended".to_string(),
+    };
+    match rec.progress.clone() {
+        Some(Progress::Complete) | None => {}
+        Some(Progress::Mismatch { index, expected }) => {
+            let ev = relevant[index];
+            let data = if ev.data.is_null() { String::new() } else { ev.data.to_string() };
+            reasons.push(format!(
+                "unexpected {}{data} (event #{}; expected {})",
+                ev.event,
+                index + 1,
+                expected.join(" or ")
+            ));
+        }
+        Some(Progress::Incomplete { waiting_for }) => {
+            let what = waiting_for.join(", ");
+            if rec.timed_out {
+                reasons.push(format!("timed out after {} waiting for {what}", fmt_duration(timeout)));
+            } else {
+                reasons.push(format!("missing {what} ({how_ended})"));
+            }
+        }
+    }
+    match &checks.end {
+        End::Exit(want) => {
+            if exit_code != Some(*want) {
+                if rec.timed_out && reasons.is_empty() {
+                    reasons.push(format!(
+                        "timed out after {} waiting for QEMU to exit with status {want}",
+                        fmt_duration(timeout)
+                    ));
+                } else if !rec.timed_out {
+                    reasons.push(format!("{how_ended}, expected exit status {want}{}", agent::explain_exit(*want)));
+                }
+            }
+        }
+        End::Status(want) => match &rec.status {
+            Some(s) if s == want => {}
+            Some(s) => reasons.push(format!("status {s}, expected {want}")),
+            None => reasons.push(format!("{how_ended}, expected it to stay up with status {want}")),
+        },
+    }
+    let missing = log_missing(&checks.log_contains, &rec.agent_log);
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|m| format!("{m:?}")).collect();
+        reasons.push(format!("agent log lacks {}", list.join(", ")));
+    }
+    if reasons.is_empty() { Verdict::Pass } else { Verdict::Fail(reasons.join("; ")) }
+}
+
+/// Where a case's artifacts go: `<run dir>/<board>/<id with / → __>`.
+pub fn case_dir(run_dir: &Path, case: &Case) -> PathBuf {
+    run_dir.join(&case.board.name).join(case.id().replace('/', "__"))
+}
+
+/// Checks whether a case can run on this host; `Some(reason)` = skip.
+pub fn skip_reason(case: &Case) -> Option<String> {
+    let min = case.min_qemu()?;
+    match qemu::qemu_version(&case.board.binary) {
+        Ok(have) if have < min => Some(format!("needs QEMU ≥ {}, have {have}", fmt_min_version(min))),
+        _ => None,
+    }
+}
+
+/// Runs one case end to end (skip check, boot, verdict, result.json).
+pub fn run_case(case: &Case, env: &RunEnv) -> CaseResult {
+    let started = Instant::now();
+    let mut res = CaseResult {
+        board: case.board.name.clone(),
+        id: case.id(),
+        verdict: Verdict::Pass,
+        events: Vec::new(),
+        first_event_ms: None,
+        exit: None,
+        status: None,
+        artifact_dir: None,
+        qemu_version: qemu::qemu_version(&case.board.binary).ok(),
+        wall_ms: 0,
+    };
+    if let Some(reason) = skip_reason(case) {
+        res.verdict = Verdict::Skipped(reason);
+        return res;
+    }
+    if let Err(e) = qemu::qemu_version(&case.board.binary) {
+        res.verdict = Verdict::Fail(format!("cannot run {}: {e} (run `cargo xtask setup`)", case.board.binary));
+        return res;
+    }
+    let s = &case.scenario;
+    let checks = Checks {
+        expect: s.expect.clone(),
+        ignore: s.ignore.clone(),
+        settle: s.settle,
+        end: s.end.clone(),
+        log_contains: s.log_contains.clone(),
+    };
+    let spec = RunSpec {
+        board: (*case.board).clone(),
+        extra_args: case.extra_args(),
+        script: s.script.clone(),
+        script_via: s.script_via,
+        qmp_before_cont: s.qmp_before_cont.clone(),
+        timeout: s.timeout,
+        checks: Some(checks.clone()),
+        live: false,
+    };
+    let dir = case_dir(&env.run_dir, case);
+    let rec = execute(&spec, env, &dir);
+    res.verdict = judge(&checks, s.timeout, &rec);
+    res.first_event_ms =
+        if s.expect.is_empty() { None } else { rec.events.iter().find(|e| e.relevant()).and_then(|e| e.ms) };
+    res.exit = describe_exit(&rec);
+    res.status = rec.status.clone();
+    res.events = rec.events;
+    res.qemu_version = rec.qemu_version.or(res.qemu_version);
+    res.artifact_dir = Some(dir.clone());
+    res.wall_ms = started.elapsed().as_millis();
+    let _ = std::fs::write(
+        dir.join("result.json"),
+        serde_json::to_string_pretty(&res.to_json()).unwrap_or_default() + "\n",
+    );
+    res
+}
+
+/// Runs `cases` and reports each result to `on_done` as it finishes, in
+/// case order. `jobs` is the number of cases run at once (currently only 1 is
+/// used: every run is independent, so a thread pool can slot in here).
+pub fn run_all(cases: &[Case], env: &RunEnv, jobs: usize, mut on_done: impl FnMut(&CaseResult)) -> Vec<CaseResult> {
+    let _ = jobs;
+    let mut results = Vec::with_capacity(cases.len());
+    for c in cases {
+        let r = run_case(c, env);
+        on_done(&r);
+        results.push(r);
+    }
+    results
+}
+
+/// Ad-hoc boot: prints events live, then the agent log and how QEMU ended.
+/// Returns QEMU's exit code (or `None` when it was stopped by us).
+pub fn run_adhoc(spec: &RunSpec, env: &RunEnv, dir: &Path) -> Result<Option<i32>> {
+    println!(
+        "booting {} on {} (timeout {}), artifacts in {}",
+        env.image.display(),
+        spec.board.name,
+        fmt_duration(spec.timeout),
+        dir.display()
+    );
+    let rec = execute(spec, env, dir);
+    println!("--- agent log ---");
+    print!("{}", std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default());
+    println!("-----------------");
+    if let Some(e) = &rec.error {
+        return Err(anyhow!("{e}")).context(format!("see {}", dir.display()));
+    }
+    if let Some(s) = &rec.status {
+        println!("QEMU still running at timeout, status {s}: quit");
+    }
+    match rec.exit {
+        Some(st) if !rec.killed_by_us && rec.status.is_none() => {
+            let code = st.code();
+            println!("QEMU {}{}", qemu::describe_status(st), code.map(agent::explain_exit).unwrap_or_default());
+            Ok(code)
+        }
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn board() -> Board {
+        crate::config::parse_board(
+            Path::new("boards/pc.toml"),
+            r#"name = "pc"
+description = "d"
+arch = "x86_64"
+binary = "qemu-system-x86_64"
+machine = "pc"
+accel = "tcg"
+memory = "128M"
+args = ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+package = "qemu-system-x86"
+"#,
+            Path::new("/w"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn argv_escapes_commas() {
+        let a = qemu_argv(
+            &board(),
+            Path::new("/img"),
+            &["-chardev".into(), "socket,id=qmp,path=/tmp/x,,y/qmp.sock,server=off".into()],
+            Path::new("/runs/a,b/serial.bin"),
+            &["-device".into(), "pvpanic".into()],
+            Some("log:a,b; pvpanic.panicked"),
+            ScriptVia::FwCfg,
+        );
+        assert_eq!(a[0], "qemu-system-x86_64");
+        assert!(a.contains(&"file,id=serial0,path=/runs/a,,b/serial.bin".to_string()));
+        assert!(a.contains(&"name=opt/pvagent/script,string=log:a,,b; pvpanic.panicked".to_string()));
+        let k = a.iter().position(|x| x == "-kernel").unwrap();
+        assert_eq!(a[k + 1], "/img");
+        let b = qemu_argv(&board(), Path::new("/img"), &[], Path::new("/s"), &[], Some("a,b"), ScriptVia::Append);
+        assert_eq!(&b[b.len() - 2..], &["-append".to_string(), "a,b".to_string()]);
+        let c = qemu_argv(&board(), Path::new("/img"), &[], Path::new("/s"), &[], None, ScriptVia::FwCfg);
+        assert_eq!(c.last().unwrap(), "/img");
+    }
+
+    fn ev(name: &str, data: Value) -> SeenEvent {
+        SeenEvent { event: name.into(), data, ms: Some(1.0), watched: true, ignored: false }
+    }
+
+    fn checks(end: End) -> Checks {
+        Checks {
+            expect: vec![ExpectEntry::new("GUEST_PANICKED"), ExpectEntry::new("SHUTDOWN")],
+            ignore: vec!["STOP".into()],
+            settle: Duration::from_millis(1),
+            end,
+            log_contains: vec!["hello".into()],
+        }
+    }
+
+    fn record(events: Vec<SeenEvent>, code: i32, c: &Checks) -> RunRecord {
+        let mut r = RunRecord {
+            events,
+            exit: Some(ExitStatus::from_raw(code << 8)),
+            agent_log: "INFO hello".into(),
+            ..Default::default()
+        };
+        let rel: Vec<(&str, &Value)> =
+            r.events.iter().filter(|e| e.relevant()).map(|e| (e.event.as_str(), &e.data)).collect();
+        r.progress = Some(matcher::evaluate(&c.expect, &rel));
+        r
+    }
+
+    #[test]
+    fn judge_pass_and_failures() {
+        let c = checks(End::Exit(0));
+        let mut stop = ev("STOP", Value::Null);
+        stop.ignored = true;
+        let evs = vec![ev("GUEST_PANICKED", Value::Null), stop, ev("SHUTDOWN", Value::Null)];
+        assert_eq!(judge(&c, Duration::from_secs(1), &record(evs.clone(), 0, &c)), Verdict::Pass);
+        match judge(&c, Duration::from_secs(1), &record(evs.clone(), 1, &c)) {
+            Verdict::Fail(r) => assert!(r.contains("status 1, expected exit status 0"), "{r}"),
+            v => panic!("{v:?}"),
+        }
+        let mut r = record(evs[..1].to_vec(), 227, &c);
+        r.agent_log.clear();
+        match judge(&c, Duration::from_secs(1), &r) {
+            Verdict::Fail(r) => {
+                assert!(r.contains("missing SHUTDOWN"), "{r}");
+                assert!(r.contains("agent log lacks \"hello\""), "{r}");
+                assert!(r.contains("missing device"), "{r}");
+            }
+            v => panic!("{v:?}"),
+        }
+        let evs2 = vec![ev("SHUTDOWN", Value::Null)];
+        match judge(&c, Duration::from_secs(1), &record(evs2, 0, &c)) {
+            Verdict::Fail(r) => assert!(r.contains("unexpected SHUTDOWN"), "{r}"),
+            v => panic!("{v:?}"),
+        }
+        let cs = checks(End::Status("running".into()));
+        let mut r = record(evs.clone(), 0, &cs);
+        r.status = Some("running".into());
+        assert_eq!(judge(&cs, Duration::from_secs(1), &r), Verdict::Pass);
+        r.status = Some("paused".into());
+        assert!(matches!(judge(&cs, Duration::from_secs(1), &r), Verdict::Fail(m) if m.contains("status paused")));
+    }
+}

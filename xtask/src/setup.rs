@@ -1,0 +1,452 @@
+//! Prerequisites: the Rust target and a recent enough QEMU (installed from
+//! Debian bookworm-backports on bookworm, from the distribution elsewhere).
+//! Quick and silent-ish when everything is present.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::agent::TARGET;
+use crate::config::Board;
+use crate::qemu;
+use crate::util::{Version, fmt_min_version};
+
+/// QEMU version the whole scenario table needs (older: those rows are skipped).
+pub const WANTED_QEMU: Version = Version::new(9, 1, 0);
+
+/// File this tool writes to enable bookworm-backports.
+pub const BACKPORTS_FILE: &str = "/etc/apt/sources.list.d/pvagent-backports.sources";
+
+/// One apt source (a deb822 stanza or a one-line entry).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct AptSource {
+    pub types: Vec<String>,
+    pub uris: Vec<String>,
+    pub suites: Vec<String>,
+    pub components: Vec<String>,
+    pub signed_by: Option<String>,
+    pub enabled: bool,
+}
+
+/// Parses a deb822 `.sources` file.
+pub fn parse_deb822(text: &str) -> Vec<AptSource> {
+    let mut out = Vec::new();
+    let mut fields: Vec<(String, String)> = Vec::new();
+    let flush = |fields: &mut Vec<(String, String)>, out: &mut Vec<AptSource>| {
+        if fields.is_empty() {
+            return;
+        }
+        let get = |k: &str| fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone());
+        let words = |k: &str| -> Vec<String> {
+            get(k).map(|v| v.split_whitespace().map(String::from).collect()).unwrap_or_default()
+        };
+        let signed_by = get("Signed-By").map(|s| s.trim().to_string()).filter(|s| !s.is_empty() && !s.contains('\n'));
+        out.push(AptSource {
+            types: words("Types"),
+            uris: words("URIs"),
+            suites: words("Suites"),
+            components: words("Components"),
+            signed_by,
+            enabled: get("Enabled").map(|v| !v.trim().eq_ignore_ascii_case("no")).unwrap_or(true),
+        });
+        fields.clear();
+    };
+    for line in text.lines() {
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        if line.trim().is_empty() {
+            flush(&mut fields, &mut out);
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, v)) = fields.last_mut() {
+                v.push('\n');
+                v.push_str(line.trim());
+            }
+            continue;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            fields.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    flush(&mut fields, &mut out);
+    out
+}
+
+/// Parses one-line `sources.list` entries (`deb [opts] URI SUITE COMP…`).
+pub fn parse_one_line(text: &str) -> Vec<AptSource> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (ty, rest) = match line.split_once(char::is_whitespace) {
+            Some(x) => x,
+            None => continue,
+        };
+        if ty != "deb" && ty != "deb-src" {
+            continue;
+        }
+        let mut rest = rest.trim_start();
+        let mut signed_by = None;
+        if let Some(r) = rest.strip_prefix('[') {
+            let Some((opts, after)) = r.split_once(']') else {
+                continue;
+            };
+            for o in opts.split_whitespace() {
+                if let Some(v) = o.strip_prefix("signed-by=") {
+                    signed_by = Some(v.to_string());
+                }
+            }
+            rest = after.trim_start();
+        }
+        let mut words = rest.split_whitespace();
+        let (Some(uri), Some(suite)) = (words.next(), words.next()) else {
+            continue;
+        };
+        out.push(AptSource {
+            types: vec![ty.to_string()],
+            uris: vec![uri.to_string()],
+            suites: vec![suite.to_string()],
+            components: words.map(String::from).collect(),
+            signed_by,
+            enabled: true,
+        });
+    }
+    out
+}
+
+/// The Debian mirror the system already uses for `codename` (from a `deb`
+/// source whose suites include exactly `codename`; security mirrors are
+/// skipped). Returns the URI and the keyring, if one is named.
+pub fn debian_mirror(sources: &[AptSource], codename: &str) -> Option<(String, Option<String>)> {
+    sources
+        .iter()
+        .filter(|s| s.enabled && s.types.iter().any(|t| t == "deb"))
+        .filter(|s| s.suites.iter().any(|x| x == codename))
+        .flat_map(|s| s.uris.iter().map(move |u| (u, s)))
+        .find(|(u, _)| !u.contains("security"))
+        .map(|(u, s)| (u.trim_end_matches('/').to_string(), s.signed_by.clone()))
+}
+
+/// Is `suite` already configured (enabled, type deb) in any source?
+pub fn has_suite(sources: &[AptSource], suite: &str) -> bool {
+    sources.iter().any(|s| s.enabled && s.types.iter().any(|t| t == "deb") && s.suites.iter().any(|x| x == suite))
+}
+
+/// The deb822 stanza for `<codename>-backports` on `uri`.
+pub fn backports_stanza(uri: &str, codename: &str, signed_by: Option<&str>) -> String {
+    let mut s = format!(
+        "# Written by `cargo xtask setup` (pvagent): QEMU >= {} from {codename}-backports.\n\
+         Types: deb\nURIs: {uri}\nSuites: {codename}-backports\nComponents: main\n",
+        fmt_min_version(WANTED_QEMU)
+    );
+    if let Some(k) = signed_by {
+        s.push_str(&format!("Signed-By: {k}\n"));
+    }
+    s
+}
+
+/// All apt sources of this system.
+fn system_sources() -> Vec<AptSource> {
+    let mut v = Vec::new();
+    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
+        v.extend(parse_one_line(&t));
+    }
+    if let Ok(rd) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut files: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        for f in files {
+            let Ok(t) = std::fs::read_to_string(&f) else {
+                continue;
+            };
+            match f.extension().and_then(|e| e.to_str()) {
+                Some("sources") => v.extend(parse_deb822(&t)),
+                Some("list") => v.extend(parse_one_line(&t)),
+                _ => {}
+            }
+        }
+    }
+    v
+}
+
+/// `/etc/os-release` fields we care about.
+#[derive(Debug, Default)]
+pub struct OsRelease {
+    pub id: String,
+    pub id_like: String,
+    pub codename: String,
+}
+
+pub fn parse_os_release(text: &str) -> OsRelease {
+    let mut o = OsRelease::default();
+    for line in text.lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            let v = v.trim().trim_matches('"').to_string();
+            match k.trim() {
+                "ID" => o.id = v,
+                "ID_LIKE" => o.id_like = v,
+                "VERSION_CODENAME" => o.codename = v,
+                _ => {}
+            }
+        }
+    }
+    o
+}
+
+impl OsRelease {
+    pub fn debian_like(&self) -> bool {
+        let like = |w: &str| self.id == w || self.id_like.split_whitespace().any(|x| x == w);
+        like("debian") || like("ubuntu")
+    }
+}
+
+fn run(cmd: &[&str]) -> Result<()> {
+    eprintln!("setup: $ {}", cmd.join(" "));
+    let st = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .with_context(|| format!("running {}", cmd[0]))?;
+    if !st.success() {
+        bail!("`{}` failed ({st})", cmd.join(" "));
+    }
+    Ok(())
+}
+
+/// Ensures the bare-metal Rust target is installed.
+pub fn ensure_rust_target(root: &Path) -> Result<()> {
+    let out = match Command::new("rustup").args(["target", "list", "--installed"]).current_dir(root).output() {
+        Ok(o) => o,
+        Err(_) => {
+            eprintln!("setup: rustup not found; assuming the toolchain has target {TARGET}");
+            return Ok(());
+        }
+    };
+    if !out.status.success() {
+        bail!("`rustup target list --installed` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == TARGET) {
+        return Ok(());
+    }
+    eprintln!("setup: Rust target {TARGET} missing: installing");
+    let st =
+        Command::new("rustup").args(["target", "add", TARGET]).current_dir(root).status().context("running rustup")?;
+    if !st.success() {
+        bail!("`rustup target add {TARGET}` failed");
+    }
+    Ok(())
+}
+
+/// Ensures each board's QEMU binary exists and is ≥ 9.1 where this tool can
+/// install it; returns the versions found (binary → version).
+pub fn ensure_qemu(boards: &[&Board]) -> Result<Vec<(String, Version)>> {
+    let mut done = BTreeSet::new();
+    let mut found = Vec::new();
+    for b in boards {
+        if !done.insert(b.binary.clone()) {
+            continue;
+        }
+        let have = qemu::qemu_version(&b.binary).ok();
+        if let Some(v) = have
+            && v >= WANTED_QEMU
+        {
+            found.push((b.binary.clone(), v));
+            continue;
+        }
+        install_qemu(b, have)?;
+        qemu::forget_version(&b.binary);
+        match qemu::qemu_version(&b.binary) {
+            Ok(v) => {
+                if v < WANTED_QEMU {
+                    eprintln!(
+                        "setup: warning: {} is {v}; scenarios needing QEMU ≥ {} will be SKIPPED",
+                        b.binary,
+                        fmt_min_version(WANTED_QEMU)
+                    );
+                }
+                found.push((b.binary.clone(), v));
+            }
+            Err(e) => bail!("{} still unusable after installing: {e}", b.binary),
+        }
+    }
+    Ok(found)
+}
+
+fn install_qemu(board: &Board, have: Option<Version>) -> Result<()> {
+    let os = parse_os_release(&std::fs::read_to_string("/etc/os-release").unwrap_or_default());
+    // SAFETY: geteuid has no preconditions.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let pkg = &board.package;
+    let want = fmt_min_version(WANTED_QEMU);
+    let problem = match have {
+        None => format!("{} is not installed", board.binary),
+        Some(v) => format!("{} is {v}, older than {want}", board.binary),
+    };
+    let bookworm = os.id == "debian" && os.codename == "bookworm";
+    if bookworm {
+        let sources = system_sources();
+        let mirror = debian_mirror(&sources, "bookworm");
+        let need_source = !has_suite(&sources, "bookworm-backports");
+        let (uri, key) = mirror.clone().unwrap_or_else(|| ("<your Debian mirror>".into(), None));
+        let stanza = backports_stanza(&uri, "bookworm", key.as_deref());
+        if !is_root || mirror.is_none() {
+            let mut msg = format!("{problem}. Install QEMU ≥ {want} from bookworm-backports:\n");
+            if need_source {
+                msg.push_str(&format!("  sudo tee {BACKPORTS_FILE} <<'EOF'\n{stanza}EOF\n"));
+            }
+            msg.push_str(&format!("  sudo apt-get update\n  sudo apt-get install -y -t bookworm-backports {pkg}"));
+            if have.is_some() {
+                eprintln!("setup: warning: {msg}\nsetup: continuing; newer scenarios will be SKIPPED");
+                return Ok(());
+            }
+            bail!("{msg}");
+        }
+        eprintln!("setup: {problem}: installing {pkg} from bookworm-backports");
+        if need_source {
+            eprintln!("setup: writing {BACKPORTS_FILE} (mirror {uri})");
+            std::fs::write(BACKPORTS_FILE, &stanza).with_context(|| format!("writing {BACKPORTS_FILE}"))?;
+        }
+        run(&["apt-get", "update"])?;
+        run(&["apt-get", "install", "-y", "-t", "bookworm-backports", pkg])?;
+        return Ok(());
+    }
+    if os.debian_like() {
+        if have.is_some() {
+            eprintln!(
+                "setup: warning: {problem}; scenarios needing QEMU ≥ {want} will be SKIPPED \
+                 (install a newer {pkg} to run them)"
+            );
+            return Ok(());
+        }
+        if !is_root {
+            bail!("{problem}. Install it with:\n  sudo apt-get update\n  sudo apt-get install -y {pkg}");
+        }
+        eprintln!("setup: {problem}: installing {pkg}");
+        run(&["apt-get", "update"])?;
+        run(&["apt-get", "install", "-y", pkg])?;
+        return Ok(());
+    }
+    if have.is_some() {
+        eprintln!("setup: warning: {problem}; scenarios needing QEMU ≥ {want} will be SKIPPED");
+        return Ok(());
+    }
+    bail!(
+        "{problem}, and this is not a Debian-like system this tool can install on. \
+         Install QEMU ≥ {want} providing `{}` with your package manager (Debian: package {pkg}).",
+        board.binary
+    )
+}
+
+/// Everything `qemu-run` and `test` need.
+pub fn setup(root: &Path, boards: &[&Board]) -> Result<Vec<(String, Version)>> {
+    ensure_rust_target(root)?;
+    ensure_qemu(boards)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEB822: &str = "\
+Types: deb
+# http://snapshot.debian.org/archive/debian/20250520T000000Z
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.example/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+";
+
+    #[test]
+    fn deb822_mirror() {
+        let s = parse_deb822(DEB822);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].suites, vec!["bookworm", "bookworm-updates"]);
+        assert_eq!(
+            debian_mirror(&s, "bookworm"),
+            Some((
+                "http://mirror.example/debian".into(),
+                Some("/usr/share/keyrings/debian-archive-keyring.gpg".into())
+            ))
+        );
+        assert!(!has_suite(&s, "bookworm-backports"));
+        assert!(has_suite(&s, "bookworm-security"));
+    }
+
+    #[test]
+    fn security_first_and_disabled_are_skipped() {
+        let text = "\
+Types: deb
+URIs: http://security.debian.org/debian-security
+Suites: bookworm bookworm-security
+Components: main
+
+Types: deb
+URIs: http://off.example/debian
+Suites: bookworm
+Enabled: no
+
+Types: deb-src deb
+URIs: https://m.example/debian/
+Suites: bookworm
+Components: main
+";
+        let s = parse_deb822(text);
+        assert_eq!(debian_mirror(&s, "bookworm"), Some(("https://m.example/debian".into(), None)));
+    }
+
+    #[test]
+    fn one_line_sources() {
+        let text = "\
+# comment
+deb [arch=amd64 signed-by=/k.gpg] http://ftp.example/debian bookworm main contrib
+deb http://ftp.example/debian-security bookworm-security main
+deb-src http://src.example/debian bookworm main
+deb http://ftp.example/debian bookworm-backports main  # trailing
+";
+        let s = parse_one_line(text);
+        assert_eq!(s.len(), 4);
+        assert_eq!(debian_mirror(&s, "bookworm"), Some(("http://ftp.example/debian".into(), Some("/k.gpg".into()))));
+        assert!(has_suite(&s, "bookworm-backports"));
+        // Only a bookworm-updates stanza: no exact match.
+        assert_eq!(debian_mirror(&parse_one_line("deb http://x bookworm-updates main"), "bookworm"), None);
+    }
+
+    #[test]
+    fn continuation_lines_and_inline_keys() {
+        let text = "Types: deb\nURIs: http://a.example/debian\n  http://b.example/debian\nSuites: bookworm\nSigned-By:\n -----BEGIN PGP PUBLIC KEY BLOCK-----\n .\n xyz\n";
+        let s = parse_deb822(text);
+        assert_eq!(s[0].uris.len(), 2);
+        assert_eq!(s[0].signed_by, None, "inline key blocks are not copied");
+        assert_eq!(debian_mirror(&s, "bookworm").unwrap().0, "http://a.example/debian");
+    }
+
+    #[test]
+    fn stanza_text() {
+        let st = backports_stanza("http://m/debian", "bookworm", Some("/k.gpg"));
+        let parsed = parse_deb822(&st);
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].uris, vec!["http://m/debian"]);
+        assert_eq!(parsed[0].suites, vec!["bookworm-backports"]);
+        assert_eq!(parsed[0].signed_by.as_deref(), Some("/k.gpg"));
+    }
+
+    #[test]
+    fn os_release() {
+        let o = parse_os_release("ID=ubuntu\nID_LIKE=debian\nVERSION_CODENAME=noble\n");
+        assert!(o.debian_like());
+        assert_eq!(o.codename, "noble");
+        let o = parse_os_release("ID=\"fedora\"\n");
+        assert!(!o.debian_like());
+    }
+}

@@ -1,0 +1,235 @@
+//! Small pure helpers: QEMU option escaping, shell quoting, globs, durations,
+//! versions, timestamps.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Escapes a value for QEMU's `key=value,key=value` option syntax: every `,`
+/// inside a value must be written as `,,`.
+pub fn escape_qemu_opt(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+/// Quotes one argument for a POSIX shell (for copy-paste of command lines).
+pub fn shell_quote(arg: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-./=:,+@%^".contains(c);
+    if !arg.is_empty() && arg.chars().all(safe) { arg.to_string() } else { format!("'{}'", arg.replace('\'', r"'\''")) }
+}
+
+/// A whole command line, shell-quoted.
+pub fn shell_join<S: AsRef<str>>(args: &[S]) -> String {
+    args.iter().map(|a| shell_quote(a.as_ref())).collect::<Vec<_>>().join(" ")
+}
+
+/// Glob match with `*` (any run of characters, including `/`) and `?` (one
+/// character). Everything else matches literally.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// Parses a duration such as `300ms`, `10s`, `2m`, `1.5s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("`{s}` has no unit (write e.g. \"300ms\", \"10s\" or \"2m\")"))?;
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() || num.starts_with('.') || num.ends_with('.') || num.matches('.').count() > 1 {
+        return Err(format!("`{s}` is not a duration (write e.g. \"300ms\", \"10s\" or \"2m\")"));
+    }
+    let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
+    let factor_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" | "min" => 60_000,
+        _ => {
+            return Err(format!("`{s}` has unknown unit `{unit}` (use ms, s or m)"));
+        }
+    };
+    let int: u64 = int_part.parse().map_err(|_| format!("`{s}` is out of range"))?;
+    let mut ms = int.checked_mul(factor_ms).ok_or_else(|| format!("`{s}` is out of range"))?;
+    if !frac_part.is_empty() {
+        // Fractions are exact to the millisecond.
+        let digits = frac_part.len().min(9) as u32;
+        let frac: u64 = frac_part[..digits as usize].parse().map_err(|_| format!("`{s}` is not a duration"))?;
+        ms += frac * factor_ms / 10u64.pow(digits);
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// Human form of a duration, the inverse of [`parse_duration`] for whole ms.
+pub fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+}
+
+/// A QEMU version `major.minor.micro`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Version {
+    pub major: u32,
+    pub minor: u32,
+    pub micro: u32,
+}
+
+impl Version {
+    pub const fn new(major: u32, minor: u32, micro: u32) -> Self {
+        Version { major, minor, micro }
+    }
+
+    /// Parses `9.1` or `9.1.0`.
+    pub fn parse(s: &str) -> Result<Version, String> {
+        let parts: Vec<&str> = s.trim().split('.').collect();
+        if !(2..=3).contains(&parts.len()) {
+            return Err(format!(
+                "`{s}` is not a version (write \"MAJOR.MINOR\" or \"MAJOR.MINOR.MICRO\", e.g. \"9.1\")"
+            ));
+        }
+        let mut nums = [0u32; 3];
+        for (i, p) in parts.iter().enumerate() {
+            if p.is_empty() || !p.chars().all(|c| c.is_ascii_digit()) {
+                return Err(format!(
+                    "`{s}` is not a version (write \"MAJOR.MINOR\" or \"MAJOR.MINOR.MICRO\", e.g. \"9.1\")"
+                ));
+            }
+            nums[i] = p.parse().map_err(|_| format!("`{s}`: number too large"))?;
+        }
+        Ok(Version::new(nums[0], nums[1], nums[2]))
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.micro)
+    }
+}
+
+/// Short form used in messages such as "needs QEMU ≥ 9.1".
+pub fn fmt_min_version(v: Version) -> String {
+    if v.micro == 0 { format!("{}.{}", v.major, v.minor) } else { v.to_string() }
+}
+
+/// Seconds since the Unix epoch as f64 (for display only).
+pub fn unix_secs_f64(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Microseconds since the Unix epoch.
+pub fn unix_micros(t: SystemTime) -> i128 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_micros() as i128,
+        Err(e) => -(e.duration().as_micros() as i128),
+    }
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC (no time-zone database needed).
+pub fn utc_stamp(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, (rem / 60) % 60, rem % 60)
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commas_are_doubled() {
+        assert_eq!(escape_qemu_opt("a,b,,c"), "a,,b,,,,c");
+        assert_eq!(escape_qemu_opt("pvpanic.panicked"), "pvpanic.panicked");
+        assert_eq!(format!("string={}", escape_qemu_opt("log:x,y; sleep:1ms")), "string=log:x,,y; sleep:1ms");
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(shell_quote("-device"), "-device");
+        assert_eq!(shell_quote("name=opt/x,string=a;b"), "'name=opt/x,string=a;b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_join(&["a b", "c"]), "'a b' c");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("panicked-*", "panicked-pause/pvpanic-isa"));
+        assert!(glob_match("*pci", "panicked-pause/pvpanic-pci"));
+        assert!(!glob_match("*pci", "panicked-pause/pvpanic-isa"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exact2"));
+        assert!(glob_match("*a*b*", "xxaxxbxx"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("10h").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1..5s").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(fmt_duration(Duration::from_millis(300)), "300ms");
+        assert_eq!(fmt_duration(Duration::from_secs(10)), "10s");
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(Version::parse("9.1"), Ok(Version::new(9, 1, 0)));
+        assert_eq!(Version::parse("10.0.2"), Ok(Version::new(10, 0, 2)));
+        assert!(Version::parse("9").is_err());
+        assert!(Version::parse("9.x").is_err());
+        assert!(Version::parse("9.1.2.3").is_err());
+        assert!(Version::new(7, 2, 0) < Version::new(9, 1, 0));
+        assert!(Version::new(10, 0, 2) >= Version::new(9, 1, 0));
+        assert_eq!(fmt_min_version(Version::new(9, 1, 0)), "9.1");
+    }
+
+    #[test]
+    fn utc_stamps() {
+        assert_eq!(utc_stamp(UNIX_EPOCH), "19700101-000000");
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(utc_stamp(t), "20231114-221320");
+    }
+}
