@@ -1,10 +1,11 @@
 //! The agent proper: find the devices, load and check the script, run it.
 
-use crate::arch::{self, interrupts, pvh::BootInfo};
+use crate::arch::{self, cpu, interrupts, pvh::BootInfo};
 use crate::exit::{DebugExit, ErrorExit};
 use crate::fw_cfg::{self, FileEntry, FwCfg};
+use crate::hyperv::{self, Probe, Unavailable};
 use crate::pvpanic::{self, Pvpanic};
-use crate::script::{self, Action, PvDevice, PvEvent, Step};
+use crate::script::{self, Action, Fault, PvDevice, PvEvent, Step};
 use crate::time::Clock;
 use crate::watchdog::{self, I6300Esb, Ib700, Model, Watchdog, i6300esb, ib700};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -139,6 +140,8 @@ enum DeviceError {
     NotAdvertised(&'static str, u64, u8, PvEvent),
     NoDebugExit,
     NoI6300Esb,
+    /// The crash MSRs are unavailable and there is no pvpanic fallback.
+    NoHyperV(Unavailable),
 }
 
 /// Checks that the devices a step needs are there.
@@ -152,6 +155,23 @@ fn check(step: &Step<'_>, devices: &Devices) -> Result<(), DeviceError> {
             Ok(())
         }
         Action::Exit(_) if devices.debug_exit.is_none() => Err(DeviceError::NoDebugExit),
+        Action::HvCrash { fallback, .. } => match Probe::read(&mut cpu::Cpu).check() {
+            Ok(()) => Ok(()),
+            Err(_) if fallback => {
+                // The run-time fallback is pvpanic `panicked`.
+                let device = devices.pvpanic(PvDevice::Any).ok_or(DeviceError::NoPvpanic(PvDevice::Any))?;
+                match pvpanic::advertises(device.events(), PvEvent::Panicked) {
+                    true => Ok(()),
+                    false => Err(DeviceError::NotAdvertised(
+                        device.name(),
+                        device.address(),
+                        device.events(),
+                        PvEvent::Panicked,
+                    )),
+                }
+            }
+            Err(why) => Err(DeviceError::NoHyperV(why)),
+        },
         _ if step.action.watchdog() == Some(Model::I6300Esb) && devices.i6300esb.is_none() => {
             Err(DeviceError::NoI6300Esb)
         }
@@ -184,8 +204,74 @@ fn log_device_error(number: usize, step: &Step<'_>, e: &DeviceError) {
             "step {=usize} ({=str}): no isa-debug-exit (add -device isa-debug-exit,iobase=0xf4,iosize=0x04)",
             number, step.text
         ),
+        DeviceError::NoHyperV(why) => {
+            error!(
+                "step {=usize} ({=str}): the Hyper-V crash MSRs are unavailable: {=str} (use hv.crash-or-pvpanic for a pvpanic fallback)",
+                number,
+                step.text,
+                unavailable_reason(why)
+            );
+        }
         DeviceError::NoI6300Esb => {
             error!("step {=usize} ({=str}): no i6300esb device (add -device i6300esb)", number, step.text)
+        }
+    }
+}
+
+fn unavailable_reason(why: Unavailable) -> &'static str {
+    match why {
+        Unavailable::NoHypervisor => "CPUID.1:ECX bit 31 is clear (no hypervisor)",
+        Unavailable::NotHyperV => {
+            "CPUID 0x40000001 EAX is not \"Hv#1\" (no Hyper-V interface: needs KVM with Hyper-V and -cpu ...,hv-crash)"
+        }
+        Unavailable::NoCrashMsrs => "CPUID 0x40000003 EDX bit 10 is clear (no crash MSRs: add hv-crash to -cpu)",
+    }
+}
+
+fn log_probe(probe: &Probe) {
+    info!(
+        "hv.probe: hypervisor bit {=str}, vendor \"{=str}\" (max leaf {=u32:#x}), interface {=u32:#010x}{=str}, CPUID 0x40000003 EDX {=u32:#x}: crash MSRs {=str}",
+        yes_no(probe.hypervisor),
+        probe.vendor_str(),
+        probe.max_leaf,
+        probe.interface,
+        if probe.interface == hyperv::HV_SIGNATURE { " (Hv#1)" } else { "" },
+        probe.features_edx,
+        if probe.check().is_ok() { "available" } else { "unavailable" }
+    );
+}
+
+/// Runs `hv.crash` / `hv.crash-or-pvpanic`; returns if the vCPU goes on
+/// (QEMU's panic action `none`).
+fn hv_crash(args: [u64; 5], fallback: bool, devices: &mut Devices) {
+    let probe = Probe::read(&mut cpu::Cpu);
+    log_probe(&probe);
+    let failure = match probe.check() {
+        Ok(()) => match hyperv::report_crash(&mut cpu::Cpu, args) {
+            Ok(()) => {
+                info!("hv.crash: wrote P0..P4 and CRASH_CTL notify");
+                return;
+            }
+            Err(msr) => {
+                error!("hv.crash: wrmsr {=u32:#x} raised #GP (the hypervisor refused the crash MSRs)", msr);
+                None
+            }
+        },
+        Err(why) => {
+            warn!("hv.crash: the Hyper-V crash MSRs are unavailable: {=str}", unavailable_reason(why));
+            Some(why)
+        }
+    };
+    match devices.pvpanic(PvDevice::Any).filter(|_| fallback) {
+        Some(device) => {
+            info!("hv.crash-or-pvpanic: falling back to {=str} panicked", device.name());
+            device.fire(PvEvent::Panicked);
+        }
+        None => {
+            if let Some(why) = failure {
+                error!("hv.crash: {=str}", unavailable_reason(why));
+            }
+            fail(devices.debug_exit.take(), ErrorExit::Device)
         }
     }
 }
@@ -231,8 +317,12 @@ fn on_exception(frame: &interrupts::Frame) -> ! {
         frame.rip,
         frame.rsp
     );
-    if frame.vector == u64::from(interrupts::PAGE_FAULT) {
-        error!("page fault address (CR2) {=u64:#x}", interrupts::cr2());
+    if frame.vector == u64::from(interrupts::PAGE_FAULT) || frame.vector == u64::from(interrupts::DOUBLE_FAULT) {
+        let cr2 = interrupts::cr2();
+        error!("page fault address (CR2) {=u64:#x}", cr2);
+        if cr2 >> 12 == cpu::stack_guard() >> 12 {
+            error!("the address is the stack's guard page: stack overflow");
+        }
     }
     report_crash(ErrorExit::Fault)
 }
@@ -240,6 +330,7 @@ fn on_exception(frame: &interrupts::Frame) -> ! {
 /// The agent's main loop, entered from the architecture's start-up code.
 pub fn run(boot: Option<BootInfo>) -> ! {
     crate::log::init();
+    cpu::init();
     interrupts::init(interrupts::Handlers { nmi: on_nmi, exception: on_exception });
     let boot_number = crate::cmos::count_boot();
     info!("pvagent {=str} (x86_64, PVH boot), boot {=u8}", crate::VERSION, boot_number);
@@ -317,6 +408,20 @@ pub fn run(boot: Option<BootInfo>) -> ! {
                 arch::halt();
             }
             Action::FirstBoot => {}
+            Action::HvProbe => log_probe(&Probe::read(&mut cpu::Cpu)),
+            Action::HvCrash { args, fallback } => hv_crash(args, fallback, &mut devices),
+            Action::Fault(fault) => {
+                info!("causing fault:{=str}", fault.name());
+                match fault {
+                    Fault::InvalidOpcode => cpu::invalid_opcode(),
+                    Fault::GeneralProtection => cpu::general_protection(),
+                    Fault::PageFault => cpu::page_fault(),
+                    Fault::DivideError => cpu::divide_error(),
+                    Fault::StackOverflow => cpu::stack_overflow(),
+                    Fault::RustPanic => panic!("fault:rust-panic requested by the script"),
+                    Fault::Triple => cpu::triple_fault(),
+                }
+            }
             Action::WatchdogArm(watchdog::Timeout::Ib700(timeout)) => {
                 info!("ib700: armed, WATCHDOG after {=u64}us", timeout.us());
                 devices.ib700.arm(&timeout);

@@ -11,6 +11,7 @@
 pub mod cmos;
 pub mod exit;
 pub mod fw_cfg;
+pub mod hyperv;
 pub mod pci;
 pub mod pvpanic;
 pub mod script;

@@ -94,6 +94,60 @@ pub enum Action<'a> {
     },
     /// On any boot after the first (a watchdog reset), end the script here.
     FirstBoot,
+    /// Cause a fault on purpose.
+    Fault(Fault),
+    /// Report a crash through the Hyper-V crash MSRs; with `fallback`, through
+    /// pvpanic `panicked` when the CPU does not offer them.
+    HvCrash {
+        args: [u64; 5],
+        fallback: bool,
+    },
+    /// Log what the CPU advertises of Hyper-V.
+    HvProbe,
+}
+
+/// The faults `fault:<kind>` causes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub enum Fault {
+    /// `ud`: invalid opcode (#UD).
+    InvalidOpcode,
+    /// `gp`: general protection (#GP), a non-canonical access.
+    GeneralProtection,
+    /// `pf`: page fault (#PF) on an unmapped address.
+    PageFault,
+    /// `de`: divide error (#DE).
+    DivideError,
+    /// `stack-overflow`: run into the stack's guard page (#DF).
+    StackOverflow,
+    /// `rust-panic`: a Rust panic.
+    RustPanic,
+    /// `triple`: an empty IDT, then a fault: the CPU resets.
+    Triple,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 7] = [
+        Fault::InvalidOpcode,
+        Fault::GeneralProtection,
+        Fault::PageFault,
+        Fault::DivideError,
+        Fault::StackOverflow,
+        Fault::RustPanic,
+        Fault::Triple,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Fault::InvalidOpcode => "ud",
+            Fault::GeneralProtection => "gp",
+            Fault::PageFault => "pf",
+            Fault::DivideError => "de",
+            Fault::StackOverflow => "stack-overflow",
+            Fault::RustPanic => "rust-panic",
+            Fault::Triple => "triple",
+        }
+    }
 }
 
 impl Action<'_> {
@@ -164,6 +218,11 @@ pub enum ErrorKind<'a> {
         key: &'static str,
     },
     ZeroInterval,
+    UnknownFault(&'a str),
+    WrongArgumentCount {
+        verb: &'a str,
+        expected: usize,
+    },
 }
 
 /// A refused script: which step, where, and why.
@@ -224,6 +283,12 @@ impl fmt::Display for ScriptError<'_> {
             ErrorKind::UnknownDevice(d) => write!(f, "unknown watchdog '{d}' (ib700 or i6300esb)"),
             ErrorKind::NeedsKey { verb, key } => write!(f, "'{verb}' needs exactly one '{key}=<duration>'"),
             ErrorKind::ZeroInterval => write!(f, "'every=' must be longer than 0"),
+            ErrorKind::UnknownFault(k) => {
+                write!(f, "unknown fault '{k}' (ud, gp, pf, de, stack-overflow, rust-panic, triple)")
+            }
+            ErrorKind::WrongArgumentCount { verb, expected } => {
+                write!(f, "'{verb}' takes exactly {expected} arguments")
+            }
             ErrorKind::ExitCodeOutOfRange(c) => write!(
                 f,
                 "exit code {c} out of range (0..={MAX_USER_EXIT_CODE}; higher values are the agent's own error codes)"
@@ -379,12 +444,20 @@ fn parse_step(step: &str) -> Result<Action<'_>, (usize, ErrorKind<'_>)> {
             no_args()?;
             return Ok(Action::Pvpanic(device, event));
         }
+        if device_name == "hv" {
+            return parse_hv(event, verb, args, args_at, step.len());
+        }
         if let Some(model) = Model::from_name(device_name) {
             return parse_watchdog(model, event, verb, args, args_at, step.len());
         }
         return Err((0, ErrorKind::UnknownVerb(verb)));
     }
     match verb {
+        "fault" => {
+            let arg = single(verb, one_arg("a fault kind, e.g. ud")?, args_at)?;
+            let fault = Fault::ALL.into_iter().find(|f| f.name() == arg);
+            fault.map(Action::Fault).ok_or((args_at, ErrorKind::UnknownFault(arg)))
+        }
         "first-boot" => {
             no_args()?;
             Ok(Action::FirstBoot)
@@ -460,6 +533,34 @@ fn parse_watchdog<'a>(
         }
         _ => Err((0, ErrorKind::UnknownVerb(verb))),
     }
+}
+
+/// `hv.crash:<a1>,…,<a5>`, `hv.crash-or-pvpanic:…`, `hv.probe`.
+fn parse_hv<'a>(op: &'a str, verb: &'a str, args: Option<&'a str>, args_at: usize, end: usize) -> StepResult<'a> {
+    let fallback = match op {
+        "probe" => {
+            return match args {
+                Some(_) => Err((args_at, ErrorKind::UnexpectedArgument { verb })),
+                None => Ok(Action::HvProbe),
+            };
+        }
+        "crash" => false,
+        "crash-or-pvpanic" => true,
+        _ => return Err((0, ErrorKind::UnknownVerb(verb))),
+    };
+    let wrong_count = ErrorKind::WrongArgumentCount { verb, expected: 5 };
+    let args = args.ok_or((end, wrong_count))?;
+    let mut values = [0u64; 5];
+    let mut count = 0;
+    for (arg, offset) in split_args(args, args_at) {
+        let value = parse_number(arg).ok_or((offset, ErrorKind::BadNumber(arg)))?;
+        *values.get_mut(count).ok_or((offset, wrong_count))? = value;
+        count += 1;
+    }
+    if count != 5 {
+        return Err((args_at, wrong_count));
+    }
+    Ok(Action::HvCrash { args: values, fallback })
 }
 
 /// `i6300esb.arm:<stage1>[,<stage2>][,no-reboot][,free-run]`.
@@ -718,6 +819,38 @@ mod tests {
         assert_eq!(error("feed:ib700,every=x1s,for=1s").kind, ErrorKind::BadNumber("x1s"));
         let e = error("feed:ib700,every=1s,for=1h");
         assert_eq!((e.offset, e.kind), (24, ErrorKind::BadDurationUnit("1h")));
+    }
+
+    #[test]
+    fn fault_and_hyperv_verbs() {
+        assert_eq!(
+            actions("fault:ud; fault:stack-overflow; fault:rust-panic; hv.probe"),
+            [
+                Action::Fault(Fault::InvalidOpcode),
+                Action::Fault(Fault::StackOverflow),
+                Action::Fault(Fault::RustPanic),
+                Action::HvProbe
+            ]
+        );
+        assert_eq!(error("fault:segv").kind, ErrorKind::UnknownFault("segv"));
+        assert_eq!(
+            actions("hv.crash:0x1e,0xfffffffffffffff0,0x20001,0x0,0x123456789abcdef0"),
+            [Action::HvCrash {
+                args: [0x1e, 0xffff_ffff_ffff_fff0, 0x20001, 0, 0x1234_5678_9abc_def0],
+                fallback: false
+            }]
+        );
+        assert_eq!(
+            actions("hv.crash-or-pvpanic:1,2,3,4,5"),
+            [Action::HvCrash { args: [1, 2, 3, 4, 5], fallback: true }]
+        );
+        let five = ErrorKind::WrongArgumentCount { verb: "hv.crash", expected: 5 };
+        assert_eq!(error("hv.crash:1,2,3,4").kind, five);
+        assert_eq!(error("hv.crash:1,2,3,4,5,6").kind, five);
+        assert_eq!(error("hv.crash").kind, five);
+        assert_eq!(error("hv.crash:1,2,x,4,5").kind, ErrorKind::BadNumber("x"));
+        assert_eq!(error("hv.probe:1").kind, ErrorKind::UnexpectedArgument { verb: "hv.probe" });
+        assert_eq!(error("hv.reset").kind, ErrorKind::UnknownVerb("hv.reset"));
     }
 
     #[test]

@@ -108,10 +108,16 @@ boot_pml4:
     .skip 4096
 boot_pdpt:
     .skip 4096
+    .global boot_pd
 boot_pd:
     .skip 4 * 4096
-    .balign 16
+    /* Unmapped once the agent runs (cpu::init): running into it is a
+       stack overflow, reported through the double-fault handler. */
+    .global __stack_guard
+__stack_guard:
+    .skip 4096
     .skip 32 * 1024
+    .global __stack_top
 __stack_top:
     .popsection
     "#,

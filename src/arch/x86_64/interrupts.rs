@@ -4,14 +4,23 @@
 
 use core::arch::naked_asm;
 use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::VirtAddr;
 use x86_64::instructions::tables::lidt;
 use x86_64::structures::DescriptorTablePointer;
 
 /// Vector of the non-maskable interrupt.
 pub const NMI: u8 = 2;
+/// Vector of the double fault.
+pub const DOUBLE_FAULT: u8 = 8;
+/// Vector of the general-protection fault.
+pub const GENERAL_PROTECTION: u8 = 13;
 /// Vector of the page fault.
 pub const PAGE_FAULT: u8 = 14;
+
+/// Where a #GP resumes when an instruction that may fault armed it
+/// (`cpu::try_wrmsr`); 0 = a #GP is a crash.
+pub static FIXUP_RIP: AtomicU64 = AtomicU64::new(0);
 
 /// The registers the common entry saves, then what the CPU pushed.
 #[repr(C)]
@@ -58,11 +67,11 @@ impl Gate {
     const MISSING: Gate =
         Gate { offset_low: 0, selector: 0, ist: 0, attributes: 0, offset_mid: 0, offset_high: 0, reserved: 0 };
 
-    fn interrupt(handler: usize) -> Gate {
+    fn interrupt(handler: usize, ist: u8) -> Gate {
         Gate {
             offset_low: handler as u16,
-            selector: 0x08, // the boot GDT's code segment
-            ist: 0,
+            selector: 0x08, // the kernel code segment (boot GDT and cpu::init's)
+            ist,
             attributes: 0x8e, // present, DPL 0, 64-bit interrupt gate
             offset_mid: (handler >> 16) as u16,
             offset_high: (handler >> 32) as u32,
@@ -98,8 +107,9 @@ pub fn init(handlers: Handlers) {
         *HANDLERS.0.get() = Some(handlers);
         &mut *IDT.0.get()
     };
-    for (gate, stub) in gates.iter_mut().zip(STUBS) {
-        *gate = Gate::interrupt(stub as usize);
+    for (vector, (gate, stub)) in gates.iter_mut().zip(STUBS).enumerate() {
+        let ist = if vector == usize::from(DOUBLE_FAULT) { super::cpu::DOUBLE_FAULT_IST } else { 0 };
+        *gate = Gate::interrupt(stub as usize, ist);
     }
     let pointer = DescriptorTablePointer {
         limit: (core::mem::size_of::<[Gate; 32]>() - 1) as u16,
@@ -110,11 +120,26 @@ pub fn init(handlers: Handlers) {
     unsafe { lidt(&pointer) };
 }
 
+/// Loads an IDT with no entries (for `fault:triple`).
+pub fn load_empty() {
+    let pointer = DescriptorTablePointer { limit: 0, base: VirtAddr::new(0) };
+    // SAFETY: deliberately leaves the CPU without exception handlers; the
+    // only caller triple-faults right after.
+    unsafe { lidt(&pointer) };
+}
+
 /// Called by the common entry with the saved frame.
 extern "C" fn dispatch(frame: &mut Frame) {
     // SAFETY: HANDLERS was set before the IDT was loaded and is never
     // written again.
     let Some(handlers) = (unsafe { &*HANDLERS.0.get() }) else { return };
+    if frame.vector == u64::from(GENERAL_PROTECTION) {
+        let fixup = FIXUP_RIP.swap(0, Ordering::Relaxed);
+        if fixup != 0 {
+            frame.rip = fixup;
+            return;
+        }
+    }
     if frame.vector == u64::from(NMI) {
         (handlers.nmi)();
     } else {

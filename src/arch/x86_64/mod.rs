@@ -1,6 +1,7 @@
 //! x86_64: PVH entry, 32→64-bit switch, and the boot information QEMU hands over.
 
 mod boot;
+pub mod cpu;
 pub mod interrupts;
 pub mod pvh;
 
