@@ -25,12 +25,16 @@ pub const MSR_CRASH_P0: u32 = 0x4000_0100;
 pub const MSR_CRASH_CTL: u32 = 0x4000_0105;
 pub const CRASH_NOTIFY: u64 = 1 << 63;
 
+/// An instruction raised a general-protection fault (#GP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GeneralProtection;
+
 /// The CPU operations the sequence needs.
 pub trait CpuAccess {
     /// `cpuid` with ECX = 0: [EAX, EBX, ECX, EDX].
     fn cpuid(&mut self, leaf: u32) -> [u32; 4];
     /// `wrmsr`; `Err` if it raised #GP.
-    fn wrmsr(&mut self, msr: u32, value: u64) -> Result<(), ()>;
+    fn wrmsr(&mut self, msr: u32, value: u64) -> Result<(), GeneralProtection>;
 }
 
 /// What the CPU advertises.
@@ -105,9 +109,9 @@ impl Probe {
 /// write that makes KVM report the crash). `Err(msr)`: that write raised #GP.
 pub fn report_crash(cpu: &mut impl CpuAccess, args: [u64; 5]) -> Result<(), u32> {
     for (msr, value) in (MSR_CRASH_P0..).zip(args) {
-        cpu.wrmsr(msr, value).map_err(|()| msr)?;
+        cpu.wrmsr(msr, value).map_err(|_| msr)?;
     }
-    cpu.wrmsr(MSR_CRASH_CTL, CRASH_NOTIFY).map_err(|()| MSR_CRASH_CTL)
+    cpu.wrmsr(MSR_CRASH_CTL, CRASH_NOTIFY).map_err(|_| MSR_CRASH_CTL)
 }
 
 #[cfg(test)]
@@ -129,9 +133,9 @@ mod tests {
             self.cpuid_calls.push(leaf);
             self.leaves.iter().find(|(l, _)| *l == leaf).map_or([0; 4], |(_, r)| *r)
         }
-        fn wrmsr(&mut self, msr: u32, value: u64) -> Result<(), ()> {
+        fn wrmsr(&mut self, msr: u32, value: u64) -> Result<(), GeneralProtection> {
             if self.gp_on == Some(msr) {
-                return Err(());
+                return Err(GeneralProtection);
             }
             self.writes.push((msr, value));
             Ok(())

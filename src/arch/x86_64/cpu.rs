@@ -3,6 +3,7 @@
 //! script can cause on purpose.
 
 use super::interrupts::{self, FIXUP_RIP};
+use crate::hyperv::GeneralProtection;
 use core::arch::asm;
 use core::cell::UnsafeCell;
 use core::sync::atomic::Ordering;
@@ -14,7 +15,7 @@ use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable};
 use x86_64::structures::tss::TaskStateSegment;
 
 /// The unmapped address `fault:pf` touches (CR2 in the log).
-pub const PAGE_FAULT_ADDRESS: u64 = 0xbad_c0de_000;
+pub const PAGE_FAULT_ADDRESS: u64 = 0x00ba_dc0d_e000;
 /// The non-canonical address `fault:gp` touches.
 pub const GP_ADDRESS: u64 = 0x8000_0000_0000_0000;
 /// The IST slot of the double-fault handler.
@@ -103,7 +104,7 @@ pub fn cpuid(leaf: u32) -> [u32; 4] {
 
 /// `wrmsr` that reports a #GP instead of crashing: the #GP handler resumes
 /// at the fix-up label when `FIXUP_RIP` is armed.
-pub fn try_wrmsr(msr: u32, value: u64) -> Result<(), ()> {
+pub fn try_wrmsr(msr: u32, value: u64) -> Result<(), GeneralProtection> {
     let faulted: u32;
     // SAFETY: the caller writes an MSR the hypervisor advertised; should it
     // raise #GP anyway, the handler resumes at label 2 instead. The fix-up
@@ -128,7 +129,7 @@ pub fn try_wrmsr(msr: u32, value: u64) -> Result<(), ()> {
         );
     }
     FIXUP_RIP.store(0, Ordering::Relaxed);
-    if faulted == 0 { Ok(()) } else { Err(()) }
+    if faulted == 0 { Ok(()) } else { Err(GeneralProtection) }
 }
 
 /// The CPU as the Hyper-V crash sequence sees it.
@@ -139,7 +140,7 @@ impl crate::hyperv::CpuAccess for Cpu {
         cpuid(leaf)
     }
 
-    fn wrmsr(&mut self, msr: u32, value: u64) -> Result<(), ()> {
+    fn wrmsr(&mut self, msr: u32, value: u64) -> Result<(), GeneralProtection> {
         try_wrmsr(msr, value)
     }
 }
