@@ -15,7 +15,7 @@ pub const fn next_boot(stored: u8) -> (u8, u8) {
     (boot, MAGIC | boot)
 }
 
-#[cfg(target_os = "none")]
+#[cfg(all(image, target_arch = "x86_64"))]
 pub fn count_boot() -> u8 {
     use x86_64::instructions::port::Port;
     let mut index = Port::<u8>::new(0x70);

@@ -11,7 +11,7 @@ pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// Why the agent ended on its own. Each code is above the range that
 /// `exit:<code>` accepts, so a user exit can never be mistaken for one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
+#[cfg_attr(image, derive(defmt::Format))]
 #[repr(u8)]
 pub enum ErrorExit {
     /// The script did not parse (QEMU exits 225).
@@ -31,15 +31,47 @@ impl ErrorExit {
     }
 }
 
+impl ErrorExit {
+    /// What the code means, for the log.
+    pub const fn meaning(self) -> &'static str {
+        match self {
+            ErrorExit::Script => "script error",
+            ErrorExit::Device => "missing device or capability",
+            ErrorExit::Panic => "the agent panicked",
+            ErrorExit::Fault => "CPU exception or program check",
+        }
+    }
+
+    /// s390x has no isa-debug-exit: the agent ends in a disabled wait at
+    /// this address instead (QEMU: GUEST_PANICKED with this psw-addr).
+    pub const fn s390_wait_address(self) -> u64 {
+        S390_RESERVED_BASE | (self as u64) << 8
+    }
+}
+
+/// Start of the s390x wait addresses reserved for the agent's own exits:
+/// 0xbad0000..=0xbadffff (a script cannot choose them).
+pub const S390_RESERVED_BASE: u64 = 0x0bad_0000;
+
+/// The disabled-wait address after a program check with this interruption code.
+pub const fn s390_program_check_address(code: u16) -> u64 {
+    S390_RESERVED_BASE | ((code as u64) & 0xff) << 4
+}
+
+/// Whether a wait address belongs to the agent's own exits.
+pub const fn is_reserved_wait_address(address: u64) -> bool {
+    address >> 16 == S390_RESERVED_BASE >> 16
+}
+
 /// QEMU's exit status for a value written to isa-debug-exit.
 pub const fn qemu_status(value: u8) -> u8 {
     (((value as u32) << 1) | 1) as u8
 }
 
-#[cfg(target_os = "none")]
+#[cfg(all(image, target_arch = "x86_64"))]
 pub use hw::DebugExit;
 
-#[cfg(target_os = "none")]
+#[cfg(all(image, target_arch = "x86_64"))]
 mod hw {
     use super::DEBUG_EXIT_PORT;
     use x86_64::instructions::port::Port;
@@ -83,5 +115,21 @@ mod tests {
         assert_eq!(qemu_status(0), 1);
         assert_eq!(qemu_status(5), 11);
         assert!(ErrorExit::Script.code() as u64 > crate::script::MAX_USER_EXIT_CODE);
+    }
+
+    #[test]
+    fn s390_wait_addresses() {
+        assert_eq!(ErrorExit::Script.s390_wait_address(), 0xbad7000);
+        assert_eq!(ErrorExit::Device.s390_wait_address(), 0xbad7100);
+        assert_eq!(ErrorExit::Panic.s390_wait_address(), 0xbad7200);
+        assert_eq!(s390_program_check_address(0x0001), 0xbad0010);
+        assert_eq!(s390_program_check_address(0x0006), 0xbad0060);
+        assert!(is_reserved_wait_address(0xbad0010));
+        assert!(!is_reserved_wait_address(0x12340));
+        // Even, so a valid PSW address; never QEMU's special 0x...fff wait.
+        for a in [ErrorExit::Script.s390_wait_address(), s390_program_check_address(0xff)] {
+            assert_eq!(a % 2, 0);
+            assert_ne!(a & 0xfff, 0xfff);
+        }
     }
 }

@@ -47,10 +47,10 @@ impl FileEntry {
     }
 }
 
-#[cfg(target_os = "none")]
+#[cfg(all(image, target_arch = "x86_64"))]
 pub use hw::FwCfg;
 
-#[cfg(target_os = "none")]
+#[cfg(all(image, target_arch = "x86_64"))]
 mod hw {
     use super::*;
     use x86_64::instructions::port::Port;

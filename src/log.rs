@@ -1,12 +1,14 @@
 //! The agent's log: defmt frames on the console, decoded on the host by
-//! `cargo xtask` with the image's symbols.
+//! `cargo xtask` with the image's symbols. The architecture's console
+//! decides how a frame travels (raw bytes on x86's COM1, a text line on
+//! s390x's SCLP console).
 
-use crate::serial::Serial;
+use crate::arch::Console;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 struct State {
-    console: Option<Serial>,
+    console: Option<Console>,
     encoder: defmt::Encoder,
 }
 
@@ -20,7 +22,7 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// Opens the console. Logging before this (or with no console) is dropped.
 pub fn init() {
-    let console = Serial::com1();
+    let console = Console::open();
     with_state(|state| state.console = console);
 }
 
@@ -53,6 +55,9 @@ unsafe impl defmt::Logger for Logger {
         with_state(|s| {
             let State { console, encoder } = s;
             encoder.end_frame(|bytes| emit(console, bytes));
+            if let Some(console) = console {
+                console.end_frame();
+            }
         });
         TAKEN.store(false, Ordering::Release);
     }
@@ -65,7 +70,7 @@ unsafe impl defmt::Logger for Logger {
     }
 }
 
-fn emit(console: &mut Option<Serial>, bytes: &[u8]) {
+fn emit(console: &mut Option<Console>, bytes: &[u8]) {
     if let Some(console) = console {
         console.write(bytes);
     }

@@ -3,7 +3,7 @@
 
 /// A function's address on the bus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
+#[cfg_attr(image, derive(defmt::Format))]
 pub struct Bdf {
     pub bus: u8,
     pub device: u8,
@@ -38,7 +38,7 @@ pub const COMMAND_IO: u16 = 0x0001;
 
 /// What a BAR maps, from its low bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
+#[cfg_attr(image, derive(defmt::Format))]
 pub enum BarKind {
     Io,
     Mem32 { prefetchable: bool },
@@ -71,7 +71,7 @@ impl BarKind {
 
 /// A decoded BAR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
+#[cfg_attr(image, derive(defmt::Format))]
 pub struct Bar {
     pub kind: BarKind,
     /// Address assigned by firmware (0 = unassigned).
@@ -102,10 +102,10 @@ impl Bar {
     }
 }
 
-#[cfg(target_os = "none")]
+#[cfg(all(image, target_arch = "x86_64"))]
 pub use hw::{BarError, find, map_memory_bar, read8, read16, read32, write8, write16, write32};
 
-#[cfg(target_os = "none")]
+#[cfg(all(image, target_arch = "x86_64"))]
 mod hw {
     use super::*;
     use core::sync::atomic::{AtomicU32, Ordering};

@@ -20,10 +20,10 @@ pub const fn advertises(events: u8, event: PvEvent) -> bool {
     events & event.bit() != 0
 }
 
-#[cfg(target_os = "none")]
+#[cfg(all(image, target_arch = "x86_64"))]
 pub use hw::Pvpanic;
 
-#[cfg(target_os = "none")]
+#[cfg(all(image, target_arch = "x86_64"))]
 mod hw {
     use super::*;
     use crate::pci::{self, Bdf};

@@ -11,7 +11,7 @@
 //! script before the agent runs any step, so a script with an error anywhere
 //! never fires an event.
 
-use crate::watchdog::{self, Model, i6300esb, ib700};
+use crate::watchdog::{self, Model, diag288, i6300esb, ib700};
 use core::fmt;
 use heapless::Vec;
 
@@ -27,7 +27,7 @@ pub const MAX_USER_EXIT_CODE: u64 = 0x6f;
 
 /// One pvpanic event, by the bit QEMU's device uses for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
+#[cfg_attr(image, derive(defmt::Format))]
 pub enum PvEvent {
     Panicked,
     CrashLoaded,
@@ -60,7 +60,7 @@ impl PvEvent {
 
 /// Which pvpanic device a step addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
+#[cfg_attr(image, derive(defmt::Format))]
 pub enum PvDevice {
     /// `pvpanic.<event>`: the ISA device if present, else the PCI one.
     Any,
@@ -104,11 +104,30 @@ pub enum Action<'a> {
     },
     /// Log what the CPU advertises of Hyper-V.
     HvProbe,
+    /// s390x: load a disabled-wait PSW (QEMU: GUEST_PANICKED with s390 info).
+    S390DisabledWait { address: u64, mask: u64 },
+    /// s390x: the special wait PSW QEMU turns into a guest shutdown.
+    S390Shutdown,
+}
+
+/// s390x PSW mask bits.
+pub mod psw {
+    pub const WAIT: u64 = 0x0002_0000_0000_0000;
+    pub const IO: u64 = 0x0200_0000_0000_0000;
+    pub const EXT: u64 = 0x0100_0000_0000_0000;
+    pub const MCHECK: u64 = 0x0004_0000_0000_0000;
+    pub const EA: u64 = 0x0000_0001_0000_0000;
+    pub const BA: u64 = 0x0000_0000_8000_0000;
+    /// The default mask of `s390.disabled-wait`: wait, 64-bit addressing.
+    pub const DISABLED_WAIT: u64 = WAIT | EA | BA;
+    /// Addresses whose low 12 bits are all ones are QEMU's "special"
+    /// (shutdown) wait.
+    pub const SPECIAL_WAIT_LOW_BITS: u64 = 0xfff;
 }
 
 /// The faults `fault:<kind>` causes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
+#[cfg_attr(image, derive(defmt::Format))]
 pub enum Fault {
     /// `ud`: invalid opcode (#UD).
     InvalidOpcode,
@@ -124,10 +143,14 @@ pub enum Fault {
     RustPanic,
     /// `triple`: an empty IDT, then a fault: the CPU resets.
     Triple,
+    /// s390x `operation`: an invalid opcode (program interruption code 1).
+    Operation,
+    /// s390x `specification`: a branch to an odd address (code 6).
+    Specification,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 9] = [
         Fault::InvalidOpcode,
         Fault::GeneralProtection,
         Fault::PageFault,
@@ -135,6 +158,8 @@ impl Fault {
         Fault::StackOverflow,
         Fault::RustPanic,
         Fault::Triple,
+        Fault::Operation,
+        Fault::Specification,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -146,6 +171,8 @@ impl Fault {
             Fault::StackOverflow => "stack-overflow",
             Fault::RustPanic => "rust-panic",
             Fault::Triple => "triple",
+            Fault::Operation => "operation",
+            Fault::Specification => "specification",
         }
     }
 }
@@ -156,6 +183,7 @@ impl Action<'_> {
         match *self {
             Action::WatchdogArm(watchdog::Timeout::Ib700(_)) => Some(Model::Ib700),
             Action::WatchdogArm(watchdog::Timeout::I6300Esb(_)) => Some(Model::I6300Esb),
+            Action::WatchdogArm(watchdog::Timeout::Diag288(_)) => Some(Model::Diag288),
             Action::WatchdogFeed(m) | Action::WatchdogStop(m) | Action::FeedFor { model: m, .. } => Some(m),
             _ => None,
         }
@@ -223,6 +251,14 @@ pub enum ErrorKind<'a> {
         verb: &'a str,
         expected: usize,
     },
+    Diag288Timeout(&'a str),
+    NotDisabledWait(u64),
+    ReservedWaitAddress(u64),
+    SpecialWaitAddress(u64),
+    AddressTooWide {
+        address: u64,
+        mask: u64,
+    },
 }
 
 /// A refused script: which step, where, and why.
@@ -283,8 +319,26 @@ impl fmt::Display for ScriptError<'_> {
             ErrorKind::UnknownDevice(d) => write!(f, "unknown watchdog '{d}' (ib700 or i6300esb)"),
             ErrorKind::NeedsKey { verb, key } => write!(f, "'{verb}' needs exactly one '{key}=<duration>'"),
             ErrorKind::ZeroInterval => write!(f, "'every=' must be longer than 0"),
-            ErrorKind::UnknownFault(k) => {
-                write!(f, "unknown fault '{k}' (ud, gp, pf, de, stack-overflow, rust-panic, triple)")
+            ErrorKind::UnknownFault(k) => write!(
+                f,
+                "unknown fault '{k}' (x86_64: ud, gp, pf, de, stack-overflow, triple; s390x: operation, specification; both: rust-panic)"
+            ),
+            ErrorKind::Diag288Timeout(d) => {
+                write!(f, "diag288 timeouts are whole seconds, at least 15s; '{d}' is not one")
+            }
+            ErrorKind::NotDisabledWait(m) => write!(
+                f,
+                "PSW mask {m:#018x} is not a disabled wait (needs the wait bit 0x0002000000000000, and no I/O, external or machine-check bit)"
+            ),
+            ErrorKind::ReservedWaitAddress(a) => write!(
+                f,
+                "wait address {a:#x} is in the agent's own range 0xbad0000..=0xbadffff (its error exits)"
+            ),
+            ErrorKind::SpecialWaitAddress(a) => {
+                write!(f, "wait address {a:#x} ends in 0xfff: that is QEMU's shutdown wait (use s390.shutdown)")
+            }
+            ErrorKind::AddressTooWide { address, mask } => {
+                write!(f, "address {address:#x} does not fit the addressing mode of mask {mask:#018x}")
             }
             ErrorKind::WrongArgumentCount { verb, expected } => {
                 write!(f, "'{verb}' takes exactly {expected} arguments")
@@ -447,6 +501,9 @@ fn parse_step(step: &str) -> Result<Action<'_>, (usize, ErrorKind<'_>)> {
         if device_name == "hv" {
             return parse_hv(event, verb, args, args_at, step.len());
         }
+        if device_name == "s390" {
+            return parse_s390(event, verb, args, args_at, step.len());
+        }
         if let Some(model) = Model::from_name(device_name) {
             return parse_watchdog(model, event, verb, args, args_at, step.len());
         }
@@ -529,7 +586,59 @@ fn parse_watchdog<'a>(
                     Ok(Action::WatchdogArm(watchdog::Timeout::Ib700(timeout)))
                 }
                 Model::I6300Esb => parse_esb_arm(verb, args, args_at),
+                Model::Diag288 => {
+                    let arg = single(verb, args, args_at)?;
+                    let us = duration_arg(arg, args_at)?;
+                    let timeout = diag288::Timeout::from_us(us).ok_or((args_at, ErrorKind::Diag288Timeout(arg)))?;
+                    Ok(Action::WatchdogArm(watchdog::Timeout::Diag288(timeout)))
+                }
             }
+        }
+        _ => Err((0, ErrorKind::UnknownVerb(verb))),
+    }
+}
+
+/// `s390.disabled-wait:<address>[,<mask>]`, `s390.shutdown`.
+fn parse_s390<'a>(op: &'a str, verb: &'a str, args: Option<&'a str>, args_at: usize, end: usize) -> StepResult<'a> {
+    match op {
+        "shutdown" => match args {
+            Some(_) => Err((args_at, ErrorKind::UnexpectedArgument { verb })),
+            None => Ok(Action::S390Shutdown),
+        },
+        "disabled-wait" => {
+            let what = "an address, e.g. 0x12340";
+            let args = args.filter(|a| !a.trim().is_empty()).ok_or((end, ErrorKind::MissingArgument { verb, what }))?;
+            let mut parts = split_args(args, args_at);
+            let (addr, addr_at) = parts.next().unwrap_or(("", args_at));
+            let address = parse_number(addr).ok_or((addr_at, ErrorKind::BadNumber(addr)))?;
+            let mask = match parts.next() {
+                Some((m, at)) => {
+                    let mask = parse_number(m).ok_or((at, ErrorKind::BadNumber(m)))?;
+                    if mask & psw::WAIT == 0 || mask & (psw::IO | psw::EXT | psw::MCHECK) != 0 {
+                        return Err((at, ErrorKind::NotDisabledWait(mask)));
+                    }
+                    mask
+                }
+                None => psw::DISABLED_WAIT,
+            };
+            if let Some((_, at)) = parts.next() {
+                return Err((at, ErrorKind::TooManyArguments { verb, max: 2 }));
+            }
+            if crate::exit::is_reserved_wait_address(address) {
+                return Err((addr_at, ErrorKind::ReservedWaitAddress(address)));
+            }
+            if address & psw::SPECIAL_WAIT_LOW_BITS == psw::SPECIAL_WAIT_LOW_BITS {
+                return Err((addr_at, ErrorKind::SpecialWaitAddress(address)));
+            }
+            let limit = match (mask & psw::EA != 0, mask & psw::BA != 0) {
+                (true, true) => u64::MAX,
+                (false, true) => 0x7fff_ffff,
+                _ => 0x00ff_ffff,
+            };
+            if address > limit {
+                return Err((addr_at, ErrorKind::AddressTooWide { address, mask }));
+            }
+            Ok(Action::S390DisabledWait { address, mask })
         }
         _ => Err((0, ErrorKind::UnknownVerb(verb))),
     }
@@ -809,7 +918,7 @@ mod tests {
             actions("feed: ib700 , for=1s, every=1ms"),
             [Action::FeedFor { model: Model::Ib700, every_us: 1_000, for_us: 1_000_000 }]
         );
-        assert_eq!(error("feed:diag288,every=1s,for=2s").kind, ErrorKind::UnknownDevice("diag288"));
+        assert_eq!(error("feed:pcwd,every=1s,for=2s").kind, ErrorKind::UnknownDevice("pcwd"));
         assert_eq!(error("feed:ib700,every=1s").kind, ErrorKind::NeedsKey { verb: "feed", key: "for" });
         assert_eq!(
             error("feed:ib700,every=1s,every=2s,for=1s").kind,
@@ -851,6 +960,46 @@ mod tests {
         assert_eq!(error("hv.crash:1,2,x,4,5").kind, ErrorKind::BadNumber("x"));
         assert_eq!(error("hv.probe:1").kind, ErrorKind::UnexpectedArgument { verb: "hv.probe" });
         assert_eq!(error("hv.reset").kind, ErrorKind::UnknownVerb("hv.reset"));
+    }
+
+    #[test]
+    fn s390_verbs() {
+        assert_eq!(
+            actions("s390.disabled-wait:0x12340; s390.disabled-wait:0x5678,0x0002000080000000; s390.shutdown"),
+            [
+                Action::S390DisabledWait { address: 0x12340, mask: 0x0002_0001_8000_0000 },
+                Action::S390DisabledWait { address: 0x5678, mask: 0x0002_0000_8000_0000 },
+                Action::S390Shutdown,
+            ]
+        );
+        assert_eq!(
+            error("s390.disabled-wait:0x1000,0x0302000180000000").kind,
+            ErrorKind::NotDisabledWait(0x0302_0001_8000_0000)
+        );
+        assert_eq!(error("s390.disabled-wait:0x1000,0x180000000").kind, ErrorKind::NotDisabledWait(0x1_8000_0000));
+        assert_eq!(error("s390.disabled-wait:0xbad7000").kind, ErrorKind::ReservedWaitAddress(0xbad7000));
+        assert_eq!(error("s390.disabled-wait:0x1fff").kind, ErrorKind::SpecialWaitAddress(0x1fff));
+        assert_eq!(
+            error("s390.disabled-wait:0x80000000,0x0002000080000000").kind,
+            ErrorKind::AddressTooWide { address: 0x8000_0000, mask: 0x0002_0000_8000_0000 }
+        );
+        assert!(matches!(error("s390.disabled-wait").kind, ErrorKind::MissingArgument { .. }));
+        assert!(matches!(error("s390.shutdown:1").kind, ErrorKind::UnexpectedArgument { .. }));
+        assert_eq!(actions("fault:operation; fault:specification"), [
+            Action::Fault(Fault::Operation),
+            Action::Fault(Fault::Specification)
+        ]);
+    }
+
+    #[test]
+    fn diag288_verbs() {
+        assert_eq!(
+            actions("diag288.arm:15s; diag288.feed; diag288.stop; feed:diag288,every=5s,for=20s")[0],
+            Action::WatchdogArm(watchdog::Timeout::Diag288(diag288::Timeout::from_us(15_000_000).unwrap()))
+        );
+        assert_eq!(error("diag288.arm:14s").kind, ErrorKind::Diag288Timeout("14s"));
+        assert_eq!(error("diag288.arm:15500ms").kind, ErrorKind::Diag288Timeout("15500ms"));
+        assert!(parse("diag288.arm:16000ms").is_ok());
     }
 
     #[test]

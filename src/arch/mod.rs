@@ -1,5 +1,9 @@
-//! Architecture-specific start-up and CPU control.
+//! Architecture-specific start-up, CPU control and devices.
 
+#[cfg(target_arch = "s390x")]
+mod s390x;
+#[cfg(target_arch = "s390x")]
+pub use self::s390x::*;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 #[cfg(target_arch = "x86_64")]

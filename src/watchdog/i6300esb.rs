@@ -38,7 +38,7 @@ pub const MAX_ERROR_PPM: u64 = 5_000;
 
 /// The two prescalers of QEMU's model (33 MHz PCI clock, 30 ns a tick).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
+#[cfg_attr(image, derive(defmt::Format))]
 pub enum Prescaler {
     /// "1 kHz": a preload unit is 2^15 × 30 ns = 983.04 µs.
     Khz1,
@@ -77,7 +77,7 @@ impl Prescaler {
 
 /// Everything needed to arm the device, chosen at parse time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
+#[cfg_attr(image, derive(defmt::Format))]
 pub struct Settings {
     pub prescaler: Prescaler,
     pub preload1: u32,
@@ -230,10 +230,10 @@ impl<B: EsbBus> super::Watchdog for I6300Esb<B> {
     }
 }
 
-#[cfg(target_os = "none")]
+#[cfg(all(image, target_arch = "x86_64"))]
 pub use hw::{PciEsbBus, probe};
 
-#[cfg(target_os = "none")]
+#[cfg(all(image, target_arch = "x86_64"))]
 mod hw {
     use super::*;
     use crate::pci::{self, Bdf};

@@ -11,7 +11,7 @@ pub const MAX_US: u64 = 30_000_000;
 
 /// An ib700 timeout: the nibble written to the arm port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
+#[cfg_attr(image, derive(defmt::Format))]
 pub struct Timeout(u8);
 
 impl Timeout {
@@ -79,10 +79,10 @@ impl<B: PortBus> super::Watchdog for Ib700<B> {
     }
 }
 
-#[cfg(target_os = "none")]
+#[cfg(all(image, target_arch = "x86_64"))]
 pub use hw::IsaPorts;
 
-#[cfg(target_os = "none")]
+#[cfg(all(image, target_arch = "x86_64"))]
 mod hw {
     use x86_64::instructions::port::PortWriteOnly;
 

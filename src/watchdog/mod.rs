@@ -1,17 +1,19 @@
-//! The agent's watchdog abstraction (embedded-hal 1.0 has none) and its two
-//! x86 models.
+//! The agent's watchdog abstraction (embedded-hal 1.0 has none) and its
+//! models: ib700 and i6300esb on x86, diag288 on s390x.
 
+pub mod diag288;
 pub mod i6300esb;
 pub mod ib700;
 
-pub use {i6300esb::I6300Esb, ib700::Ib700};
+pub use {diag288::Diag288, i6300esb::I6300Esb, ib700::Ib700};
 
 /// Which watchdog a step addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
+#[cfg_attr(image, derive(defmt::Format))]
 pub enum Model {
     Ib700,
     I6300Esb,
+    Diag288,
 }
 
 impl Model {
@@ -19,11 +21,12 @@ impl Model {
         match self {
             Model::Ib700 => "ib700",
             Model::I6300Esb => "i6300esb",
+            Model::Diag288 => "diag288",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        [Model::Ib700, Model::I6300Esb].into_iter().find(|m| m.name() == name)
+        [Model::Ib700, Model::I6300Esb, Model::Diag288].into_iter().find(|m| m.name() == name)
     }
 }
 
@@ -32,6 +35,7 @@ impl Model {
 pub enum Timeout {
     Ib700(ib700::Timeout),
     I6300Esb(i6300esb::Settings),
+    Diag288(diag288::Timeout),
 }
 
 /// What every watchdog driver offers.

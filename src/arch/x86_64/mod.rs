@@ -1,9 +1,24 @@
-//! x86_64: PVH entry, 32→64-bit switch, and the boot information QEMU hands over.
+//! x86_64: PVH entry, 32→64-bit switch, the CPU's tables, and the machine's
+//! devices as the agent sees them.
 
 mod boot;
 pub mod cpu;
 pub mod interrupts;
+mod machine;
 pub mod pvh;
+mod serial;
+mod tsc;
+
+pub use machine::report_panic;
+pub use serial::Serial as Console;
+
+/// Called by the boot stub, in long mode, on the agent's own stack.
+#[unsafe(no_mangle)]
+extern "C" fn pvagent_main(start_info: u32) -> ! {
+    let boot = pvh::BootInfo::from_start_info(start_info);
+    crate::log::init();
+    crate::agent::run(&mut machine::X86::new(boot))
+}
 
 /// Idles forever with interrupts off: QEMU then uses no CPU for the guest.
 pub fn halt() -> ! {

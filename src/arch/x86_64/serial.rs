@@ -10,7 +10,7 @@ pub struct Serial(Uart16550<PioBackend>);
 
 impl Serial {
     /// Initialises COM1; `None` when the machine has no serial port there.
-    pub fn com1() -> Option<Self> {
+    pub fn open() -> Option<Self> {
         // SAFETY: 0x3f8..0x400 is COM1's register block on every x86 QEMU
         // machine; nothing else in the agent touches these ports.
         let mut uart = unsafe { Uart16550::new_port(COM1) }.ok()?;
@@ -22,4 +22,7 @@ impl Serial {
     pub fn write(&mut self, bytes: &[u8]) {
         self.0.send_bytes_exact(bytes);
     }
+
+    /// Frames are self-delimiting on a byte stream: nothing to add.
+    pub fn end_frame(&mut self) {}
 }

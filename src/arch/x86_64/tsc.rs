@@ -1,4 +1,4 @@
-//! A monotonic clock: the TSC, calibrated against PIT channel 2.
+//! The x86 clock: the TSC, calibrated against PIT channel 2.
 
 use x86_64::instructions::port::Port;
 
@@ -9,7 +9,7 @@ const CALIBRATION_US: u64 = 5_000;
 
 /// The calibrated TSC.
 #[derive(Clone, Copy)]
-pub struct Clock {
+pub struct Tsc {
     ticks_per_ms: u64,
 }
 
@@ -19,7 +19,7 @@ fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-impl Clock {
+impl Tsc {
     /// Measures the TSC rate against PIT channel 2 (5 ms, one-shot).
     pub fn calibrate() -> Self {
         let count = (PIT_HZ * CALIBRATION_US / 1_000_000) as u16;
@@ -42,7 +42,7 @@ impl Clock {
             }
             rdtsc() - start
         };
-        Clock { ticks_per_ms: (ticks * 1_000 / CALIBRATION_US).max(1) }
+        Tsc { ticks_per_ms: (ticks * 1_000 / CALIBRATION_US).max(1) }
     }
 
     /// TSC ticks per millisecond.
@@ -50,13 +50,15 @@ impl Clock {
         self.ticks_per_ms
     }
 
-    /// Microseconds on a monotonic scale (since the TSC's reset).
-    pub fn now_us(&self) -> u64 {
+}
+
+impl crate::agent::Clock for Tsc {
+    /// Microseconds since the TSC's reset.
+    fn now_us(&mut self) -> u64 {
         (u128::from(rdtsc()) * 1_000 / u128::from(self.ticks_per_ms)) as u64
     }
 
-    /// Waits `us` microseconds.
-    pub fn sleep_us(&self, us: u64) {
+    fn sleep_us(&mut self, us: u64) {
         let ticks = u128::from(us) * u128::from(self.ticks_per_ms) / 1_000;
         let end = u128::from(rdtsc()) + ticks;
         while u128::from(rdtsc()) < end {
@@ -65,8 +67,8 @@ impl Clock {
     }
 }
 
-impl embedded_hal::delay::DelayNs for Clock {
+impl embedded_hal::delay::DelayNs for Tsc {
     fn delay_ns(&mut self, ns: u32) {
-        self.sleep_us(u64::from(ns).div_ceil(1_000));
+        crate::agent::Clock::sleep_us(self, u64::from(ns).div_ceil(1_000));
     }
 }

@@ -1,0 +1,393 @@
+//! The x86_64 machine: its devices, found at boot, and how the agent ends.
+
+use super::{cpu, interrupts, pvh::BootInfo, tsc::Tsc};
+use crate::agent::{DeviceError, Machine, yes_no};
+use crate::exit::{DebugExit, ErrorExit};
+use crate::fw_cfg::{self, FileEntry, FwCfg};
+use crate::hyperv::{self, Probe, Unavailable};
+use crate::pvpanic::{self, Pvpanic};
+use crate::script::{Action, Fault, PvDevice, PvEvent};
+use crate::watchdog::{self, I6300Esb, Ib700, Model, Watchdog, i6300esb, ib700};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use defmt::{error, info, warn};
+
+/// Everything the agent found on the machine.
+pub struct X86 {
+    boot: Option<BootInfo>,
+    fw_cfg: Option<FwCfg>,
+    script_file: Option<FileEntry>,
+    pvpanic_isa: Option<Pvpanic>,
+    pvpanic_pci: Option<Pvpanic>,
+    debug_exit: Option<DebugExit>,
+    /// ib700's ports are write-only: it cannot be detected, only used.
+    ib700: Ib700<ib700::IsaPorts>,
+    i6300esb: Option<I6300Esb<i6300esb::PciEsbBus>>,
+    clock: Option<Tsc>,
+}
+
+/// The device that interrupt and panic handlers report through (packed by
+/// [`Pvpanic::to_raw`]; 0 = none), and whether isa-debug-exit exists.
+static REPORT_PVPANIC: AtomicU64 = AtomicU64::new(0);
+static HAS_DEBUG_EXIT: AtomicBool = AtomicBool::new(false);
+
+impl X86 {
+    /// Sets up the CPU (GDT, IDT, stack guard) and probes every device.
+    pub fn new(boot: Option<BootInfo>) -> Self {
+        cpu::init();
+        interrupts::init(interrupts::Handlers { nmi: on_nmi, exception: on_exception });
+        let mut fw_cfg = FwCfg::probe();
+        let mut script_file = None;
+        let mut port_file = None;
+        if let Some(fw) = &mut fw_cfg {
+            fw.for_each_file(|file| {
+                if file.is(fw_cfg::SCRIPT_FILE) {
+                    script_file = Some(*file);
+                } else if file.is(fw_cfg::PVPANIC_PORT_FILE) {
+                    port_file = Some(*file);
+                }
+            });
+        }
+        // QEMU publishes the ISA port in fw_cfg whenever the device exists.
+        let isa_port = match (&mut fw_cfg, port_file) {
+            (Some(fw), Some(file)) => {
+                let mut port = [0; 2];
+                fw.read_file(&file, &mut port);
+                Some(u16::from_le_bytes(port))
+            }
+            (Some(_), None) => None,
+            (None, _) => Some(pvpanic::ISA_DEFAULT_PORT),
+        };
+        let machine = X86 {
+            boot,
+            script_file,
+            pvpanic_isa: isa_port.and_then(Pvpanic::probe_isa),
+            pvpanic_pci: Pvpanic::probe_pci(),
+            debug_exit: DebugExit::probe(),
+            ib700: Ib700::new(ib700::IsaPorts),
+            i6300esb: i6300esb::probe(),
+            fw_cfg,
+            clock: None,
+        };
+        if let Some(device) = machine.pvpanic(PvDevice::Any) {
+            REPORT_PVPANIC.store(device.to_raw(), Ordering::Relaxed);
+        }
+        HAS_DEBUG_EXIT.store(machine.debug_exit.is_some(), Ordering::Relaxed);
+        machine
+    }
+
+    /// The pvpanic device a step addresses: ISA first for `pvpanic.*`.
+    fn pvpanic(&self, which: PvDevice) -> Option<&Pvpanic> {
+        match which {
+            PvDevice::Any => self.pvpanic_isa.as_ref().or(self.pvpanic_pci.as_ref()),
+            PvDevice::Isa => self.pvpanic_isa.as_ref(),
+            PvDevice::Pci => self.pvpanic_pci.as_ref(),
+        }
+    }
+
+    fn pvpanic_with(&self, which: PvDevice, event: PvEvent) -> Result<&Pvpanic, DeviceError> {
+        let device = self.pvpanic(which).ok_or(DeviceError::NoPvpanic(which))?;
+        if !pvpanic::advertises(device.events(), event) {
+            return Err(DeviceError::NotAdvertised {
+                device: device.name(),
+                address: device.address(),
+                events: device.events(),
+                event,
+            });
+        }
+        Ok(device)
+    }
+
+    fn stop(&mut self, model: Model) -> bool {
+        match model {
+            Model::Ib700 => self.ib700.stop(),
+            Model::I6300Esb => self.i6300esb.as_mut().is_some_and(Watchdog::stop),
+            Model::Diag288 => false,
+        }
+    }
+
+    /// Runs `hv.crash` / `hv.crash-or-pvpanic`; returns if the vCPU goes on
+    /// (QEMU's panic action `none`).
+    fn hv_crash(&mut self, args: [u64; 5], fallback: bool) {
+        let probe = Probe::read(&mut cpu::Cpu);
+        log_probe(&probe);
+        match probe.check() {
+            Ok(()) => match hyperv::report_crash(&mut cpu::Cpu, args) {
+                Ok(()) => {
+                    info!("hv.crash: wrote P0..P4 and CRASH_CTL notify");
+                    return;
+                }
+                Err(msr) => error!("hv.crash: wrmsr {=u32:#x} raised #GP (the hypervisor refused the crash MSRs)", msr),
+            },
+            Err(why) => warn!("hv.crash: the Hyper-V crash MSRs are unavailable: {=str}", unavailable_reason(why)),
+        }
+        match self.pvpanic_with(PvDevice::Any, PvEvent::Panicked) {
+            Ok(device) if fallback => {
+                info!("hv.crash-or-pvpanic: falling back to {=str} panicked", device.name());
+                device.fire(PvEvent::Panicked);
+            }
+            _ => self.fail(ErrorExit::Device),
+        }
+    }
+}
+
+impl Machine for X86 {
+    const DESCRIPTION: &'static str = "x86_64, PVH boot";
+    type Clock = Tsc;
+
+    fn boot_number(&mut self) -> u8 {
+        crate::cmos::count_boot()
+    }
+
+    fn log_inventory(&mut self) {
+        if self.boot.is_none() {
+            warn!("no valid PVH start info: no command line");
+        }
+        match &self.fw_cfg {
+            Some(_) => info!("fw_cfg: present, script file {=str}", yes_no(self.script_file.is_some())),
+            None => info!("fw_cfg: not present"),
+        }
+        for (name, device) in [("pvpanic-isa", &self.pvpanic_isa), ("pvpanic-pci", &self.pvpanic_pci)] {
+            match device {
+                Some(d) => info!(
+                    "{=str}: at {=u64:#x}, events {=u8:#04x} (bit0 panicked, bit1 crashloaded, bit2 shutdown)",
+                    name,
+                    d.address(),
+                    d.events()
+                ),
+                None => info!("{=str}: not present", name),
+            }
+        }
+        match &self.i6300esb {
+            Some(esb) => info!(
+                "i6300esb: {} BAR0 at {=u64:#x}, previous reset by this watchdog: {=str}",
+                esb.bus().bdf,
+                esb.bus().base as u64,
+                yes_no(esb.previous_reboot())
+            ),
+            None => info!("i6300esb: not present"),
+        }
+        info!("ib700: write-only ports 0x441/0x443 (cannot be detected)");
+        match self.debug_exit {
+            Some(_) => info!("isa-debug-exit: at {=u16:#x}", crate::exit::DEBUG_EXIT_PORT),
+            None => info!("isa-debug-exit: not present (errors will halt instead of exiting)"),
+        }
+    }
+
+    /// fw_cfg `opt/pvagent/script` first, else the PVH command line.
+    fn load_script(&mut self, buf: &mut [u8]) -> (&'static str, usize) {
+        match (&mut self.fw_cfg, self.script_file) {
+            (Some(fw), Some(file)) => {
+                let len = fw.read_file(&file, buf);
+                ("fw_cfg opt/pvagent/script", (file.size as usize).max(len))
+            }
+            _ => {
+                ("the command line", self.boot.map_or(0, |b| b.copy_cmdline(buf)))
+            }
+        }
+    }
+
+    fn check(&mut self, action: &Action<'_>) -> Result<(), DeviceError> {
+        match *action {
+            Action::Pvpanic(which, event) => self.pvpanic_with(which, event).map(|_| ()),
+            Action::Exit(_) if self.debug_exit.is_none() => Err(DeviceError::NoDebugExit),
+            Action::HvCrash { fallback, .. } => match Probe::read(&mut cpu::Cpu).check() {
+                Ok(()) => Ok(()),
+                Err(_) if fallback => self.pvpanic_with(PvDevice::Any, PvEvent::Panicked).map(|_| ()),
+                Err(why) => Err(DeviceError::NoHyperV(unavailable_reason(why))),
+            },
+            Action::S390DisabledWait { .. }
+            | Action::S390Shutdown
+            | Action::Fault(Fault::Operation | Fault::Specification) => Err(DeviceError::NotOnThisArchitecture),
+            _ => match action.watchdog() {
+                Some(Model::I6300Esb) if self.i6300esb.is_none() => Err(DeviceError::NoWatchdog(Model::I6300Esb)),
+                Some(Model::Diag288) => Err(DeviceError::NotOnThisArchitecture),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    fn run(&mut self, action: &Action<'_>) {
+        match *action {
+            Action::Pvpanic(which, event) => {
+                if let Some(device) = self.pvpanic(which) {
+                    info!(
+                        "{=str} at {=u64:#x}: writing {=str} ({=u8:#04x})",
+                        device.name(),
+                        device.address(),
+                        event.name(),
+                        event.bit()
+                    );
+                    device.fire(event);
+                }
+            }
+            Action::Exit(code) => {
+                if let Some(exit) = self.debug_exit.take() {
+                    exit.exit(code);
+                }
+            }
+            Action::WatchdogArm(watchdog::Timeout::Ib700(timeout)) => {
+                info!("ib700: armed, WATCHDOG after {=u64}us", timeout.us());
+                self.ib700.arm(&timeout);
+            }
+            Action::WatchdogArm(watchdog::Timeout::I6300Esb(settings)) => {
+                info!(
+                    "i6300esb: armed, {=str} prescaler, preloads {=u32}/{=u32}, reboot {=str}, free-run {=str}: WATCHDOG after {=u64}us",
+                    settings.prescaler.name(),
+                    settings.preload1,
+                    settings.preload2,
+                    yes_no(settings.reboot),
+                    yes_no(settings.free_run),
+                    settings.total_us()
+                );
+                if let Some(esb) = self.i6300esb.as_mut() {
+                    esb.arm(&settings);
+                }
+            }
+            Action::WatchdogFeed(model) => self.feed(model),
+            Action::WatchdogStop(model) if !self.stop(model) => {
+                warn!("{=str}: locked, it cannot be stopped", model.name());
+            }
+            Action::HvProbe => log_probe(&Probe::read(&mut cpu::Cpu)),
+            Action::HvCrash { args, fallback } => self.hv_crash(args, fallback),
+            Action::Fault(fault) => {
+                info!("causing fault:{=str}", fault.name());
+                match fault {
+                    Fault::InvalidOpcode => cpu::invalid_opcode(),
+                    Fault::GeneralProtection => cpu::general_protection(),
+                    Fault::PageFault => cpu::page_fault(),
+                    Fault::DivideError => cpu::divide_error(),
+                    Fault::StackOverflow => cpu::stack_overflow(),
+                    Fault::Triple => cpu::triple_fault(),
+                    Fault::RustPanic | Fault::Operation | Fault::Specification => {}
+                }
+            }
+            // Shared steps run in the agent; s390 steps are refused by check().
+            _ => {}
+        }
+    }
+
+    fn feed(&mut self, model: Model) {
+        match model {
+            Model::Ib700 => self.ib700.feed(),
+            Model::I6300Esb => self.i6300esb.as_mut().map_or((), Watchdog::feed),
+            Model::Diag288 => {}
+        }
+    }
+
+    fn clock(&mut self) -> &mut Tsc {
+        self.clock.get_or_insert_with(|| {
+            let tsc = Tsc::calibrate();
+            info!("clock: TSC calibrated against the PIT at {=u64} kHz", tsc.ticks_per_ms());
+            tsc
+        })
+    }
+
+    fn fail(&mut self, why: ErrorExit) -> ! {
+        fail(self.debug_exit.take(), why)
+    }
+
+    fn halt(&mut self) -> ! {
+        super::halt()
+    }
+}
+
+/// Ends the agent with one of its documented error exits (or halts when
+/// QEMU has no isa-debug-exit).
+fn fail(debug_exit: Option<DebugExit>, why: ErrorExit) -> ! {
+    match debug_exit {
+        Some(exit) => {
+            error!("exiting through isa-debug-exit with {=u8:#04x} ({=str})", why.code(), why.meaning());
+            exit.exit(why.code())
+        }
+        None => {
+            error!("no isa-debug-exit device: halting ({=str})", why.meaning());
+            super::halt()
+        }
+    }
+}
+
+fn unavailable_reason(why: Unavailable) -> &'static str {
+    match why {
+        Unavailable::NoHypervisor => "CPUID.1:ECX bit 31 is clear (no hypervisor)",
+        Unavailable::NotHyperV => {
+            "CPUID 0x40000001 EAX is not \"Hv#1\" (no Hyper-V interface: needs KVM with Hyper-V and -cpu ...,hv-crash)"
+        }
+        Unavailable::NoCrashMsrs => "CPUID 0x40000003 EDX bit 10 is clear (no crash MSRs: add hv-crash to -cpu)",
+    }
+}
+
+fn log_probe(probe: &Probe) {
+    info!(
+        "hv.probe: hypervisor bit {=str}, vendor \"{=str}\" (max leaf {=u32:#x}), interface {=u32:#010x}{=str}, CPUID 0x40000003 EDX {=u32:#x}: crash MSRs {=str}",
+        yes_no(probe.hypervisor),
+        probe.vendor_str(),
+        probe.max_leaf,
+        probe.interface,
+        if probe.interface == hyperv::HV_SIGNATURE { " (Hv#1)" } else { "" },
+        probe.features_edx,
+        if probe.check().is_ok() { "available" } else { "unavailable" }
+    );
+}
+
+fn report_device(event: PvEvent) -> Option<Pvpanic> {
+    Pvpanic::from_raw(REPORT_PVPANIC.load(Ordering::Relaxed)).filter(|d| pvpanic::advertises(d.events(), event))
+}
+
+/// Reports a crash of the agent: pvpanic `panicked` when a device is there,
+/// else the documented isa-debug-exit code, else halt.
+fn report_crash(why: ErrorExit) -> ! {
+    if let Some(device) = report_device(PvEvent::Panicked) {
+        error!("reporting it through {=str} panicked", device.name());
+        device.fire(PvEvent::Panicked);
+        super::halt();
+    }
+    let debug_exit = if HAS_DEBUG_EXIT.load(Ordering::Relaxed) { DebugExit::probe() } else { None };
+    fail(debug_exit, why)
+}
+
+fn on_nmi() {
+    warn!("NMI received (QEMU's watchdog action inject-nmi sends one)");
+    match report_device(PvEvent::CrashLoaded) {
+        Some(device) => {
+            info!("reporting the NMI through {=str} crashloaded", device.name());
+            device.fire(PvEvent::CrashLoaded);
+        }
+        None => warn!("no pvpanic device with crashloaded: the NMI is only logged"),
+    }
+}
+
+fn on_exception(frame: &interrupts::Frame) -> ! {
+    error!(
+        "CPU exception {=u64} ({=str}): error code {=u64:#x}, RIP {=u64:#x}, RSP {=u64:#x}",
+        frame.vector,
+        interrupts::vector_name(frame.vector),
+        frame.error_code,
+        frame.rip,
+        frame.rsp
+    );
+    if frame.vector == u64::from(interrupts::PAGE_FAULT) || frame.vector == u64::from(interrupts::DOUBLE_FAULT) {
+        let cr2 = interrupts::cr2();
+        error!("page fault address (CR2) {=u64:#x}", cr2);
+        if cr2 >> 12 == cpu::stack_guard() >> 12 {
+            error!("the address is the stack's guard page: stack overflow");
+        }
+    }
+    report_crash(ErrorExit::Fault)
+}
+
+/// The panic handler's body.
+pub fn report_panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    static PANICKING: AtomicBool = AtomicBool::new(false);
+    if PANICKING.swap(true, Ordering::Relaxed) {
+        super::halt();
+    }
+    error!("panic: {}", defmt::Display2Format(info));
+    if REPORT_PVPANIC.load(Ordering::Relaxed) == 0 && !HAS_DEBUG_EXIT.load(Ordering::Relaxed) {
+        // A panic before the devices were found: look for them now.
+        if let Some(device) = Pvpanic::probe_isa(pvpanic::ISA_DEFAULT_PORT) {
+            REPORT_PVPANIC.store(device.to_raw(), Ordering::Relaxed);
+        }
+        HAS_DEBUG_EXIT.store(DebugExit::probe().is_some(), Ordering::Relaxed);
+    }
+    report_crash(ErrorExit::Panic)
+}
