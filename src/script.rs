@@ -105,7 +105,10 @@ pub enum Action<'a> {
     /// Log what the CPU advertises of Hyper-V.
     HvProbe,
     /// s390x: load a disabled-wait PSW (QEMU: GUEST_PANICKED with s390 info).
-    S390DisabledWait { address: u64, mask: u64 },
+    S390DisabledWait {
+        address: u64,
+        mask: u64,
+    },
     /// s390x: the special wait PSW QEMU turns into a guest shutdown.
     S390Shutdown,
 }
@@ -330,10 +333,9 @@ impl fmt::Display for ScriptError<'_> {
                 f,
                 "PSW mask {m:#018x} is not a disabled wait (needs the wait bit 0x0002000000000000, and no I/O, external or machine-check bit)"
             ),
-            ErrorKind::ReservedWaitAddress(a) => write!(
-                f,
-                "wait address {a:#x} is in the agent's own range 0xbad0000..=0xbadffff (its error exits)"
-            ),
+            ErrorKind::ReservedWaitAddress(a) => {
+                write!(f, "wait address {a:#x} is in the agent's own range 0xbad0000..=0xbadffff (its error exits)")
+            }
             ErrorKind::SpecialWaitAddress(a) => {
                 write!(f, "wait address {a:#x} ends in 0xfff: that is QEMU's shutdown wait (use s390.shutdown)")
             }
@@ -985,10 +987,10 @@ mod tests {
         );
         assert!(matches!(error("s390.disabled-wait").kind, ErrorKind::MissingArgument { .. }));
         assert!(matches!(error("s390.shutdown:1").kind, ErrorKind::UnexpectedArgument { .. }));
-        assert_eq!(actions("fault:operation; fault:specification"), [
-            Action::Fault(Fault::Operation),
-            Action::Fault(Fault::Specification)
-        ]);
+        assert_eq!(
+            actions("fault:operation; fault:specification"),
+            [Action::Fault(Fault::Operation), Action::Fault(Fault::Specification)]
+        );
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Decoding the agent's COM1 output (raw defmt frames, rzcobs) into text.
+//! Decoding the agent's log into text. On x86_64 COM1 carries raw defmt
+//! frames (rzcobs); s390x's SCLP console is an ASCII console, so there each
+//! frame travels as text lines `D:<hex>` (other lines are kept as text).
 
 use std::path::Path;
 
@@ -25,12 +27,32 @@ impl LogTable {
         LogTable::from_elf(&elf).with_context(|| format!("decoding {}", path.display()))
     }
 
-    /// Decodes a complete byte stream into lines `LEVEL message`. A truncated
-    /// last frame and malformed frames are reported as lines of their own.
+    /// Decodes a complete log into lines `LEVEL message`. A truncated last
+    /// frame and malformed frames are reported as lines of their own.
     pub fn decode(&self, bytes: &[u8]) -> Vec<String> {
         let mut lines = Vec::new();
         let mut dec = self.table.new_stream_decoder();
-        dec.received(bytes);
+        let mut raw = Vec::new();
+        for chunk in split_log(bytes) {
+            match chunk {
+                Chunk::Frames(frames) => {
+                    raw.extend_from_slice(&frames);
+                    dec.received(&frames);
+                    self.drain(&mut *dec, &mut lines);
+                }
+                Chunk::Text(text) => lines.push(format!("TEXT  {text}")),
+            }
+        }
+        // rzcobs frames end with 0x00; bytes after the last one are a frame
+        // cut off (e.g. QEMU was killed mid-write).
+        let tail = raw.iter().rev().take_while(|&&b| b != 0).count();
+        if tail > 0 {
+            lines.push(format!("<truncated defmt frame at end of log: {tail} bytes>"));
+        }
+        lines
+    }
+
+    fn drain(&self, dec: &mut dyn defmt_decoder::StreamDecoder, lines: &mut Vec<String>) {
         loop {
             match dec.decode() {
                 Ok(frame) => {
@@ -52,14 +74,45 @@ impl LogTable {
                 }
             }
         }
-        // rzcobs frames end with 0x00; bytes after the last one are a frame
-        // cut off (e.g. QEMU was killed mid-write).
-        let tail = bytes.iter().rev().take_while(|&&b| b != 0).count();
-        if tail > 0 {
-            lines.push(format!("<truncated defmt frame at end of log: {tail} bytes>"));
-        }
-        lines
     }
+}
+
+/// A piece of the log: frame bytes, or a line of plain text.
+#[derive(Debug, PartialEq)]
+enum Chunk {
+    Frames(Vec<u8>),
+    Text(String),
+}
+
+/// Line prefix of a hex-encoded frame piece (s390x's SCLP console).
+const HEX_PREFIX: &[u8] = b"D:";
+
+/// Splits a log into frame bytes and text. A log that does not start with a
+/// `D:` line is raw frames (x86_64's COM1) and is returned whole.
+fn split_log(bytes: &[u8]) -> Vec<Chunk> {
+    let trimmed = bytes.iter().position(|b| !b.is_ascii_whitespace()).map_or(&bytes[..0], |p| &bytes[p..]);
+    if !trimmed.starts_with(HEX_PREFIX) {
+        return vec![Chunk::Frames(bytes.to_vec())];
+    }
+    let mut chunks = Vec::new();
+    for line in bytes.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        match line.strip_prefix(HEX_PREFIX).and_then(unhex) {
+            Some(frames) => chunks.push(Chunk::Frames(frames)),
+            None => chunks.push(Chunk::Text(String::from_utf8_lossy(line).into_owned())),
+        }
+    }
+    chunks
+}
+
+fn unhex(hex: &[u8]) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    hex.chunks(2).map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()).collect()
 }
 
 /// Decodes `serial` with the table of `elf` into lines.
@@ -93,5 +146,29 @@ pub fn write_agent_log(table: Option<&LogTable>, serial: &Path, out: &Path, elf:
                 std::fs::write(out, format!("defmt decoding failed: {e:#}\nraw output kept in {}\n", serial.display()));
             String::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_frames_pass_through_whole() {
+        assert_eq!(split_log(&[0x01, 0x0a, 0x00]), vec![Chunk::Frames(vec![0x01, 0x0a, 0x00])]);
+    }
+
+    #[test]
+    fn hex_lines_become_frames_and_other_lines_text() {
+        let log = b"D:0102\nD:ff00\nhello\r\nD:zz\n";
+        assert_eq!(
+            split_log(log),
+            vec![
+                Chunk::Frames(vec![1, 2]),
+                Chunk::Frames(vec![0xff, 0]),
+                Chunk::Text("hello".into()),
+                Chunk::Text("D:zz".into()),
+            ]
+        );
     }
 }

@@ -180,9 +180,7 @@ impl Machine for X86 {
                 let len = fw.read_file(&file, buf);
                 ("fw_cfg opt/pvagent/script", (file.size as usize).max(len))
             }
-            _ => {
-                ("the command line", self.boot.map_or(0, |b| b.copy_cmdline(buf)))
-            }
+            _ => ("the command line", self.boot.map_or(0, |b| b.copy_cmdline(buf))),
         }
     }
 

@@ -49,7 +49,6 @@ impl Tsc {
     pub fn ticks_per_ms(&self) -> u64 {
         self.ticks_per_ms
     }
-
 }
 
 impl crate::agent::Clock for Tsc {

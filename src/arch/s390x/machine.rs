@@ -1,0 +1,237 @@
+//! The s390x machine: SCLP console, diag288, wait PSWs.
+
+use super::{load_wait_psw, lowcore, tod::Tod};
+use crate::agent::{DeviceError, Machine};
+use crate::exit::{self, ErrorExit};
+use crate::script::{Action, Fault, psw};
+use crate::watchdog::{self, Diag288, Model, Watchdog, diag288};
+use core::sync::atomic::{AtomicBool, Ordering};
+use defmt::{error, info, warn};
+
+/// The boot counter: a word of low memory outside the image, which QEMU
+/// neither reloads nor clears on a re-IPL.
+const BOOT_COUNTER: usize = 0xd00;
+const BOOT_MAGIC: u32 = 0x7076_6100; // "pva\0"
+
+unsafe extern "C" {
+    /// The command-line area at 0x10480 (entry.rs).
+    static pvagent_cmdline: [u8; 1032];
+}
+
+/// `DIAG 0x288`, with a program-check fix-up: a refusal (no device, or a
+/// request QEMU rejects) is a specification exception, caught and returned.
+pub struct DiagInsn;
+
+impl diag288::DiagBus for DiagInsn {
+    fn diag288(&mut self, function: u64, seconds: u64) -> Result<(), diag288::Refused> {
+        let refused: u64;
+        // SAFETY: DIAG 0x288 with r2 = function, r3 = timeout, r4 = action 0
+        // (encoded with base 0 so TCG and KVM read the same code). A program
+        // check resumes at label 2 through the armed fix-up, which the
+        // handler disarms; label 3 disarms it on success.
+        unsafe {
+            core::arch::asm!(
+                "larl {tmp}, 2f",
+                "stg {tmp}, 0({fixup})",
+                ".long 0x83240288",
+                "lghi {refused}, 0",
+                "j 3f",
+                "2:",
+                "lghi {refused}, 1",
+                "3:",
+                "xc 0(8,{fixup}), 0({fixup})",
+                tmp = out(reg) _,
+                refused = out(reg) refused,
+                fixup = in(reg_addr) &raw const super::entry::PVAGENT_PGM_FIXUP,
+                in("r2") function,
+                in("r3") seconds,
+                in("r4") 0u64,
+            )
+        }
+        if refused == 0 { Ok(()) } else { Err(diag288::Refused) }
+    }
+}
+
+pub struct S390 {
+    clock: Tod,
+    diag288: Diag288<DiagInsn>,
+    /// diag288 answered a probe (None: not probed yet).
+    diag288_present: Option<bool>,
+}
+
+impl S390 {
+    pub fn new() -> Self {
+        S390 { clock: Tod, diag288: Diag288::new(DiagInsn), diag288_present: None }
+    }
+
+    /// Whether diag288 exists: an init that is cancelled right away.
+    fn probe_diag288(&mut self) -> bool {
+        *self.diag288_present.get_or_insert_with(|| {
+            let mut bus = DiagInsn;
+            use diag288::DiagBus;
+            let present = bus.diag288(diag288::FUNC_INIT, diag288::MIN_SECONDS).is_ok();
+            if present {
+                let _ = bus.diag288(diag288::FUNC_CANCEL, 0);
+            }
+            present
+        })
+    }
+}
+
+impl Machine for S390 {
+    const DESCRIPTION: &'static str = "s390x, s390-ccw-virtio -kernel";
+    type Clock = Tod;
+
+    fn boot_number(&mut self) -> u8 {
+        let counter = BOOT_COUNTER as *mut u32;
+        // SAFETY: a word of lowcore that neither the architecture nor QEMU
+        // uses; it survives a re-IPL, which is the point.
+        let stored = unsafe { core::ptr::read_volatile(counter) };
+        let boot = if stored & !0xff == BOOT_MAGIC { (stored & 0xff).saturating_add(1).min(255) } else { 1 };
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(counter, BOOT_MAGIC | boot) };
+        boot as u8
+    }
+
+    fn log_inventory(&mut self) {
+        info!("console: SCLP ASCII console (defmt frames as D:<hex> lines)");
+        info!("command line: -append at 0x10480 (up to 1024 bytes)");
+        info!("diag288: probed when a step uses it (a refused DIAG 0x288 is a specification exception)");
+    }
+
+    fn load_script(&mut self, buf: &mut [u8]) -> (&'static str, usize) {
+        // SAFETY: the image's own command-line area, written by QEMU before
+        // the CPU started.
+        let area = unsafe { &pvagent_cmdline };
+        let len = area.iter().position(|&b| b == 0).unwrap_or(area.len());
+        let copied = len.min(buf.len());
+        buf[..copied].copy_from_slice(&area[..copied]);
+        ("the command line (-append)", len)
+    }
+
+    fn check(&mut self, action: &Action<'_>) -> Result<(), DeviceError> {
+        match *action {
+            Action::S390DisabledWait { .. } | Action::S390Shutdown => Ok(()),
+            Action::Fault(Fault::Operation | Fault::Specification | Fault::RustPanic) => Ok(()),
+            Action::Pvpanic(..) | Action::Exit(_) | Action::HvCrash { .. } | Action::HvProbe | Action::Fault(_) => {
+                Err(DeviceError::NotOnThisArchitecture)
+            }
+            _ => match action.watchdog() {
+                Some(Model::Diag288) if !self.probe_diag288() => Err(DeviceError::NoWatchdog(Model::Diag288)),
+                Some(Model::Diag288) | None => Ok(()),
+                Some(_) => Err(DeviceError::NotOnThisArchitecture),
+            },
+        }
+    }
+
+    fn run(&mut self, action: &Action<'_>) {
+        match *action {
+            Action::S390DisabledWait { address, mask } => {
+                info!("loading the disabled-wait PSW {=u64:#018x} {=u64:#x}", mask, address);
+                load_wait_psw(mask, address)
+            }
+            Action::S390Shutdown => {
+                info!("loading the shutdown wait PSW (address 0xfff)");
+                load_wait_psw(psw::DISABLED_WAIT, psw::SPECIAL_WAIT_LOW_BITS)
+            }
+            Action::WatchdogArm(watchdog::Timeout::Diag288(timeout)) => {
+                info!("diag288: armed, WATCHDOG after {=u32}s", timeout.seconds());
+                self.diag288.arm(&timeout);
+                if self.diag288.refused {
+                    error!("diag288: QEMU refused the init (specification exception)");
+                    self.fail(ErrorExit::Device);
+                }
+            }
+            Action::WatchdogFeed(Model::Diag288) => self.feed(Model::Diag288),
+            Action::WatchdogStop(Model::Diag288) => {
+                self.diag288.stop();
+            }
+            Action::Fault(Fault::Operation) => {
+                info!("causing fault:operation");
+                // SAFETY: opcode 0x00 is not an instruction: an operation
+                // exception on purpose; the program-check handler ends the CPU.
+                unsafe { core::arch::asm!(".long 0", options(noreturn)) }
+            }
+            Action::Fault(Fault::Specification) => {
+                info!("causing fault:specification");
+                // SAFETY: a branch to an odd address: a specification
+                // exception on purpose; the handler ends the CPU.
+                unsafe { core::arch::asm!("larl %r1, 1f", "la %r1, 1(%r1)", "br %r1", "1: j 1b", options(noreturn)) }
+            }
+            _ => {}
+        }
+    }
+
+    fn feed(&mut self, model: Model) {
+        if model == Model::Diag288 {
+            self.diag288.feed();
+            if self.diag288.refused {
+                warn!("diag288: QEMU refused the feed");
+            }
+        }
+    }
+
+    fn clock(&mut self) -> &mut Tod {
+        &mut self.clock
+    }
+
+    fn fail(&mut self, why: ErrorExit) -> ! {
+        fail(why)
+    }
+
+    fn halt(&mut self) -> ! {
+        super::halt()
+    }
+}
+
+/// Ends in a disabled wait at the error's documented address.
+fn fail(why: ErrorExit) -> ! {
+    let address = why.s390_wait_address();
+    error!("ending in a disabled wait at {=u64:#x} ({=str})", address, why.meaning());
+    load_wait_psw(psw::DISABLED_WAIT, address)
+}
+
+/// Called by the program-check stub (not for fixed-up diag288 calls).
+#[unsafe(no_mangle)]
+extern "C" fn pvagent_program_check() -> ! {
+    let code = lowcore::read_u16(lowcore::PROGRAM_CODE);
+    let (mask, address) = lowcore::read_psw(lowcore::PROGRAM_OLD_PSW);
+    let name = match code & 0xff {
+        0x01 => "operation",
+        0x02 => "privileged operation",
+        0x04 => "protection",
+        0x05 => "addressing",
+        0x06 => "specification",
+        0x07 => "data",
+        0x09 => "fixed-point divide",
+        0x10 => "segment translation",
+        0x11 => "page translation",
+        _ => "other",
+    };
+    error!(
+        "program check: interruption code {=u16:#06x} ({=str} exception), old PSW {=u64:#018x} {=u64:#x}",
+        code, name, mask, address
+    );
+    let wait = exit::s390_program_check_address(code);
+    error!("ending in a disabled wait at {=u64:#x} (program check)", wait);
+    load_wait_psw(psw::DISABLED_WAIT, wait)
+}
+
+/// Called by the restart stub; returning resumes the interrupted PSW.
+#[unsafe(no_mangle)]
+extern "C" fn pvagent_restart() {
+    let (mask, address) = lowcore::read_psw(lowcore::RESTART_OLD_PSW);
+    warn!(
+        "restart interrupt received (QEMU's watchdog action inject-nmi sends one); old PSW {=u64:#018x} {=u64:#x}, resuming",
+        mask, address
+    );
+}
+
+/// The panic handler's body.
+pub fn report_panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    static PANICKING: AtomicBool = AtomicBool::new(false);
+    if !PANICKING.swap(true, Ordering::Relaxed) {
+        error!("panic: {}", defmt::Display2Format(info));
+    }
+    fail(ErrorExit::Panic)
+}

@@ -1,0 +1,100 @@
+//! The SCLP console (QEMU's first `-serial` on s390-ccw-virtio): one
+//! SERVC "write event data" with an ASCII event per line.
+//!
+//! The agent's log is binary defmt frames; here each frame travels as text
+//! lines `D:<hex>` so the ASCII console carries it unchanged. The host tool
+//! turns them back into bytes and decodes them as on x86_64.
+
+use core::cell::UnsafeCell;
+
+/// SCLP command: write event data.
+const WRITE_EVENT_DATA: u64 = 0x0076_0005;
+/// Event type of the ASCII console.
+const EVENT_ASCII: u8 = 0x1a;
+/// Header (8) + event buffer header (6).
+const HEADER: usize = 14;
+/// Hex characters per line (a frame longer than this spans several lines).
+const LINE: usize = 960;
+/// Line prefix the host looks for.
+pub const PREFIX: &[u8] = b"D:";
+
+/// One page, so the SCCB never crosses a page boundary; in `.bss`, so it
+/// is above the first 8 KiB and below 2 GiB as SCLP requires.
+#[repr(C, align(4096))]
+struct Sccb(UnsafeCell<[u8; 4096]>);
+// SAFETY: used only by the console, which the logger serialises.
+unsafe impl Sync for Sccb {}
+static SCCB: Sccb = Sccb(UnsafeCell::new([0; 4096]));
+
+/// The console, with the line being filled.
+pub struct Console {
+    line: heapless::Vec<u8, LINE>,
+}
+
+impl Console {
+    /// The SCLP console exists on every s390-ccw-virtio machine.
+    pub fn open() -> Option<Self> {
+        Some(Console { line: heapless::Vec::new() })
+    }
+
+    /// Adds frame bytes, hex-encoded.
+    pub fn write(&mut self, bytes: &[u8]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for &b in bytes {
+            if self.line.len() + 2 > LINE {
+                self.flush();
+            }
+            let _ = self.line.push(HEX[usize::from(b >> 4)]);
+            let _ = self.line.push(HEX[usize::from(b & 0xf)]);
+        }
+    }
+
+    /// Ends the frame's line.
+    pub fn end_frame(&mut self) {
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        if !self.line.is_empty() {
+            write_event(&[PREFIX, &self.line, b"\n"]);
+            self.line.clear();
+        }
+    }
+}
+
+/// Sends the concatenated parts as one ASCII console event.
+fn write_event(parts: &[&[u8]]) {
+    // SAFETY: the logger serialises console use; the SCCB is ours alone.
+    let sccb = unsafe { &mut *SCCB.0.get() };
+    let mut len = HEADER;
+    for part in parts {
+        sccb[len..len + part.len()].copy_from_slice(part);
+        len += part.len();
+    }
+    sccb[0..2].copy_from_slice(&(len as u16).to_be_bytes());
+    sccb[2..8].fill(0); // function code, control mask, response code
+    sccb[8..10].copy_from_slice(&((len - 8) as u16).to_be_bytes());
+    sccb[10] = EVENT_ASCII;
+    sccb[11..14].fill(0);
+    let address = sccb.as_ptr() as u64;
+    loop {
+        let cc: u64;
+        // SAFETY: SERVC with a valid, page-contained SCCB below 2 GiB; QEMU
+        // handles the write synchronously. The service-signal interrupt it
+        // raises stays pending: its subclass is disabled in CR0.
+        unsafe {
+            core::arch::asm!(
+                ".insn rre,0xb2200000,{cmd},{sccb}",
+                "ipm {cc}",
+                "srlg {cc},{cc},28",
+                cmd = in(reg) WRITE_EVENT_DATA,
+                sccb = in(reg) address,
+                cc = out(reg) cc,
+            )
+        }
+        // Condition code 2: busy; try again.
+        if cc & 3 != 2 {
+            break;
+        }
+    }
+}
