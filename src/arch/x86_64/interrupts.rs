@@ -18,6 +18,11 @@ pub const GENERAL_PROTECTION: u8 = 13;
 /// Vector of the page fault.
 pub const PAGE_FAULT: u8 = 14;
 
+/// Vector of the local APIC timer (used to wake from `hlt` in sleeps).
+pub const TIMER: u8 = 0x40;
+/// The local APIC's spurious-interrupt vector.
+pub const SPURIOUS: u8 = 0xff;
+
 /// Where a #GP resumes when an instruction that may fault armed it
 /// (`cpu::try_wrmsr`); 0 = a #GP is a crash.
 pub static FIXUP_RIP: AtomicU64 = AtomicU64::new(0);
@@ -81,12 +86,12 @@ impl Gate {
 }
 
 #[repr(C, align(16))]
-struct Idt(UnsafeCell<[Gate; 32]>);
+struct Idt(UnsafeCell<[Gate; 256]>);
 
 // SAFETY: written once by `init` on the only CPU before interrupts can arrive.
 unsafe impl Sync for Idt {}
 
-static IDT: Idt = Idt(UnsafeCell::new([Gate::MISSING; 32]));
+static IDT: Idt = Idt(UnsafeCell::new([Gate::MISSING; 256]));
 
 /// The exception and NMI handlers the agent supplies.
 pub struct Handlers {
@@ -99,7 +104,8 @@ struct HandlerCell(UnsafeCell<Option<Handlers>>);
 unsafe impl Sync for HandlerCell {}
 static HANDLERS: HandlerCell = HandlerCell(UnsafeCell::new(None));
 
-/// Installs the IDT for vectors 0–31.
+/// Installs the IDT: vectors 0–31 (exceptions), the local APIC timer and
+/// the APIC's spurious vector. Other vectors stay absent (never enabled).
 pub fn init(handlers: Handlers) {
     // SAFETY: called once, on the only CPU, before the IDT is loaded; no
     // other reference to these statics exists yet.
@@ -111,8 +117,10 @@ pub fn init(handlers: Handlers) {
         let ist = if vector == usize::from(DOUBLE_FAULT) { super::cpu::DOUBLE_FAULT_IST } else { 0 };
         *gate = Gate::interrupt(stub as usize, ist);
     }
+    gates[usize::from(TIMER)] = Gate::interrupt(timer_stub as *const () as usize, 0);
+    gates[usize::from(SPURIOUS)] = Gate::interrupt(spurious_stub as *const () as usize, 0);
     let pointer = DescriptorTablePointer {
-        limit: (core::mem::size_of::<[Gate; 32]>() - 1) as u16,
+        limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16,
         base: VirtAddr::new(IDT.0.get() as u64),
     };
     // SAFETY: the table is static, fully initialised, and its gates point
@@ -140,7 +148,11 @@ extern "C" fn dispatch(frame: &mut Frame) {
             return;
         }
     }
-    if frame.vector == u64::from(NMI) {
+    if frame.vector == u64::from(TIMER) {
+        super::apic::end_of_interrupt();
+    } else if frame.vector == u64::from(SPURIOUS) {
+        // A spurious interrupt needs no end-of-interrupt.
+    } else if frame.vector == u64::from(NMI) {
         (handlers.nmi)();
     } else {
         (handlers.exception)(frame);
@@ -179,10 +191,14 @@ macro_rules! stubs {
                 )
             }
         )*
-        const STUBS: [extern "C" fn(); 32] = [$($name),*];
     };
     (@dummy error) => { "" };
     (@dummy) => { "push 0" };
+}
+
+stubs! {
+    timer_stub = 0x40;
+    spurious_stub = 0xff;
 }
 
 stubs! {
@@ -193,6 +209,12 @@ stubs! {
     vector24 = 24; vector25 = 25; vector26 = 26; vector27 = 27; vector28 = 28; vector29 = 29 error;
     vector30 = 30 error; vector31 = 31;
 }
+
+const STUBS: [extern "C" fn(); 32] = [
+    vector0, vector1, vector2, vector3, vector4, vector5, vector6, vector7, vector8, vector9, vector10, vector11,
+    vector12, vector13, vector14, vector15, vector16, vector17, vector18, vector19, vector20, vector21, vector22,
+    vector23, vector24, vector25, vector26, vector27, vector28, vector29, vector30, vector31,
+];
 
 /// The mnemonic of an exception vector.
 pub fn vector_name(vector: u64) -> &'static str {

@@ -35,6 +35,7 @@ impl X86 {
     pub fn new(boot: Option<BootInfo>) -> Self {
         cpu::init();
         interrupts::init(interrupts::Handlers { nmi: on_nmi, exception: on_exception });
+        super::apic::init();
         let mut fw_cfg = FwCfg::probe();
         let mut script_file = None;
         let mut port_file = None;
@@ -275,7 +276,11 @@ impl Machine for X86 {
     fn clock(&mut self) -> &mut Tsc {
         self.clock.get_or_insert_with(|| {
             let tsc = Tsc::calibrate();
-            info!("clock: TSC calibrated against the PIT at {=u64} kHz", tsc.ticks_per_ms());
+            info!(
+                "clock: TSC at {=u64} kHz (PIT), local APIC timer at {=u64} kHz",
+                tsc.ticks_per_ms(),
+                tsc.apic_ticks_per_ms()
+            );
             tsc
         })
     }

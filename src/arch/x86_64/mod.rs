@@ -1,6 +1,7 @@
 //! x86_64: PVH entry, 32→64-bit switch, the CPU's tables, and the machine's
 //! devices as the agent sees them.
 
+mod apic;
 mod boot;
 pub mod cpu;
 pub mod interrupts;

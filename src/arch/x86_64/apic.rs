@@ -1,0 +1,77 @@
+//! The local APIC, for two things: delivering NMIs (LINT1, through which
+//! QEMU's watchdog action inject-nmi arrives) and a one-shot timer that
+//! wakes the CPU from `hlt`, so a sleeping agent costs the host no CPU.
+
+use x86_64::instructions::port::Port;
+
+/// The local APIC's registers (identity mapped by the boot page tables).
+const BASE: usize = 0xfee0_0000;
+const EOI: usize = 0xb0;
+const SPURIOUS: usize = 0xf0;
+const LVT_TIMER: usize = 0x320;
+const LVT_LINT0: usize = 0x350;
+const LVT_LINT1: usize = 0x360;
+const INITIAL_COUNT: usize = 0x380;
+const CURRENT_COUNT: usize = 0x390;
+const DIVIDE: usize = 0x3e0;
+
+const MASKED: u32 = 1 << 16;
+const DELIVERY_NMI: u32 = 0b100 << 8;
+const SOFTWARE_ENABLE: u32 = 1 << 8;
+/// Divide configuration 0b1011: divide by 1.
+const DIVIDE_BY_1: u32 = 0b1011;
+
+fn read(register: usize) -> u32 {
+    // SAFETY: a local APIC register, 32-bit aligned, identity mapped.
+    unsafe { core::ptr::read_volatile((BASE + register) as *const u32) }
+}
+
+fn write(register: usize, value: u32) {
+    // SAFETY: as in `read`; the values written are the architected ones.
+    unsafe { core::ptr::write_volatile((BASE + register) as *mut u32, value) }
+}
+
+/// Enables the APIC with NMIs on LINT1 and the timer masked, and masks the
+/// legacy PICs (firmware may have left their timer interrupt enabled, on
+/// vectors that are CPU exceptions in long mode).
+pub fn init() {
+    // SAFETY: 0x21/0xa1 are the two 8259s' mask registers; masking every
+    // line only stops legacy interrupts, which the agent never uses.
+    unsafe {
+        Port::<u8>::new(0x21).write(0xff);
+        Port::<u8>::new(0xa1).write(0xff);
+    }
+    write(SPURIOUS, SOFTWARE_ENABLE | u32::from(super::interrupts::SPURIOUS));
+    write(LVT_LINT0, MASKED);
+    write(LVT_LINT1, DELIVERY_NMI);
+    write(LVT_TIMER, MASKED | u32::from(super::interrupts::TIMER));
+    write(DIVIDE, DIVIDE_BY_1);
+}
+
+/// Signals the end of the timer interrupt.
+pub fn end_of_interrupt() {
+    write(EOI, 0);
+}
+
+/// Starts a one-shot countdown of `ticks` that raises the timer vector.
+pub fn start_one_shot(ticks: u32) {
+    write(LVT_TIMER, u32::from(super::interrupts::TIMER));
+    write(INITIAL_COUNT, ticks.max(1));
+}
+
+/// Stops the countdown (and masks the timer).
+pub fn stop() {
+    write(LVT_TIMER, MASKED | u32::from(super::interrupts::TIMER));
+    write(INITIAL_COUNT, 0);
+}
+
+/// Starts a free countdown from the maximum, for calibration.
+pub fn start_free() {
+    write(LVT_TIMER, MASKED | u32::from(super::interrupts::TIMER));
+    write(INITIAL_COUNT, u32::MAX);
+}
+
+/// Ticks counted since `start_free`.
+pub fn elapsed() -> u32 {
+    u32::MAX - read(CURRENT_COUNT)
+}
