@@ -31,6 +31,13 @@ fn write(register: usize, value: u32) {
     unsafe { core::ptr::write_volatile((BASE + register) as *mut u32, value) }
 }
 
+/// The IA32_APIC_BASE MSR (base address, enable bit 11, x2APIC bit 10).
+pub fn base_msr() -> u64 {
+    // SAFETY: reading IA32_APIC_BASE has no side effect; every CPU QEMU
+    // models with an APIC has it.
+    unsafe { x86_64::registers::model_specific::Msr::new(0x1b).read() }
+}
+
 /// Enables the APIC with NMIs on LINT1 and the timer masked, and masks the
 /// legacy PICs (firmware may have left their timer interrupt enabled, on
 /// vectors that are CPU exceptions in long mode).

@@ -277,10 +277,17 @@ impl Machine for X86 {
         self.clock.get_or_insert_with(|| {
             let tsc = Tsc::calibrate();
             info!(
-                "clock: TSC at {=u64} kHz (PIT), local APIC timer at {=u64} kHz",
+                "clock: TSC at {=u64} kHz (against {=str}), local APIC timer at {=u64} kHz",
                 tsc.ticks_per_ms(),
+                tsc.reference(),
                 tsc.apic_ticks_per_ms()
             );
+            if !tsc.halts_in_sleeps() {
+                warn!(
+                    "the APIC timer's rate is implausible (APIC base MSR {=u64:#x}): sleeps will spin",
+                    super::apic::base_msr()
+                );
+            }
             tsc
         })
     }

@@ -6,6 +6,7 @@ mod boot;
 pub mod cpu;
 pub mod interrupts;
 mod machine;
+mod pit;
 pub mod pvh;
 mod serial;
 mod tsc;

@@ -1,19 +1,26 @@
-//! The x86 clock: the TSC, calibrated against PIT channel 2, and sleeps
-//! that halt the CPU until the local APIC timer wakes it.
+//! The x86 clock: the TSC, calibrated against the PIT, and sleeps that
+//! halt the CPU until the local APIC timer wakes it.
 
-use x86_64::instructions::port::Port;
+use super::{apic, pit};
 
-/// PIT input clock, Hz.
-const PIT_HZ: u64 = 1_193_182;
-/// Calibration window: 20 ms of PIT ticks (the poll loop's exit latency
-/// under TCG is tens of microseconds; over 20 ms that is < 0.3 %).
-const CALIBRATION_US: u64 = 20_000;
+/// Calibration window, in PIT ticks (about 5 ms); three windows, median.
+const WINDOW_PIT_TICKS: u16 = 6_000;
+/// Polls to wait for the PIT to move before concluding there is none.
+const PIT_POLLS: u32 = 200_000;
+/// QEMU's local APIC timer runs at 1 GHz (divide by 1): the fallback
+/// reference when there is no PIT, and the range a measurement must fall
+/// in before sleeps trust the timer to wake them.
+const APIC_KHZ_IN_QEMU: u64 = 1_000_000;
 
 /// The calibrated TSC (and the APIC timer's rate, measured against it).
 #[derive(Clone, Copy)]
 pub struct Tsc {
     ticks_per_ms: u64,
     apic_ticks_per_ms: u64,
+    reference: &'static str,
+    /// The APIC timer's rate is plausible: sleeps halt until it fires
+    /// (else they spin, rather than risk sleeping forever).
+    halt_in_sleeps: bool,
 }
 
 /// Sleeps shorter than this spin: waking from `hlt` costs more.
@@ -25,49 +32,98 @@ fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-impl Tsc {
-    /// Measures the TSC rate against PIT channel 2 (one-shot).
-    pub fn calibrate() -> Self {
-        let count = (PIT_HZ * CALIBRATION_US / 1_000_000) as u16;
-        let mut gate = Port::<u8>::new(0x61);
-        let mut command = Port::<u8>::new(0x43);
-        let mut channel2 = Port::<u8>::new(0x42);
-        // SAFETY: ports 0x61 (speaker gate) and 0x42/0x43 (PIT) belong to the
-        // PC platform devices; the agent uses channel 2 for nothing else and
-        // keeps the speaker output disabled (bit 1 = 0).
-        let ticks = unsafe {
-            let g = gate.read() & !0x02;
-            gate.write(g & !0x01);
-            command.write(0b1011_0000); // channel 2, lo/hi byte, mode 0, binary
-            channel2.write(count as u8);
-            channel2.write((count >> 8) as u8);
-            gate.write(g | 0x01); // start counting
-            let start = rdtsc();
-            while gate.read() & 0x20 == 0 {
-                core::hint::spin_loop();
-            }
-            rdtsc() - start
-        };
-        let ticks_per_ms = (ticks * 1_000 / CALIBRATION_US).max(1);
-        // The APIC timer against the TSC, over 1 ms.
-        super::apic::start_free();
-        let end = rdtsc() + ticks_per_ms;
-        while rdtsc() < end {
-            core::hint::spin_loop();
-        }
-        let apic_ticks_per_ms = u64::from(super::apic::elapsed()).max(1);
-        super::apic::stop();
-        Tsc { ticks_per_ms, apic_ticks_per_ms }
-    }
+/// The median of three measurements: one window stretched by the host
+/// descheduling the vCPU between a count and its TSC read cannot skew it.
+fn median3(mut f: impl FnMut() -> Option<u64>) -> Option<u64> {
+    let mut v = [f()?, f()?, f()?];
+    v.sort_unstable();
+    Some(v[1])
+}
 
-    /// Local APIC timer ticks per millisecond.
-    pub fn apic_ticks_per_ms(&self) -> u64 {
-        self.apic_ticks_per_ms
+/// TSC ticks per millisecond over one window of PIT channel 0, read back
+/// with the latch command: each end is a latched count and the TSC right
+/// after it. `None` when no PIT counts.
+fn pit_window() -> Option<u64> {
+    pit::start_channel0();
+    let first = pit::read_channel0();
+    let mut polls = 0;
+    let (start, t_start) = loop {
+        let count = pit::read_channel0();
+        if count != first {
+            break (count, rdtsc());
+        }
+        polls += 1;
+        if polls > PIT_POLLS {
+            return None;
+        }
+    };
+    loop {
+        let count = pit::read_channel0();
+        let t = rdtsc();
+        let elapsed = start.wrapping_sub(count);
+        if elapsed >= WINDOW_PIT_TICKS {
+            return Some(((t - t_start) * pit::HZ / (u64::from(elapsed) * 1_000)).max(1));
+        }
+    }
+}
+
+/// TSC ticks per millisecond over 1 ms of QEMU's 1 GHz APIC timer.
+fn apic_window_tsc() -> u64 {
+    apic::start_free();
+    let (e0, t0) = (apic::elapsed(), rdtsc());
+    loop {
+        let (e, t) = (apic::elapsed(), rdtsc());
+        if u64::from(e - e0) >= APIC_KHZ_IN_QEMU {
+            apic::stop();
+            return ((t - t0) * APIC_KHZ_IN_QEMU / u64::from(e - e0)).max(1);
+        }
+    }
+}
+
+/// APIC timer ticks per millisecond over 1 ms of TSC.
+fn apic_window(tsc_per_ms: u64) -> u64 {
+    apic::start_free();
+    let (e0, t0) = (apic::elapsed(), rdtsc());
+    loop {
+        let (e, t) = (apic::elapsed(), rdtsc());
+        if t - t0 >= tsc_per_ms {
+            apic::stop();
+            return (u64::from(e - e0) * tsc_per_ms / (t - t0)).max(1);
+        }
+    }
+}
+
+impl Tsc {
+    /// Measures the TSC (against the PIT, else the APIC timer), then the
+    /// APIC timer against it; each the median of three windows.
+    pub fn calibrate() -> Self {
+        let (ticks_per_ms, reference) = match median3(pit_window) {
+            Some(rate) => (rate, "the PIT"),
+            None => (median3(|| Some(apic_window_tsc())).unwrap_or(1), "the APIC timer at QEMU's 1 GHz (no PIT)"),
+        };
+        let apic_ticks_per_ms = median3(|| Some(apic_window(ticks_per_ms))).unwrap_or(1);
+        let halt_in_sleeps = (APIC_KHZ_IN_QEMU / 2..=APIC_KHZ_IN_QEMU * 2).contains(&apic_ticks_per_ms);
+        Tsc { ticks_per_ms, apic_ticks_per_ms, reference, halt_in_sleeps }
     }
 
     /// TSC ticks per millisecond.
     pub fn ticks_per_ms(&self) -> u64 {
         self.ticks_per_ms
+    }
+
+    /// What the TSC was calibrated against.
+    pub fn reference(&self) -> &'static str {
+        self.reference
+    }
+
+    /// Whether sleeps halt (the APIC timer's rate is plausible).
+    pub fn halts_in_sleeps(&self) -> bool {
+        self.halt_in_sleeps
+    }
+
+    /// Local APIC timer ticks per millisecond.
+    pub fn apic_ticks_per_ms(&self) -> u64 {
+        self.apic_ticks_per_ms
     }
 }
 
@@ -88,7 +144,7 @@ impl crate::agent::Clock for Tsc {
                 break;
             }
             let left_us = ((end - now) * 1_000 / u128::from(self.ticks_per_ms)) as u64;
-            if left_us < SPIN_BELOW_US {
+            if left_us < SPIN_BELOW_US || !self.halt_in_sleeps {
                 core::hint::spin_loop();
                 continue;
             }
@@ -96,13 +152,13 @@ impl crate::agent::Clock for Tsc {
             // its 1 ms calibration); the loop sleeps again for the rest.
             let aim_us = left_us - left_us / 32;
             let apic = (u128::from(aim_us) * u128::from(self.apic_ticks_per_ms) / 1_000).min(u128::from(u32::MAX));
-            super::apic::start_one_shot(apic as u32);
+            apic::start_one_shot(apic as u32);
             // `sti; hlt` is atomic (the interrupt shadow of sti), so the
             // timer cannot fire between the two.
             x86_64::instructions::interrupts::enable_and_hlt();
             x86_64::instructions::interrupts::disable();
         }
-        super::apic::stop();
+        apic::stop();
     }
 }
 
