@@ -1,6 +1,12 @@
 //! The PVH entry point: QEMU (through the firmware's pvh option ROM) jumps to
 //! `pvh_start` in 32-bit protected mode, paging off, EBX = `hvm_start_info`.
 //!
+//! The same image also boots as the firmware itself (`-bios`, see
+//! `cargo xtask build`): `pvagent_rom_entry`, reached from the reset vector
+//! in real mode, enters protected mode, copies the image from ROM to where
+//! it is linked (1 MiB) and joins `pvh_start` with EBX = 1 ("no start info,
+//! booted as firmware").
+//!
 //! The stub zeroes `.bss`, identity-maps 0–4 GiB with 2 MiB pages (PCI BARs
 //! sit just below 4 GiB), enables long mode, loads a 64-bit GDT and calls
 //! `pvagent_main(start_info)` on the agent's own stack.
@@ -88,6 +94,69 @@ pvh_long_mode:
     call pvagent_main
 3:  hlt
     jmp 3b
+    .popsection
+
+    /* Firmware boot: the reset vector jumps here in real mode, CS base
+       0xffff0000. Position-independent: it finds itself with call/pop. */
+    .pushsection .text.boot.rom, "ax"
+    .code16
+    .global pvagent_rom_entry
+pvagent_rom_entry:
+    cli
+    cld
+    inb $0x92, %al              /* A20 on (fast A20 gate), no reset */
+    orb $0x02, %al
+    andb $0xfe, %al
+    outb %al, $0x92
+    xorw %ax, %ax
+    movw %ax, %ds
+    movw %ax, %ss
+    movw $0x7000, %sp
+    calll pvagent_rom_here
+pvagent_rom_here:
+    popl %ebx                   /* its offset in the CS segment */
+    movzwl %bx, %ebx
+    addl $0xffff0000, %ebx      /* its linear address */
+    leal (pvagent_rom_gdt - pvagent_rom_here)(%ebx), %eax
+    pushl %eax
+    pushw $(pvagent_rom_gdt_end - pvagent_rom_gdt - 1)
+    movw %sp, %si
+    lgdtl (%si)
+    movl %cr0, %eax
+    orl $1, %eax
+    movl %eax, %cr0
+    leal (pvagent_rom_32 - pvagent_rom_here)(%ebx), %eax
+    pushl $0x08
+    pushl %eax
+    lretl
+
+    .code32
+pvagent_rom_32:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov $0x7000, %esp
+    /* The image's ROM copy starts where it is linked plus the offset
+       between this code's linear and linked addresses. */
+    mov %ebx, %esi
+    sub $pvagent_rom_here, %esi
+    add $__image_start, %esi
+    mov $__image_start, %edi
+    mov $__file_end, %ecx
+    sub $__image_start, %ecx
+    rep movsb
+    mov $1, %ebx
+    mov $pvh_start, %eax
+    jmp *%eax
+
+    .balign 8
+pvagent_rom_gdt:
+    .quad 0
+    .quad 0x00cf9a000000ffff    /* 32-bit flat code */
+    .quad 0x00cf92000000ffff    /* flat data */
+pvagent_rom_gdt_end:
+    .code64
     .popsection
 
     .pushsection .rodata.boot, "a"

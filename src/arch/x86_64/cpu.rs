@@ -33,7 +33,6 @@ struct PageTable([u64; 512]);
 struct Tables {
     gdt: GlobalDescriptorTable,
     tss: TaskStateSegment,
-    guard_pt: PageTable,
 }
 
 #[repr(C, align(16))]
@@ -43,11 +42,10 @@ struct Cell<T>(UnsafeCell<T>);
 // SAFETY: single CPU; written only by `init` before interrupts can use them.
 unsafe impl<T> Sync for Cell<T> {}
 
-static TABLES: Cell<Tables> = Cell(UnsafeCell::new(Tables {
-    gdt: GlobalDescriptorTable::new(),
-    tss: TaskStateSegment::new(),
-    guard_pt: PageTable([0; 512]),
-}));
+static TABLES: Cell<Tables> =
+    Cell(UnsafeCell::new(Tables { gdt: GlobalDescriptorTable::new(), tss: TaskStateSegment::new() }));
+/// Zero-initialised, so in `.bss` rather than in the image.
+static GUARD_PT: Cell<PageTable> = Cell(UnsafeCell::new(PageTable([0; 512])));
 static DOUBLE_FAULT_STACK: Cell<Stack> = Cell(UnsafeCell::new(Stack([0; 8192])));
 
 /// The stack guard page's address.
@@ -82,7 +80,9 @@ pub fn init() {
     // mapped like before, except the guard itself.
     let guard = stack_guard();
     let region = guard & !0x1f_ffff;
-    for (i, entry) in tables.guard_pt.0.iter_mut().enumerate() {
+    // SAFETY: as above.
+    let guard_pt = unsafe { &mut *GUARD_PT.0.get() };
+    for (i, entry) in guard_pt.0.iter_mut().enumerate() {
         let page = region + i as u64 * 4096;
         *entry = if page == guard { 0 } else { page | 0x3 };
     }
@@ -90,7 +90,7 @@ pub fn init() {
     // 0-4 GiB); the new table maps the same addresses except the guard
     // page, which nothing uses; the CR3 reload flushes the old entry.
     unsafe {
-        (*boot_pd.get())[(guard >> 21) as usize] = &raw const tables.guard_pt as u64 | 0x3;
+        (*boot_pd.get())[(guard >> 21) as usize] = &raw const *guard_pt as u64 | 0x3;
         let (frame, flags) = Cr3::read();
         Cr3::write(frame, flags);
     }

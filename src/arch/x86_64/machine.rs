@@ -1,6 +1,6 @@
 //! The x86_64 machine: its devices, found at boot, and how the agent ends.
 
-use super::{cpu, interrupts, pvh::BootInfo, tsc::Tsc};
+use super::{cpu, interrupts, pvh::Boot, tsc::Tsc};
 use crate::agent::{DeviceError, Machine, yes_no};
 use crate::exit::{DebugExit, ErrorExit};
 use crate::fw_cfg::{self, FileEntry, FwCfg};
@@ -13,7 +13,7 @@ use defmt::{error, info, warn};
 
 /// Everything the agent found on the machine.
 pub struct X86 {
-    boot: Option<BootInfo>,
+    boot: Boot,
     fw_cfg: Option<FwCfg>,
     script_file: Option<FileEntry>,
     pvpanic_isa: Option<Pvpanic>,
@@ -32,7 +32,7 @@ static HAS_DEBUG_EXIT: AtomicBool = AtomicBool::new(false);
 
 impl X86 {
     /// Sets up the CPU (GDT, IDT, stack guard) and probes every device.
-    pub fn new(boot: Option<BootInfo>) -> Self {
+    pub fn new(boot: Boot) -> Self {
         cpu::init();
         interrupts::init(interrupts::Handlers { nmi: on_nmi, exception: on_exception });
         super::apic::init();
@@ -132,7 +132,7 @@ impl X86 {
 }
 
 impl Machine for X86 {
-    const DESCRIPTION: &'static str = "x86_64, PVH boot";
+    const DESCRIPTION: &'static str = "x86_64";
     type Clock = Tsc;
 
     fn boot_number(&mut self) -> u8 {
@@ -140,8 +140,10 @@ impl Machine for X86 {
     }
 
     fn log_inventory(&mut self) {
-        if self.boot.is_none() {
-            warn!("no valid PVH start info: no command line");
+        match self.boot {
+            Boot::Pvh(_) => info!("booted through PVH (-kernel)"),
+            Boot::Firmware => info!("booted as the firmware (-bios): no command line, scripts come through fw_cfg"),
+            Boot::Unknown => warn!("no valid PVH start info: no command line"),
         }
         match &self.fw_cfg {
             Some(_) => info!("fw_cfg: present, script file {=str}", yes_no(self.script_file.is_some())),
@@ -181,7 +183,10 @@ impl Machine for X86 {
                 let len = fw.read_file(&file, buf);
                 ("fw_cfg opt/pvagent/script", (file.size as usize).max(len))
             }
-            _ => ("the command line", self.boot.map_or(0, |b| b.copy_cmdline(buf))),
+            _ => match self.boot {
+                Boot::Pvh(info) => ("the command line", info.copy_cmdline(buf)),
+                Boot::Firmware | Boot::Unknown => ("fw_cfg (no command line without PVH)", 0),
+            },
         }
     }
 

@@ -14,10 +14,11 @@ mod tsc;
 pub use machine::report_panic;
 pub use serial::Serial as Console;
 
-/// Called by the boot stub, in long mode, on the agent's own stack.
+/// Called by the boot stub, in long mode, on the agent's own stack, with
+/// what the entry left in EBX (see `pvh::Boot`).
 #[unsafe(no_mangle)]
 extern "C" fn pvagent_main(start_info: u32) -> ! {
-    let boot = pvh::BootInfo::from_start_info(start_info);
+    let boot = pvh::Boot::from_ebx(start_info);
     crate::log::init();
     crate::agent::run(&mut machine::X86::new(boot))
 }

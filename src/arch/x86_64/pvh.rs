@@ -3,6 +3,28 @@
 /// Magic value of a valid `hvm_start_info`.
 pub const START_INFO_MAGIC: u32 = 0x336e_c578;
 
+/// How the agent was started.
+#[derive(Clone, Copy)]
+pub enum Boot {
+    /// By QEMU's PVH boot (`-kernel`), with its start info.
+    Pvh(BootInfo),
+    /// As the firmware itself (`-bios`): no start info, no command line.
+    Firmware,
+    /// EBX held no valid start info.
+    Unknown,
+}
+
+impl Boot {
+    /// The value the entry stubs leave in EBX: the start info's address, or
+    /// 1 for a firmware boot.
+    pub fn from_ebx(ebx: u32) -> Self {
+        match ebx {
+            1 => Boot::Firmware,
+            paddr => BootInfo::from_start_info(paddr).map_or(Boot::Unknown, Boot::Pvh),
+        }
+    }
+}
+
 /// What the agent uses of the start info.
 #[derive(Clone, Copy)]
 pub struct BootInfo {
