@@ -146,7 +146,11 @@ impl Machine for X86 {
             Boot::Unknown => warn!("no valid PVH start info: no command line"),
         }
         match &self.fw_cfg {
-            Some(_) => info!("fw_cfg: present, script file {=str}", yes_no(self.script_file.is_some())),
+            Some(fw) => info!(
+                "fw_cfg: present ({=str}), script file {=str}",
+                if fw.uses_dma() { "DMA" } else { "port I/O" },
+                yes_no(self.script_file.is_some())
+            ),
             None => info!("fw_cfg: not present"),
         }
         for (name, device) in [("pvpanic-isa", &self.pvpanic_isa), ("pvpanic-pci", &self.pvpanic_pci)] {
