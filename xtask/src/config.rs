@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::timing::{Bound, DEFAULT_TOLERANCE, EventRef, TimingCheck, Tolerance};
 use crate::util::{Version, parse_duration};
 
 /// Events that decide a verdict. Everything else QEMU sends is recorded in
@@ -266,6 +267,21 @@ struct ScenarioDef {
     end: toml::Value,
     #[serde(default)]
     log_contains: Vec<String>,
+    #[serde(default)]
+    stderr_contains: Vec<String>,
+    #[serde(default)]
+    timing: Vec<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimingDef {
+    from: String,
+    to: String,
+    expect: Option<String>,
+    tolerance: Option<String>,
+    min: Option<String>,
+    max: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -430,6 +446,10 @@ pub struct Scenario {
     pub ignore: Vec<String>,
     pub end: End,
     pub log_contains: Vec<String>,
+    /// Substrings QEMU's stderr must contain.
+    pub stderr_contains: Vec<String>,
+    /// Timing assertions between matched events.
+    pub timing: Vec<TimingCheck>,
 }
 
 /// The whole validated table.
@@ -772,11 +792,12 @@ fn validate_scenario(
             None
         }
     };
-    for s in &def.log_contains {
-        if s.is_empty() {
-            errs.field("log_contains", "contains an empty string".into(), "remove it".into());
+    for (field, list) in [("log_contains", &def.log_contains), ("stderr_contains", &def.stderr_contains)] {
+        if list.iter().any(String::is_empty) {
+            errs.field(field, "contains an empty string".into(), "remove it".into());
         }
     }
+    let timing = validate_timing(ctx, def.timing, &expect, &def.ignore, &mut errs.list);
     let script = def.script.filter(|s| !s.trim().is_empty());
     let script_via = def.script_via.unwrap_or(ScriptVia::FwCfg);
     if script.is_none() && def.script_via.is_some() {
@@ -808,9 +829,133 @@ fn validate_scenario(
             ignore: def.ignore,
             end,
             log_contains: def.log_contains,
+            stderr_contains: def.stderr_contains,
+            timing,
         }),
         _ => Err(errs.list),
     }
+}
+
+/// How many events called `event` a passing run can have: the sum of the
+/// `max` of its `expect` entries; `None` = unbounded (the event is ignored).
+fn capacity(event: &str, expect: &[ExpectEntry], ignore: &[String]) -> Option<u32> {
+    if ignore.iter().any(|i| i == event) {
+        return None;
+    }
+    Some(expect.iter().filter(|e| e.event == event).map(|e| e.max).sum())
+}
+
+const TIMING_FIX: &str = "write { from = \"EVENT[#N]\", to = \"EVENT[#N]\", expect = \"500ms\", tolerance = \"5%+20ms\" } \
+     (tolerance optional, default 5%+20ms), or min = \"…\" and/or max = \"…\" instead of expect";
+
+fn validate_timing(
+    ctx: &str,
+    defs: Vec<toml::Value>,
+    expect: &[ExpectEntry],
+    ignore: &[String],
+    errors: &mut Vec<String>,
+) -> Vec<TimingCheck> {
+    let mut out = Vec::new();
+    for (i, v) in defs.into_iter().enumerate() {
+        let tctx = format!("{ctx}: field `timing` entry {}", i + 1);
+        let d: TimingDef = match de(v, &tctx, TIMING_FIX) {
+            Ok(d) => d,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let before = errors.len();
+        let mut event_ref = |key: &str, text: &str| -> Option<EventRef> {
+            let r = match EventRef::parse(text) {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(format!("{tctx}: `{key}`: {e}\n  fix: {TIMING_FIX}"));
+                    return None;
+                }
+            };
+            if !WATCHED_EVENTS.contains(&r.event.as_str()) {
+                errors.push(format!(
+                    "{tctx}: `{key}`: `{}` is not a watched event\n  fix: use one of: {}",
+                    r.event,
+                    one_of(WATCHED_EVENTS)
+                ));
+                return None;
+            }
+            match capacity(&r.event, expect, ignore) {
+                Some(0) => {
+                    errors.push(format!(
+                        "{tctx}: `{key}`: `{}` is neither in `expect` nor in `ignore`, so a passing run never has it\n  \
+                         fix: refer to an expected event",
+                        r.event
+                    ));
+                    None
+                }
+                Some(n) if r.occurrence > n => {
+                    errors.push(format!(
+                        "{tctx}: `{key}`: `{r}` asks for occurrence {} but `expect` allows at most {n} {}\n  \
+                         fix: use an occurrence from 1 to {n}",
+                        r.occurrence, r.event
+                    ));
+                    None
+                }
+                _ => Some(r),
+            }
+        };
+        let from = event_ref("from", &d.from);
+        let to = event_ref("to", &d.to);
+        let mut dur = |key: &str, v: &Option<String>| -> Option<Duration> {
+            let s = v.as_ref()?;
+            match parse_duration(s) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    errors.push(format!("{tctx}: `{key}`: {e}\n  fix: write e.g. \"500ms\" or \"2s\""));
+                    None
+                }
+            }
+        };
+        let (expect_d, min, max) = (dur("expect", &d.expect), dur("min", &d.min), dur("max", &d.max));
+        let bound = match (&d.expect, &d.min, &d.max) {
+            (Some(_), None, None) => {
+                let tolerance = match d.tolerance.as_deref().map(Tolerance::parse).transpose() {
+                    Ok(t) => t.unwrap_or(DEFAULT_TOLERANCE),
+                    Err(e) => {
+                        errors.push(format!("{tctx}: `tolerance`: {e}\n  fix: {TIMING_FIX}"));
+                        DEFAULT_TOLERANCE
+                    }
+                };
+                expect_d.map(|expect| Bound::Around { expect, tolerance })
+            }
+            (None, lo, hi) if lo.is_some() || hi.is_some() => {
+                if d.tolerance.is_some() {
+                    errors.push(format!(
+                        "{tctx}: `tolerance` only goes with `expect`\n  fix: remove it, or use expect instead of min/max"
+                    ));
+                }
+                if let (Some(a), Some(b)) = (min, max)
+                    && a > b
+                {
+                    errors.push(format!("{tctx}: `min` is greater than `max`\n  fix: swap them"));
+                }
+                Some(Bound::Range { min, max })
+            }
+            _ => {
+                errors.push(format!(
+                    "{tctx}: needs either `expect` (with an optional `tolerance`) or `min`/`max`, not both or neither\n  fix: {TIMING_FIX}"
+                ));
+                None
+            }
+        };
+        if let (Some(f), Some(t)) = (&from, &to)
+            && f == t
+        {
+            errors.push(format!("{tctx}: `from` and `to` are the same event\n  fix: measure between two events"));
+        }
+        if let (Some(from), Some(to), Some(bound), true) = (from, to, bound, errors.len() == before) {
+            out.push(TimingCheck { from, to, bound });
+        }
+    }
+    out
 }
 
 /// One concrete run: board × scenario × variant.
@@ -1019,6 +1164,68 @@ end = { status = "crashed" }
         assert!(e.contains("0..=255"), "{e}");
         let e = err_of("[[scenario]]\nname = \"x\"\n");
         assert!(e.contains("end"), "{e}");
+    }
+
+    const TIMED: &str = r#"
+[[scenario]]
+name = "t"
+expect = [
+  { event = "GUEST_CRASHLOADED" },
+  { event = "WATCHDOG", min = 1, max = 2 },
+]
+ignore = ["STOP"]
+end = { status = "running" }
+stderr_contains = ["watchdog: timer fired"]
+timing = [
+  { from = "GUEST_CRASHLOADED", to = "WATCHDOG", expect = "500ms" },
+  { from = "GUEST_CRASHLOADED", to = "WATCHDOG#2", expect = "2s", tolerance = "1%" },
+  { from = "WATCHDOG", to = "STOP#3", min = "1s" },
+  { from = "WATCHDOG", to = "WATCHDOG#2", max = "999ms" },
+]
+"#;
+
+    #[test]
+    fn timing_entries() {
+        let t = parse(TIMED).unwrap();
+        let s = &t.scenarios[0];
+        assert_eq!(s.stderr_contains, vec!["watchdog: timer fired"]);
+        assert_eq!(s.timing.len(), 4);
+        assert_eq!(
+            s.timing[0].bound,
+            Bound::Around { expect: Duration::from_millis(500), tolerance: DEFAULT_TOLERANCE }
+        );
+        assert_eq!(s.timing[1].to, EventRef { event: "WATCHDOG".into(), occurrence: 2 });
+        assert!(matches!(s.timing[1].bound, Bound::Around { tolerance, .. } if tolerance.percent == 1.0));
+        // An ignored event can occur any number of times.
+        assert_eq!(s.timing[2].to.occurrence, 3);
+        assert_eq!(s.timing[3].bound, Bound::Range { min: None, max: Some(Duration::from_millis(999)) });
+    }
+
+    #[test]
+    fn timing_errors() {
+        let with = |entry: &str| err_of(&TIMED.replace(r#"{ from = "WATCHDOG", to = "STOP#3", min = "1s" },"#, entry));
+        let cases = [
+            (r#"{ from = "WATCHDOG#3", to = "STOP" , min = "1s" },"#, "at most 2 WATCHDOG"),
+            (r#"{ from = "RESET", to = "WATCHDOG", min = "1s" },"#, "neither in `expect` nor in `ignore`"),
+            (r#"{ from = "BOGUS", to = "WATCHDOG", min = "1s" },"#, "not a watched event"),
+            (r#"{ from = "watchdog", to = "STOP", min = "1s" },"#, "not an event reference"),
+            (r#"{ from = "WATCHDOG#0", to = "STOP", min = "1s" },"#, "≥ 1"),
+            (r#"{ from = "WATCHDOG", to = "STOP", expect = "1s", min = "1s" },"#, "not both or neither"),
+            (r#"{ from = "WATCHDOG", to = "STOP" },"#, "not both or neither"),
+            (r#"{ from = "WATCHDOG", to = "STOP", min = "1s", tolerance = "5%" },"#, "only goes with `expect`"),
+            (r#"{ from = "WATCHDOG", to = "STOP", min = "2s", max = "1s" },"#, "greater than `max`"),
+            (r#"{ from = "WATCHDOG", to = "WATCHDOG#1", min = "1s" },"#, "the same event"),
+            (r#"{ from = "WATCHDOG", to = "STOP", expect = "1s", tolerance = "5" },"#, "not a tolerance"),
+            (r#"{ from = "WATCHDOG", to = "STOP", expect = "1h" },"#, "unknown unit"),
+            (r#"{ from = "WATCHDOG", to = "STOP", expect = "1s", tolerence = "5%" },"#, "tolerence"),
+        ];
+        for (entry, want) in cases {
+            let e = with(entry);
+            assert!(e.contains("scenario `t`: field `timing` entry 3") && e.contains(want), "{entry}: {e}");
+            assert!(e.contains("fix:"), "{e}");
+        }
+        let e = err_of(&TIMED.replace(r#"stderr_contains = ["watchdog: timer fired"]"#, r#"stderr_contains = [""]"#));
+        assert!(e.contains("`stderr_contains`: contains an empty string"), "{e}");
     }
 
     #[test]

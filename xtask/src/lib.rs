@@ -5,16 +5,20 @@
 //! The binary (`src/main.rs`) is a thin CLI over this library; the e2e test
 //! harness (`tests/e2e.rs`) uses the same runner.
 
+pub mod admission;
 pub mod agent;
 pub mod artifacts;
 pub mod config;
 pub mod defmt_log;
 pub mod matcher;
+pub mod nested;
 pub mod qemu;
 pub mod qmp;
 pub mod report;
+pub mod rom;
 pub mod runner;
 pub mod setup;
+pub mod timing;
 pub mod util;
 
 use std::path::{Path, PathBuf};

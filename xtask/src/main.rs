@@ -80,6 +80,11 @@ struct QemuRunArgs {
     /// Use this image instead of building one
     #[arg(long, value_name = "PATH", env = "PVAGENT_IMAGE")]
     image: Option<PathBuf>,
+    /// Run up to N scenarios at once, each its own QEMU [default: 8 per CPU, at most 32]. A new
+    /// one starts only while half a CPU is idle (PVAGENT_CPU_GATE=<cpus>|off changes that); the
+    /// table keeps its order either way
+    #[arg(long, short = 'j', value_name = "N", env = "PVAGENT_JOBS", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     /// Ad hoc: boot once with this script (prints events live)
     #[arg(long, conflicts_with_all = ["scenarios", "json", "junit", "scenarios_file"])]
     script: Option<String>,
@@ -229,22 +234,26 @@ fn table_run(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
         qemu.iter().map(|(b, v)| format!("{b} {v}")).collect::<Vec<_>>().join(", "),
         run_dir.display()
     )?;
+    let jobs = args.jobs.map_or_else(runner::default_jobs, usize::from);
+    let order = runner::longest_first(&cases, &artifacts::runs_root(&agent::target_dir(root)));
     let w = report::widths(cases.iter().map(|c| (c.board.name.as_str(), c.id())));
     writeln!(out, "{}", report::header(w))?;
-    let results = runner::run_all(&cases, &env, 1, |r| {
+    let started = std::time::Instant::now();
+    let results = runner::run_all(&cases, &env, jobs, &order, |r| {
         let _ = writeln!(out, "{}", report::row(r, w));
         let _ = out.flush();
     });
+    let stats = report::RunStats { wall: started.elapsed(), jobs: jobs.min(cases.len()) };
     writeln!(out, "\n{}", report::summary(&results))?;
+    writeln!(out, "{stats}")?;
     if let Some(path) = &args.junit {
-        std::fs::write(path, report::junit(&results)).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, report::junit(&results, stats.wall))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
-    let _ = std::fs::write(
-        run_dir.join("results.json"),
-        serde_json::to_string_pretty(&report::to_json(&results, &qemu))? + "\n",
-    );
+    let json = serde_json::to_string_pretty(&report::to_json(&results, &qemu, stats))?;
+    let _ = std::fs::write(run_dir.join("results.json"), json.clone() + "\n");
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report::to_json(&results, &qemu))?);
+        println!("{json}");
     }
     let (passed, failed, _) = report::counts(&results);
     Ok(if failed > 0 || passed == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })

@@ -40,6 +40,9 @@ pub fn row(r: &CaseResult, widths: (usize, usize)) -> String {
         bw = widths.0,
         sw = widths.1,
     );
+    for t in &r.timing {
+        let _ = write!(s, "\n    {}", t.note());
+    }
     match &r.verdict {
         Verdict::Fail(reason) => {
             let _ = write!(s, "\n    reason: {reason}");
@@ -89,12 +92,33 @@ pub fn summary(results: &[CaseResult]) -> String {
     out
 }
 
-pub fn to_json(results: &[CaseResult], qemu: &BTreeMap<String, String>) -> serde_json::Value {
+/// Total wall time and concurrency of a table run.
+#[derive(Clone, Copy, Debug)]
+pub struct RunStats {
+    pub wall: std::time::Duration,
+    pub jobs: usize,
+}
+
+impl std::fmt::Display for RunStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "wall time {:.1}s ({} job{})",
+            self.wall.as_secs_f64(),
+            self.jobs,
+            if self.jobs == 1 { "" } else { "s" }
+        )
+    }
+}
+
+pub fn to_json(results: &[CaseResult], qemu: &BTreeMap<String, String>, stats: RunStats) -> serde_json::Value {
     let (p, f, s) = counts(results);
     serde_json::json!({
         "passed": p,
         "failed": f,
         "skipped": s,
+        "wall_ms": stats.wall.as_millis() as u64,
+        "jobs": stats.jobs,
         "qemu": qemu,
         "results": results.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
     })
@@ -116,14 +140,24 @@ fn xml_escape(s: &str) -> String {
     o
 }
 
-/// A JUnit XML document (one testsuite per board).
-pub fn junit(results: &[CaseResult]) -> String {
+/// The `<system-out>` of a test case: its timing notes, if any.
+fn junit_system_out(r: &CaseResult) -> String {
+    if r.timing.is_empty() {
+        return String::new();
+    }
+    let notes: Vec<String> = r.timing.iter().map(|t| xml_escape(&t.note())).collect();
+    format!("      <system-out>{}</system-out>\n", notes.join("\n"))
+}
+
+/// A JUnit XML document (one testsuite per board); `wall` is the whole
+/// run's wall time (cases may overlap, so it is not their sum).
+pub fn junit(results: &[CaseResult], wall: std::time::Duration) -> String {
     let mut boards: BTreeMap<&str, Vec<&CaseResult>> = BTreeMap::new();
     for r in results {
         boards.entry(&r.board).or_default().push(r);
     }
     let (_, f, s) = counts(results);
-    let total_s: f64 = results.iter().map(|r| r.wall_ms as f64 / 1000.0).sum();
+    let total_s = wall.as_secs_f64();
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         x,
@@ -147,13 +181,17 @@ pub fn junit(results: &[CaseResult]) -> String {
                 xml_escape(&r.id),
                 r.wall_ms as f64 / 1000.0
             );
+            let out = junit_system_out(r);
             match &r.verdict {
-                Verdict::Pass => x.push_str("/>\n"),
+                Verdict::Pass if out.is_empty() => x.push_str("/>\n"),
+                Verdict::Pass => {
+                    let _ = write!(x, ">\n{out}    </testcase>\n");
+                }
                 Verdict::Fail(reason) => {
                     let dir = r.artifact_dir.as_deref().map(|d| d.display().to_string()).unwrap_or_default();
                     let _ = writeln!(
                         x,
-                        ">\n      <failure message=\"{}\">events: {}\nartifacts: {}</failure>\n    </testcase>",
+                        ">\n      <failure message=\"{}\">events: {}\nartifacts: {}</failure>\n{out}    </testcase>",
                         xml_escape(reason),
                         xml_escape(&r.events_summary()),
                         xml_escape(&dir)
@@ -187,6 +225,7 @@ mod tests {
             artifact_dir: Some(PathBuf::from("/runs/x")),
             qemu_version: None,
             wall_ms: 120,
+            timing: vec![],
         }
     }
 
@@ -201,8 +240,8 @@ mod tests {
         let s = summary(&rs);
         assert!(s.ends_with("1 passed, 1 failed, 2 skipped"), "{s}");
         assert!(s.contains("skipped (2): needs QEMU ≥ 9.1, have 7.2.0"), "{s}");
-        let j = junit(&rs);
-        assert!(j.contains("tests=\"4\" failures=\"1\" skipped=\"2\""), "{j}");
+        let j = junit(&rs, std::time::Duration::from_millis(2500));
+        assert!(j.contains("tests=\"4\" failures=\"1\" skipped=\"2\" time=\"2.500\""), "{j}");
         assert!(j.contains("bad &lt;thing&gt;"), "{j}");
         assert!(j.contains("<testsuite name=\"q35\""), "{j}");
         let w = widths(rs.iter().map(|r| (r.board.as_str(), r.id.clone())));

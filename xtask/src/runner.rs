@@ -8,7 +8,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
@@ -19,6 +19,7 @@ use crate::defmt_log::{self, LogTable};
 use crate::matcher::{self, Progress};
 use crate::qemu::{self, QemuProcess, QmpListener};
 use crate::qmp::{Message, Polled, Qmp, QmpEvent, Transcript};
+use crate::timing::{self, Stamped, TimingCheck, TimingResult};
 use crate::util::{Version, escape_qemu_opt, fmt_duration, fmt_min_version, shell_join, unix_micros};
 
 /// What every run shares: the image and where artifacts go.
@@ -67,6 +68,9 @@ pub struct SeenEvent {
     pub data: Value,
     /// ms from QEMU spawn to the event's QMP timestamp.
     pub ms: Option<f64>,
+    /// ms from QEMU spawn to when the host read the event (later than `ms`
+    /// by up to 1 s for a WATCHDOG held back by QEMU's rate limit).
+    pub arrived_ms: f64,
     /// Watched and not the RESUME answering our `cont`.
     pub watched: bool,
     /// Listed in the scenario's `ignore`.
@@ -96,6 +100,8 @@ pub struct CaseResult {
     pub artifact_dir: Option<PathBuf>,
     pub qemu_version: Option<Version>,
     pub wall_ms: u128,
+    /// One entry per `timing` check of the scenario.
+    pub timing: Vec<TimingResult>,
 }
 
 impl CaseResult {
@@ -134,6 +140,7 @@ impl CaseResult {
             "artifact_dir": self.artifact_dir,
             "qemu_version": self.qemu_version.map(|v| v.to_string()),
             "wall_ms": self.wall_ms as u64,
+            "timing": self.timing,
         })
     }
 }
@@ -190,7 +197,15 @@ pub struct Checks {
     pub settle: Duration,
     pub end: End,
     pub log_contains: Vec<String>,
+    pub stderr_contains: Vec<String>,
+    pub timing: Vec<TimingCheck>,
 }
+
+/// QEMU lets one WATCHDOG event out per second; later ones inside the
+/// window are coalesced and sent when it ends (with their own timestamps).
+pub const WATCHDOG_RATE_LIMIT: Duration = Duration::from_millis(1000);
+/// Slack on top of [`WATCHDOG_RATE_LIMIT`] for QEMU's main loop and ours.
+pub const RATE_LIMIT_MARGIN: Duration = Duration::from_millis(250);
 
 /// One boot.
 #[derive(Clone, Debug)]
@@ -217,6 +232,8 @@ pub struct RunRecord {
     pub error: Option<String>,
     pub progress: Option<Progress>,
     pub agent_log: String,
+    /// QEMU's stderr (stderr.txt).
+    pub stderr: String,
     pub qemu_version: Option<Version>,
 }
 
@@ -230,11 +247,15 @@ struct Observer<'a> {
     stop_after_shutdown: bool,
     /// Events after our `quit` are recorded but not judged.
     judging: bool,
+    /// When the last WATCHDOG arrived: QEMU may hold back another one (the
+    /// rate limit) until [`WATCHDOG_RATE_LIMIT`] after it.
+    last_watchdog: Option<Instant>,
 }
 
 impl Observer<'_> {
     fn on_event(&mut self, q: &mut Qmp, ev: QmpEvent) {
         let ms = ev.timestamp_us.map(|t| (t - self.spawn_us) as f64 / 1000.0);
+        let arrived_ms = (unix_micros(SystemTime::now()) - self.spawn_us) as f64 / 1000.0;
         let mut watched = self.judging && WATCHED_EVENTS.contains(&ev.event.as_str());
         if watched && ev.event == "RESUME" && !self.resume_dropped {
             self.resume_dropped = true;
@@ -246,17 +267,31 @@ impl Observer<'_> {
                 q.no_more_commands = true;
             } else if ev.event == "STOP" && self.shutdown_seen {
                 self.stop_after_shutdown = true;
+            } else if ev.event == "WATCHDOG" {
+                self.last_watchdog = Some(Instant::now());
             }
         }
         if self.live {
             let data = if ev.data.is_null() { String::new() } else { format!(" {}", ev.data) };
+            let late = match ms {
+                Some(ms) if arrived_ms - ms > 100.0 => format!("  (arrived at {arrived_ms:.1} ms: QMP rate limit)"),
+                _ => String::new(),
+            };
             match ms {
-                Some(ms) => println!("{ms:>9.1} ms  {}{data}", ev.event),
+                Some(ms) => println!("{ms:>9.1} ms  {}{data}{late}", ev.event),
                 None => println!("        ? ms  {}{data}", ev.event),
             }
         }
         let ignored = self.ignore.contains(&ev.event);
-        self.events.push(SeenEvent { event: ev.event, data: ev.data, ms, watched, ignored });
+        insert_in_time_order(
+            &mut self.events,
+            SeenEvent { event: ev.event, data: ev.data, ms, arrived_ms, watched, ignored },
+        );
+    }
+
+    /// Until when QEMU may still send a WATCHDOG it is holding back.
+    fn rate_limit_horizon(&self) -> Option<Instant> {
+        self.last_watchdog.map(|t| t + WATCHDOG_RATE_LIMIT + RATE_LIMIT_MARGIN)
     }
 
     fn relevant(&self) -> Vec<(&str, &Value)> {
@@ -266,6 +301,18 @@ impl Observer<'_> {
     fn progress(&self, expect: &[ExpectEntry]) -> Progress {
         matcher::evaluate(expect, &self.relevant())
     }
+}
+
+/// Inserts `ev` after every event with an earlier or equal QMP timestamp, so
+/// that the list stays in QEMU's timestamp order (a rate-limited WATCHDOG
+/// arrives after events that happened later). Events without a timestamp
+/// go last.
+fn insert_in_time_order(events: &mut Vec<SeenEvent>, ev: SeenEvent) {
+    let at = match ev.ms {
+        Some(m) => events.iter().rposition(|e| e.ms.is_none_or(|x| x <= m)).map_or(0, |i| i + 1),
+        None => events.len(),
+    };
+    events.insert(at, ev);
 }
 
 fn log_missing<'a>(needles: &'a [String], log: &str) -> Vec<&'a String> {
@@ -292,6 +339,7 @@ pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
         shutdown_seen: false,
         stop_after_shutdown: false,
         judging: true,
+        last_watchdog: None,
     };
     let mut qemu: Option<QemuProcess> = None;
     let result = boot(spec, env, dir, &serial, &mut obs, &mut rec, &mut qemu);
@@ -319,6 +367,7 @@ pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
             e.push_str(&format!("; stderr: {stderr}"));
         }
     }
+    rec.stderr = std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default();
     rec.agent_log = defmt_log::write_agent_log(env.table(), &serial, &dir.join("agent.log"), &env.image);
     if env.table().is_none()
         && let Err(e) = env.log_table.as_ref()
@@ -410,26 +459,39 @@ fn boot(
                         complete_at = None;
                         mismatch_at.get_or_insert(now);
                     }
-                    Progress::Incomplete { .. } => complete_at = None,
+                    Progress::Incomplete { .. } => {
+                        // (Incomplete after a mismatch: a late WATCHDOG
+                        // was sorted in before the mismatching event.)
+                        complete_at = None;
+                        mismatch_at = None;
+                    }
                 }
             }
+            // Never conclude while QEMU may still be holding back a
+            // WATCHDOG: it could complete the list, reorder it or be one too many.
+            let horizon = obs.rate_limit_horizon();
+            let not_before = |t: Instant| horizon.map_or(t, |h| t.max(h));
             if let Some(t) = mismatch_at {
-                until = until.min(t + c.settle);
+                let give_up = not_before(t + c.settle);
+                if now >= give_up {
+                    break;
+                }
+                until = until.min(give_up);
             } else if let (Some(t), End::Status(_)) = (complete_at, &c.end) {
-                let settled = t + c.settle;
+                let settled = not_before(t + c.settle);
                 if now >= settled {
-                    // Wait (polling) for the agent's log lines, if any are required.
+                    // Wait (polling) for the required log and stderr lines.
                     let log = read_log(env, serial);
-                    if log_missing(&c.log_contains, &log).is_empty() {
+                    let stderr = std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default();
+                    if log_missing(&c.log_contains, &log).is_empty()
+                        && log_missing(&c.stderr_contains, &stderr).is_empty()
+                    {
                         break;
                     }
                     until = until.min(now + Duration::from_millis(50));
                 } else {
                     until = until.min(settled);
                 }
-            }
-            if now >= until && mismatch_at.is_some() {
-                break;
             }
         }
         match q.poll(until)? {
@@ -496,6 +558,13 @@ fn describe_exit(rec: &RunRecord) -> Option<String> {
     })
 }
 
+/// Measures the checks' `timing` entries on the run's watched events.
+pub fn measure_timing(checks: &Checks, rec: &RunRecord) -> Vec<TimingResult> {
+    let stamped: Vec<Stamped<'_>> =
+        rec.events.iter().filter(|e| e.watched).map(|e| Stamped { event: &e.event, ms: e.ms }).collect();
+    timing::measure(&checks.timing, &stamped)
+}
+
 /// Judges a finished run against its checks.
 pub fn judge(checks: &Checks, timeout: Duration, rec: &RunRecord) -> Verdict {
     if let Some(e) = &rec.error {
@@ -554,6 +623,18 @@ pub fn judge(checks: &Checks, timeout: Duration, rec: &RunRecord) -> Verdict {
         let list: Vec<String> = missing.iter().map(|m| format!("{m:?}")).collect();
         reasons.push(format!("agent log lacks {}", list.join(", ")));
     }
+    let missing = log_missing(&checks.stderr_contains, &rec.stderr);
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|m| format!("{m:?}")).collect();
+        reasons.push(format!("QEMU's stderr lacks {}", list.join(", ")));
+    }
+    // Timing is judged on a complete event list only (otherwise the event
+    // reason above says what is wrong).
+    if matches!(rec.progress, Some(Progress::Complete) | None) {
+        for t in measure_timing(checks, rec).iter().filter(|t| !t.ok) {
+            reasons.push(t.note());
+        }
+    }
     if reasons.is_empty() { Verdict::Pass } else { Verdict::Fail(reasons.join("; ")) }
 }
 
@@ -573,7 +654,6 @@ pub fn skip_reason(case: &Case) -> Option<String> {
 
 /// Runs one case end to end (skip check, boot, verdict, result.json).
 pub fn run_case(case: &Case, env: &RunEnv) -> CaseResult {
-    let started = Instant::now();
     let mut res = CaseResult {
         board: case.board.name.clone(),
         id: case.id(),
@@ -585,6 +665,7 @@ pub fn run_case(case: &Case, env: &RunEnv) -> CaseResult {
         artifact_dir: None,
         qemu_version: qemu::qemu_version(&case.board.binary).ok(),
         wall_ms: 0,
+        timing: Vec::new(),
     };
     if let Some(reason) = skip_reason(case) {
         res.verdict = Verdict::Skipped(reason);
@@ -601,6 +682,8 @@ pub fn run_case(case: &Case, env: &RunEnv) -> CaseResult {
         settle: s.settle,
         end: s.end.clone(),
         log_contains: s.log_contains.clone(),
+        stderr_contains: s.stderr_contains.clone(),
+        timing: s.timing.clone(),
     };
     let spec = RunSpec {
         board: (*case.board).clone(),
@@ -613,8 +696,13 @@ pub fn run_case(case: &Case, env: &RunEnv) -> CaseResult {
         live: false,
     };
     let dir = case_dir(&env.run_dir, case);
+    // Wait for a CPU to spare (see `admission`); the wall time counts from here.
+    let ticket = crate::admission::ADMISSION.enter();
+    let started = Instant::now();
     let rec = execute(&spec, env, &dir);
+    drop(ticket);
     res.verdict = judge(&checks, s.timeout, &rec);
+    res.timing = measure_timing(&checks, &rec);
     res.first_event_ms =
         if s.expect.is_empty() { None } else { rec.events.iter().find(|e| e.relevant()).and_then(|e| e.ms) };
     res.exit = describe_exit(&rec);
@@ -630,18 +718,108 @@ pub fn run_case(case: &Case, env: &RunEnv) -> CaseResult {
     res
 }
 
-/// Runs `cases` and reports each result to `on_done` as it finishes, in
-/// case order. `jobs` is the number of cases run at once (currently only 1 is
-/// used: every run is independent, so a thread pool can slot in here).
-pub fn run_all(cases: &[Case], env: &RunEnv, jobs: usize, mut on_done: impl FnMut(&CaseResult)) -> Vec<CaseResult> {
-    let _ = jobs;
-    let mut results = Vec::with_capacity(cases.len());
-    for c in cases {
-        let r = run_case(c, env);
-        on_done(&r);
-        results.push(r);
+/// How many cases may run at once by default: 8 per CPU, at most 32.
+///
+/// Most of a watchdog case is spent waiting with the guest halted, which
+/// costs almost no CPU, so the cap is well above the CPU count; booting and
+/// the agent's `sleep`/`feed` steps do cost CPU, and [`crate::admission`]
+/// holds new cases back while the host has no CPU to spare. Measured on a
+/// 2-CPU host with the full matrix (136 runs, about 160 s one by one): 16
+/// jobs with the CPU gate 21-24 s; 8 jobs 29-30 s; 32 jobs no faster; no
+/// failure in 36 gated runs, the worst timing deviation 0.28 of its
+/// tolerance. Without the gate 16 jobs take 13 s and 32 jobs 9 s, but
+/// marker→WATCHDOG drifted by up to 36 ms (3 failures in 1 of 3 runs at 32
+/// jobs), and with the earlier agent (one 5 ms TSC calibration) every
+/// ungated run at 8-16 jobs had 1-6 failures.
+pub fn default_jobs() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    (8 * cpus).min(32)
+}
+
+/// The order in which to start `cases` so that the long ones do not end up
+/// last: longest first, by each case's wall time in the newest earlier run
+/// that has a `results.json` (cases it does not know go first, in table
+/// order). Only the start order changes, never the reported order.
+pub fn longest_first(cases: &[Case], runs_root: &Path) -> Vec<usize> {
+    let previous = previous_wall_times(runs_root);
+    let mut order: Vec<usize> = (0..cases.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(previous.get(&cases[i].full_name()).copied().unwrap_or(u64::MAX)));
+    order
+}
+
+/// `board::id` → wall ms, from the newest run directory with a results.json.
+fn previous_wall_times(runs_root: &Path) -> std::collections::HashMap<String, u64> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(runs_root)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    dirs.retain(|d| {
+        d.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+    });
+    dirs.sort();
+    for d in dirs.iter().rev() {
+        let Ok(text) = std::fs::read_to_string(d.join("results.json")) else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
+        let Some(results) = v.get("results").and_then(Value::as_array) else { continue };
+        return results
+            .iter()
+            .filter_map(|r| Some((r.get("name")?.as_str()?.to_string(), r.get("wall_ms")?.as_u64()?)))
+            .collect();
     }
-    results
+    Default::default()
+}
+
+/// Runs `cases`, `jobs` at a time, and reports each result to `on_done` in
+/// case order (a finished case waits until all cases before it are
+/// reported). Each case runs entirely on one worker thread: QEMU is spawned,
+/// watched and reaped there (its PR_SET_PDEATHSIG is tied to that thread).
+/// `order` is the order in which cases are started (indices into `cases`;
+/// empty = case order).
+pub fn run_all(
+    cases: &[Case],
+    env: &RunEnv,
+    jobs: usize,
+    order: &[usize],
+    mut on_done: impl FnMut(&CaseResult),
+) -> Vec<CaseResult> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    let n = cases.len();
+    let is_permutation = {
+        let mut sorted = order.to_vec();
+        sorted.sort_unstable();
+        sorted.iter().copied().eq(0..n)
+    };
+    let order: Vec<usize> = if is_permutation { order.to_vec() } else { (0..n).collect() };
+    let jobs = jobs.clamp(1, n.max(1));
+    let next = AtomicUsize::new(0);
+    let mut slots: Vec<Option<CaseResult>> = vec![None; n];
+    let (tx, rx) = mpsc::channel::<(usize, CaseResult)>();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            let tx = tx.clone();
+            let (next, order) = (&next, &order);
+            scope.spawn(move || {
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&i) = order.get(k) else { break };
+                    if tx.send((i, run_case(&cases[i], env))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut reported = 0;
+        for (i, r) in rx {
+            slots[i] = Some(r);
+            while let Some(Some(r)) = slots.get(reported) {
+                on_done(r);
+                reported += 1;
+            }
+        }
+    });
+    slots.into_iter().map(|r| r.expect("every case ran")).collect()
 }
 
 /// Ad-hoc boot: prints events live, then the agent log and how QEMU ended.
@@ -720,7 +898,7 @@ package = "qemu-system-x86"
     }
 
     fn ev(name: &str, data: Value) -> SeenEvent {
-        SeenEvent { event: name.into(), data, ms: Some(1.0), watched: true, ignored: false }
+        SeenEvent { event: name.into(), data, ms: Some(1.0), arrived_ms: 1.0, watched: true, ignored: false }
     }
 
     fn checks(end: End) -> Checks {
@@ -730,6 +908,8 @@ package = "qemu-system-x86"
             settle: Duration::from_millis(1),
             end,
             log_contains: vec!["hello".into()],
+            stderr_contains: vec![],
+            timing: vec![],
         }
     }
 
@@ -744,6 +924,90 @@ package = "qemu-system-x86"
             r.events.iter().filter(|e| e.relevant()).map(|e| (e.event.as_str(), &e.data)).collect();
         r.progress = Some(matcher::evaluate(&c.expect, &rel));
         r
+    }
+
+    #[test]
+    fn longest_first_uses_the_newest_results() {
+        let table = crate::config::parse_scenarios(
+            Path::new("scenarios.toml"),
+            "[[scenario]]\nname = \"a\"\nend = { exit = 0 }\n[[scenario]]\nname = \"b\"\nend = { exit = 0 }\n\
+             [[scenario]]\nname = \"c\"\nend = { exit = 0 }\n",
+            &[board()],
+        )
+        .unwrap();
+        let cases = crate::config::expand_cases(&[board()], &table, &[], &[]).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(longest_first(&cases, tmp.path()), [0, 1, 2]);
+        let write = |dir: &str, body: &str| {
+            std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
+            std::fs::write(tmp.path().join(dir).join("results.json"), body).unwrap();
+        };
+        write(
+            "20260101-000000-1",
+            r#"{"results": [{"name": "pc::a", "wall_ms": 9000}, {"name": "pc::b", "wall_ms": 1}, {"name": "pc::c", "wall_ms": 2}]}"#,
+        );
+        // Newer: b is long, c is unknown (goes first), a is short.
+        write(
+            "20260102-000000-1",
+            r#"{"results": [{"name": "pc::a", "wall_ms": 100}, {"name": "pc::b", "wall_ms": 5000}]}"#,
+        );
+        // The newest run dir has no results.json yet (the current run): skipped.
+        std::fs::create_dir_all(tmp.path().join("20260103-000000-1")).unwrap();
+        assert_eq!(longest_first(&cases, tmp.path()), [2, 1, 0]);
+    }
+
+    #[test]
+    fn late_events_are_sorted_in_by_timestamp() {
+        let mut evs = Vec::new();
+        for (name, ms) in [("GUEST_CRASHLOADED", 80.0), ("WATCHDOG", 280.0), ("GUEST_CRASHLOADED", 700.0)] {
+            insert_in_time_order(&mut evs, SeenEvent { ms: Some(ms), arrived_ms: ms, ..ev(name, Value::Null) });
+        }
+        // The coalesced WATCHDOG: happened at 596 ms, arrived at 1280 ms.
+        insert_in_time_order(
+            &mut evs,
+            SeenEvent { ms: Some(596.0), arrived_ms: 1280.0, ..ev("WATCHDOG", Value::Null) },
+        );
+        // Equal timestamps keep arrival order.
+        insert_in_time_order(&mut evs, SeenEvent { ms: Some(700.0), ..ev("RESET", Value::Null) });
+        let order: Vec<(&str, f64)> = evs.iter().map(|e| (e.event.as_str(), e.ms.unwrap())).collect();
+        assert_eq!(
+            order,
+            [
+                ("GUEST_CRASHLOADED", 80.0),
+                ("WATCHDOG", 280.0),
+                ("WATCHDOG", 596.0),
+                ("GUEST_CRASHLOADED", 700.0),
+                ("RESET", 700.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn judge_stderr_and_timing() {
+        let mut c = checks(End::Exit(0));
+        c.stderr_contains = vec!["watchdog: timer fired".into()];
+        c.timing = vec![TimingCheck {
+            from: timing::EventRef::parse("GUEST_PANICKED").unwrap(),
+            to: timing::EventRef::parse("SHUTDOWN").unwrap(),
+            bound: timing::Bound::Around { expect: Duration::from_millis(500), tolerance: timing::DEFAULT_TOLERANCE },
+        }];
+        let evs = vec![
+            SeenEvent { ms: Some(100.0), ..ev("GUEST_PANICKED", Value::Null) },
+            SeenEvent { ms: Some(640.0), ..ev("SHUTDOWN", Value::Null) },
+        ];
+        let mut r = record(evs, 0, &c);
+        r.stderr = "qemu: watchdog: timer fired\n".into();
+        assert_eq!(judge(&c, Duration::from_secs(1), &r), Verdict::Pass);
+        assert_eq!(measure_timing(&c, &r)[0].measured_ms, Some(540.0));
+        r.events[1].ms = Some(700.0);
+        r.stderr.clear();
+        match judge(&c, Duration::from_secs(1), &r) {
+            Verdict::Fail(m) => {
+                assert!(m.contains("QEMU's stderr lacks \"watchdog: timer fired\""), "{m}");
+                assert!(m.contains("timing GUEST_PANICKED→SHUTDOWN 500ms → 600.0ms (±45ms)  OUT OF RANGE"), "{m}");
+            }
+            v => panic!("{v:?}"),
+        }
     }
 
     #[test]

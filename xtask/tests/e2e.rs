@@ -5,6 +5,13 @@
 //!
 //! The image comes from `PVAGENT_IMAGE` or is built on first use. Scenarios
 //! the local QEMU is too old for are reported as ignored with the reason.
+//!
+//! Trials run on libtest-mimic's worker threads, each trial's QEMU spawned,
+//! watched and reaped on the same thread. The number of threads is
+//! `--test-threads`, else `RUST_TEST_THREADS`, else `PVAGENT_JOBS`, else
+//! [`runner::default_jobs`] (not the CPU count: most trials wait with a
+//! halted guest). Trials are started longest first (by the previous run's
+//! wall times), like `cargo xtask qemu-run`.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -55,6 +62,10 @@ fn run_trial(shared: &Shared, case: &Case) -> Result<Completion, Failed> {
     }
     let env = shared.env()?;
     let r = runner::run_case(case, env);
+    // Requested vs measured time of every timing entry, passing or not.
+    for t in &r.timing {
+        eprintln!("e2e: {} {}", r.full_name(), t.note());
+    }
     match r.verdict.clone() {
         Verdict::Pass => Ok(Completion::Completed),
         Verdict::Skipped(reason) => Ok(Completion::ignored_with(reason)),
@@ -65,8 +76,17 @@ fn run_trial(shared: &Shared, case: &Case) -> Result<Completion, Failed> {
     }
 }
 
+/// Worker threads when `--test-threads` is not given.
+fn default_threads() -> usize {
+    ["RUST_TEST_THREADS", "PVAGENT_JOBS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse::<usize>().ok().filter(|&n| n > 0))
+        .unwrap_or_else(runner::default_jobs)
+}
+
 fn main() {
-    let args = Arguments::from_args();
+    let mut args = Arguments::from_args();
+    args.test_threads = args.test_threads.or_else(|| Some(default_threads()));
     qemu::install_ctrlc_handler();
     let root = agent::workspace_root();
     let shared = Arc::new(Shared { root: root.clone(), env: OnceLock::new() });
@@ -77,21 +97,26 @@ fn main() {
             let msg = format!("{e:#}");
             vec![Trial::test("scenarios.toml", move || Err(msg.into()))]
         }
-        Ok(cases) => cases
-            .into_iter()
-            .map(|case| {
-                let skip = skip_reason(&case);
-                let name = case.full_name();
-                let shared = shared.clone();
-                let trial = Trial::ignorable_test(name, move || run_trial(&shared, &case));
-                if let Some(reason) = &skip
-                    && !args.is_filtered_out(&trial)
-                {
-                    eprintln!("e2e: SKIPPED {}: {reason}", trial.name());
-                }
-                trial.with_ignored_flag(skip.is_some())
-            })
-            .collect(),
+        Ok(cases) => {
+            let runs = artifacts::runs_root(&agent::target_dir(&root));
+            let mut slots: Vec<Option<Case>> = cases.iter().cloned().map(Some).collect();
+            runner::longest_first(&cases, &runs)
+                .into_iter()
+                .filter_map(|i| slots[i].take())
+                .map(|case| {
+                    let skip = skip_reason(&case);
+                    let name = case.full_name();
+                    let shared = shared.clone();
+                    let trial = Trial::ignorable_test(name, move || run_trial(&shared, &case));
+                    if let Some(reason) = &skip
+                        && !args.is_filtered_out(&trial)
+                    {
+                        eprintln!("e2e: SKIPPED {}: {reason}", trial.name());
+                    }
+                    trial.with_ignored_flag(skip.is_some())
+                })
+                .collect()
+        }
     };
     libtest_mimic::run(&args, trials).exit();
 }

@@ -1,0 +1,171 @@
+//! Admission of concurrent runs: a case starts only when the host has a CPU
+//! to spare.
+//!
+//! `--jobs` caps how many QEMUs exist at once, but most watchdog cases spend
+//! their time waiting with the guest halted (almost no CPU), while booting
+//! and the agent's busy-wait `sleep`/`feed` steps take a whole CPU. Starting
+//! cases blindly up to `--jobs` on a small machine starves the busy ones, and
+//! the agent's timing (its TSC is calibrated in a 5 ms window at the first
+//! `sleep`/`feed`) suffers. So, on top of the cap, a new case starts only
+//!
+//! * when none of ours is running, or
+//! * when at least [`IDLE_CPUS_NEEDED`] CPUs were idle host-wide (any
+//!   process's load counts, from `/proc/stat`) during a window of at least
+//!   [`WINDOW`] that began after the previous start.
+//!
+//! `PVAGENT_CPU_GATE=<n>` changes the idle CPUs needed (e.g. `0.5`); without
+//! `/proc/stat`, or with `PVAGENT_CPU_GATE=off`, only the cap applies.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Idle CPUs (host-wide) needed to start one more case.
+pub const IDLE_CPUS_NEEDED: f64 = 0.5;
+/// Shortest measurement window (also the least spacing between two starts).
+pub const WINDOW: Duration = Duration::from_millis(150);
+const POLL: Duration = Duration::from_millis(25);
+
+/// Aggregate CPU jiffies from `/proc/stat` (`idle` includes iowait).
+#[derive(Clone, Copy, Debug)]
+struct CpuTimes {
+    idle: u64,
+    total: u64,
+}
+
+fn parse_proc_stat(text: &str) -> Option<CpuTimes> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    if v.len() < 5 {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total = v.iter().take(8).sum();
+    Some(CpuTimes { idle: v[3] + v[4], total })
+}
+
+fn read_cpu_times() -> Option<CpuTimes> {
+    parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// How many CPUs were idle between two samples.
+fn idle_cpus(a: CpuTimes, b: CpuTimes, cpus: usize) -> f64 {
+    let total = b.total.saturating_sub(a.total);
+    if total == 0 {
+        return 0.0;
+    }
+    b.idle.saturating_sub(a.idle) as f64 / total as f64 * cpus as f64
+}
+
+struct State {
+    running: usize,
+    /// Start of the current measurement window.
+    window: Option<(Instant, CpuTimes)>,
+}
+
+/// The gate every case passes before it starts its QEMU.
+pub struct Admission {
+    state: Mutex<State>,
+}
+
+/// Held while a case runs.
+pub struct Ticket<'a> {
+    gate: &'a Admission,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut st = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.running -= 1;
+    }
+}
+
+/// Idle CPUs needed, `None` = no gate (`PVAGENT_CPU_GATE`).
+fn idle_needed() -> Option<f64> {
+    match std::env::var("PVAGENT_CPU_GATE") {
+        Err(_) => Some(IDLE_CPUS_NEEDED),
+        Ok(v) if matches!(v.trim(), "off" | "0" | "no") => None,
+        Ok(v) => Some(v.trim().parse::<f64>().ok().filter(|x| *x > 0.0).unwrap_or(IDLE_CPUS_NEEDED)),
+    }
+}
+
+impl Admission {
+    pub const fn new() -> Admission {
+        Admission { state: Mutex::new(State { running: 0, window: None }) }
+    }
+
+    /// Waits until a case may start.
+    pub fn enter(&self) -> Ticket<'_> {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let needed = idle_needed();
+        loop {
+            {
+                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                let admit = if let (false, Some(needed)) = (st.running == 0, needed) {
+                    match (st.window, read_cpu_times()) {
+                        (_, None) => true,
+                        (None, Some(t)) => {
+                            st.window = Some((now, t));
+                            false
+                        }
+                        (Some((since, a)), Some(b)) => {
+                            now.duration_since(since) >= WINDOW && idle_cpus(a, b, cpus) >= needed
+                        }
+                    }
+                } else {
+                    true
+                };
+                if admit {
+                    st.running += 1;
+                    // The next start needs a window that sees this one's load.
+                    st.window = read_cpu_times().map(|t| (now, t));
+                    return Ticket { gate: self };
+                }
+                // Keep the window short and recent: restart it when it
+                // grew long without admitting anything.
+                if let Some((since, _)) = st.window
+                    && now.duration_since(since) >= 4 * WINDOW
+                {
+                    st.window = read_cpu_times().map(|t| (now, t));
+                }
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission::new()
+    }
+}
+
+/// The process-wide gate (the table runner and the e2e harness share it).
+pub static ADMISSION: Admission = Admission::new();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat() {
+        let a = parse_proc_stat("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4 5\n").unwrap();
+        assert_eq!((a.idle, a.total), (850, 1000));
+        let b = CpuTimes { idle: 850 + 150, total: 1000 + 200 };
+        assert!((idle_cpus(a, b, 2) - 1.5).abs() < 1e-9);
+        assert_eq!(idle_cpus(a, a, 2), 0.0);
+        assert!(parse_proc_stat("intr 1 2 3").is_none());
+        assert!(parse_proc_stat("cpu  1 2").is_none());
+    }
+
+    #[test]
+    fn first_case_is_admitted_at_once() {
+        let gate = Admission::new();
+        let start = Instant::now();
+        let t = gate.enter();
+        assert!(start.elapsed() < WINDOW);
+        drop(t);
+        let _t = gate.enter();
+        assert!(start.elapsed() < WINDOW);
+    }
+}
