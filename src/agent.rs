@@ -131,6 +131,12 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
         }
     }
 
+    // A clock that needs calibrating is calibrated now, not in the middle
+    // of the first timed step (where it would delay a feed by ~20 ms).
+    if script.iter().any(|s| matches!(s.action, Action::Sleep(_) | Action::FeedFor { .. })) {
+        machine.clock().now_us();
+    }
+
     for (i, step) in script.iter().enumerate() {
         info!("step {=usize}: {=str}", i + 1, step.text);
         match step.action {
