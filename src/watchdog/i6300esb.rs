@@ -64,14 +64,14 @@ impl Prescaler {
 
     /// The preload closest to `us` and its error in picoseconds, if in range.
     fn preload(self, us: u64) -> Option<(u32, u64)> {
-        let ps = u128::from(us) * 1_000_000;
-        let unit = u128::from(self.unit_ps());
-        let units = (ps + unit / 2) / unit;
-        if units > u128::from(MAX_PRELOAD) {
+        // In picoseconds a u64 holds ~213 days: far beyond either range.
+        let ps = us.checked_mul(1_000_000)?;
+        let unit = self.unit_ps();
+        let units = ps.checked_add(unit / 2)? / unit;
+        if units > u64::from(MAX_PRELOAD) {
             return None;
         }
-        let error = (units * unit).abs_diff(ps);
-        Some((units as u32, error as u64))
+        Some((units as u32, (units * unit).abs_diff(ps)))
     }
 }
 
