@@ -2,11 +2,11 @@
 //! what its exit codes mean.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
-/// Cargo package and target of the image.
+/// Cargo package and target of the x86_64 image (every architecture's
+/// target: [`crate::images::Arch::target`]).
 pub const PACKAGE: &str = "pvagent";
 pub const TARGET: &str = "x86_64-unknown-none";
 
@@ -17,6 +17,7 @@ pub const SCRIPT_FW_CFG_NAME: &str = "opt/pvagent/script";
 pub const DEBUG_EXIT_SCRIPT_ERROR: u32 = 0x70;
 pub const DEBUG_EXIT_MISSING_DEVICE: u32 = 0x71;
 pub const DEBUG_EXIT_RUST_PANIC: u32 = 0x72;
+pub const DEBUG_EXIT_CPU_EXCEPTION: u32 = 0x73;
 
 /// … and the QEMU exit status each produces: `(value << 1) | 1`.
 pub const fn qemu_status_for(value: u32) -> i32 {
@@ -29,6 +30,8 @@ pub const EXIT_SCRIPT_ERROR: i32 = qemu_status_for(DEBUG_EXIT_SCRIPT_ERROR);
 pub const EXIT_MISSING_DEVICE: i32 = qemu_status_for(DEBUG_EXIT_MISSING_DEVICE);
 /// The agent hit a Rust panic: 229.
 pub const EXIT_RUST_PANIC: i32 = qemu_status_for(DEBUG_EXIT_RUST_PANIC);
+/// The agent took a CPU exception and has no pvpanic device to report it: 231.
+pub const EXIT_CPU_EXCEPTION: i32 = qemu_status_for(DEBUG_EXIT_CPU_EXCEPTION);
 
 /// A short explanation of a QEMU exit status, e.g. " (agent: script error)".
 pub fn explain_exit(code: i32) -> String {
@@ -36,6 +39,7 @@ pub fn explain_exit(code: i32) -> String {
         EXIT_SCRIPT_ERROR => "agent: script error",
         EXIT_MISSING_DEVICE => "agent: missing device/capability",
         EXIT_RUST_PANIC => "agent: Rust panic",
+        EXIT_CPU_EXCEPTION => "agent: CPU exception",
         c if c & 1 == 1 && c > 1 => return format!(" (agent exit:{})", c >> 1),
         _ => return String::new(),
     };
@@ -65,23 +69,12 @@ pub fn image_path(root: &Path) -> PathBuf {
     target_dir(root).join(TARGET).join("release").join(PACKAGE)
 }
 
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
-}
-
-/// Builds the image and returns its path.
+/// Builds the x86_64 image and returns its path (all architectures:
+/// [`crate::images::build`]).
 pub fn build_image(root: &Path) -> Result<PathBuf> {
-    let args = ["build", "--release", "-p", PACKAGE, "--target", TARGET];
-    eprintln!("$ cargo {}", args.join(" "));
-    let st = Command::new(cargo()).args(args).current_dir(root).status().context("running cargo")?;
-    if !st.success() {
-        bail!("building the agent image failed ({st})");
-    }
-    let img = image_path(root);
-    if !img.is_file() {
-        bail!("cargo succeeded but {} does not exist", img.display());
-    }
-    Ok(img)
+    use crate::images::{Arch, build};
+    let mut built = build(root, &[Arch::X86_64].into())?;
+    built.remove(&Arch::X86_64).context("no x86_64 image built")
 }
 
 #[cfg(test)]
@@ -93,6 +86,8 @@ mod tests {
         assert_eq!(EXIT_SCRIPT_ERROR, 225);
         assert_eq!(EXIT_MISSING_DEVICE, 227);
         assert_eq!(EXIT_RUST_PANIC, 229);
+        assert_eq!(EXIT_CPU_EXCEPTION, 231);
+        assert_eq!(explain_exit(231), " (agent: CPU exception)");
         assert_eq!(qemu_status_for(5), 11);
         assert_eq!(explain_exit(225), " (agent: script error)");
         assert_eq!(explain_exit(11), " (agent exit:5)");

@@ -54,7 +54,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SETTLE: Duration = Duration::from_millis(300);
 
 /// Architectures the tool knows how to boot the agent on.
-pub const SUPPORTED_ARCHES: &[&str] = &["x86_64"];
+pub const SUPPORTED_ARCHES: &[&str] = &["x86_64", "s390x"];
 
 // ---------------------------------------------------------------------------
 // Boards
@@ -75,6 +75,14 @@ struct BoardFile {
     #[serde(default)]
     args: Vec<String>,
     package: String,
+    boot: Option<Boot>,
+    script_via: Option<ScriptVia>,
+    #[serde(default)]
+    groups: Vec<String>,
+    kind: Option<String>,
+    #[serde(default)]
+    requires: Vec<String>,
+    instead_of: Option<String>,
 }
 
 /// One QEMU machine configuration (a `boards/<name>.toml`).
@@ -97,6 +105,15 @@ pub struct Board {
     /// Debian package that provides `binary`.
     pub package: String,
     pub file: PathBuf,
+    /// How the agent starts: `-kernel <ELF>` or as the firmware (`-bios <ROM>`).
+    pub boot: Boot,
+    /// How scripts reach the agent unless a scenario says otherwise.
+    pub script_via: ScriptVia,
+    /// Board groups (`@name` in a scenario's or variant's `boards`).
+    pub groups: Vec<String>,
+    /// How and where the board runs: `kind`, `requires`, `instead_of`
+    /// (see `nested_run`).
+    pub launch: crate::nested_run::Launch,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -118,7 +135,8 @@ pub fn parse_board(file: &Path, text: &str, root: &Path) -> Result<Board, String
     let doc: toml::Table =
         text.parse().map_err(|e: toml::de::Error| format!("{fname}: invalid TOML: {}", e.to_string().trim_end()))?;
     let fix = "a board file has exactly the fields name, description, arch, binary, machine, \
-               accel, memory, package, args and optionally cpu and firmware (see boards/pc.toml)";
+               accel, memory, package, args and optionally cpu, firmware, boot, script_via, groups, \
+               kind, requires and instead_of (see boards/pc.toml, boards/hyperv-nested.toml)";
     let b: BoardFile = de(toml::Value::Table(doc), &fname.to_string(), fix)?;
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
     let err = |field: &str, msg: String, fix: String| Err(format!("{fname}: field `{field}`: {msg}\n  fix: {fix}"));
@@ -164,6 +182,23 @@ pub fn parse_board(file: &Path, text: &str, root: &Path) -> Result<Board, String
     {
         return err("cpu", "is empty".into(), "remove `cpu` to use QEMU's default".into());
     }
+    let (boot, script_via) = match board_boot(&b) {
+        Ok(x) => x,
+        Err((field, msg, fix)) => return err(field, msg, fix),
+    };
+    for g in &b.groups {
+        if !valid_name(g) {
+            return err(
+                "groups",
+                format!("\"{g}\" is not a valid group name"),
+                "use letters, digits, '-', '_' and '.' only (scenarios write \"@name\")".into(),
+            );
+        }
+    }
+    let launch = match crate::nested_run::parse_launch(b.kind.as_deref(), &b.requires, b.instead_of.as_deref()) {
+        Ok(l) => l,
+        Err((field, msg, fix)) => return err(field, msg, fix),
+    };
     let firmware = b.firmware.as_ref().map(|f| {
         let p = PathBuf::from(f);
         if p.is_absolute() { p } else { root.join(p) }
@@ -181,7 +216,179 @@ pub fn parse_board(file: &Path, text: &str, root: &Path) -> Result<Board, String
         args: b.args,
         package: b.package,
         file: file.to_path_buf(),
+        boot,
+        script_via,
+        groups: b.groups,
+        launch,
     })
+}
+
+// ── boards: how the agent boots, how scripts reach it, groups ──────────────
+
+/// How the agent starts on a board (`boot = …` in the board file).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Boot {
+    /// `-kernel <ELF>`: PVH on x86_64 (after SeaBIOS, qboot or the board's
+    /// `firmware`), the ELF IPL on s390x.
+    #[default]
+    Kernel,
+    /// x86_64 only: the agent is the firmware, `-bios <ROM>` (`rom.rs`). No
+    /// `-append`, no firmware PCI set-up (the agent assigns BARs on bus 0).
+    Firmware,
+}
+
+impl ScriptVia {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScriptVia::FwCfg => "fw_cfg",
+            ScriptVia::Append => "append",
+        }
+    }
+}
+
+/// Why `via` cannot deliver a script on a board of `arch` booting with
+/// `boot` (`None`: it can).
+fn script_via_problem(arch: &str, boot: Boot, via: ScriptVia) -> Option<String> {
+    match (arch, boot, via) {
+        ("s390x", _, ScriptVia::FwCfg) => Some("s390x has no fw_cfg; scripts go through -append".into()),
+        (_, Boot::Firmware, ScriptVia::Append) => {
+            Some("the agent boots as the firmware (-bios), and -append needs -kernel".into())
+        }
+        _ => None,
+    }
+}
+
+impl Board {
+    /// Why this board cannot deliver a script through `via` (`None`: it can).
+    pub fn script_via_problem(&self, via: ScriptVia) -> Option<String> {
+        script_via_problem(&self.arch, self.boot, via)
+    }
+}
+
+/// A board's `boot` and default `script_via`, or (field, message, fix).
+fn board_boot(b: &BoardFile) -> Result<(Boot, ScriptVia), (&'static str, String, String)> {
+    let boot = b.boot.unwrap_or_default();
+    if boot == Boot::Firmware {
+        if b.arch != "x86_64" {
+            return Err((
+                "boot",
+                format!("\"firmware\" (the agent's -bios ROM) exists for x86_64 only, this board is {}", b.arch),
+                "remove `boot`".into(),
+            ));
+        }
+        if b.firmware.is_some() {
+            return Err((
+                "boot",
+                "\"firmware\" makes the agent the firmware, so a `firmware` image cannot be used too".into(),
+                "remove `firmware` or `boot`".into(),
+            ));
+        }
+    }
+    let default = if b.arch == "s390x" { ScriptVia::Append } else { ScriptVia::FwCfg };
+    let via = b.script_via.unwrap_or(default);
+    if let Some(p) = script_via_problem(&b.arch, boot, via) {
+        return Err((
+            "script_via",
+            format!("\"{}\" is impossible here: {p}", via.name()),
+            format!("remove `script_via` (the default here is \"{}\")", default.name()),
+        ));
+    }
+    Ok((boot, via))
+}
+
+/// Expands `@group` entries of a `boards` list into board names (in board
+/// order, each once); names are kept as given. Unknown groups are errors.
+fn expand_board_list(list: &[String], boards: &[Board]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for entry in list {
+        let members: Vec<&str> = match entry.strip_prefix('@') {
+            None => vec![entry.as_str()],
+            Some(g) => {
+                let m: Vec<&str> =
+                    boards.iter().filter(|b| b.groups.iter().any(|x| x == g)).map(|b| b.name.as_str()).collect();
+                if m.is_empty() {
+                    let mut known: Vec<&str> =
+                        boards.iter().flat_map(|b| b.groups.iter().map(String::as_str)).collect();
+                    known.sort_unstable();
+                    known.dedup();
+                    let known: Vec<String> = known.iter().map(|g| format!("@{g}")).collect();
+                    return Err(format!(
+                        "unknown board group `{entry}`\n  fix: use one of: {} (boards join a group with `groups = [...]`)",
+                        if known.is_empty() { "(none defined)".to_string() } else { known.join(", ") }
+                    ));
+                }
+                m
+            }
+        };
+        for m in members {
+            if !out.iter().any(|x| x == m) {
+                out.push(m.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Expands the row's board groups and checks that every board of the row
+/// can deliver its script and that each variant runs somewhere.
+fn resolve_scenario_boards(
+    ctx: &str,
+    s: &mut Scenario,
+    boards: &[Board],
+    variants: &BTreeMap<String, Variant>,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    match expand_board_list(&s.boards, boards) {
+        Ok(b) => s.boards = b,
+        Err(e) => {
+            errors.push(format!("{ctx}: field `boards`: {e}"));
+            return errors;
+        }
+    }
+    if s.script.is_some() {
+        for name in &s.boards {
+            let Some(b) = boards.iter().find(|b| &b.name == name) else { continue };
+            let via = s.script_via.unwrap_or(b.script_via);
+            if let Some(p) = b.script_via_problem(via) {
+                errors.push(format!(
+                    "{ctx}: field `script_via`: board `{name}` cannot take the script through {}: {p}\n  \
+                     fix: remove `{name}` from `boards`, or {}",
+                    via.name(),
+                    if s.script_via.is_some() { "remove `script_via`" } else { "set `script_via`" }
+                ));
+            }
+        }
+    }
+    for v in &s.variants {
+        if let Some(Variant { boards: Some(vb), .. }) = variants.get(v)
+            && !s.boards.iter().any(|b| vb.contains(b))
+        {
+            errors.push(format!(
+                "{ctx}: field `variants`: variant `{v}` runs only on {} and so on none of this row's boards\n  \
+                 fix: remove `{v}` or add one of those boards",
+                vb.join(", ")
+            ));
+        }
+    }
+    errors
+}
+
+/// A variant's `boards`: groups expanded, every name a known board.
+fn variant_boards(list: &[String], boards: &[Board]) -> Result<Vec<String>, String> {
+    let names = expand_board_list(list, boards)?;
+    if names.is_empty() {
+        return Err("is empty\n  fix: list boards or @groups, or omit `boards` for all".into());
+    }
+    for n in &names {
+        if !boards.iter().any(|b| &b.name == n) {
+            return Err(format!(
+                "unknown board `{n}`\n  fix: use one of: {}",
+                boards.iter().map(|b| b.name.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    Ok(names)
 }
 
 /// Loads every `*.toml` in `dir`, sorted by name. All errors are collected.
@@ -207,6 +414,10 @@ pub fn load_boards(dir: &Path, root: &Path) -> Result<Vec<Board>, String> {
             Err(e) => errors.push(format!("{}: {e}", shown.display())),
         }
     }
+    if errors.is_empty() {
+        // Across boards (`instead_of`) and the nested kind's own rules.
+        errors = crate::nested_run::check_boards(&mut boards);
+    }
     if errors.is_empty() { Ok(boards) } else { Err(errors.join("\n")) }
 }
 
@@ -231,6 +442,7 @@ struct VariantDef {
     description: String,
     args: Vec<String>,
     min_qemu: Option<String>,
+    boards: Option<Vec<String>>,
 }
 
 /// A named set of extra QEMU arguments; a scenario runs once per variant.
@@ -240,6 +452,9 @@ pub struct Variant {
     pub description: String,
     pub args: Vec<String>,
     pub min_qemu: Option<Version>,
+    /// Boards the variant exists on (`@group`s expanded); `None`: all. A row
+    /// runs the variant on the boards in both lists.
+    pub boards: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -292,6 +507,8 @@ struct ExpectDef {
     min: Option<u32>,
     max: Option<u32>,
     optional: Option<bool>,
+    #[serde(default)]
+    absent: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -379,11 +596,14 @@ pub struct ExpectEntry {
     pub data: Option<Expected>,
     pub min: u32,
     pub max: u32,
+    /// Payload fields (dot-separated paths, e.g. `info`) that must not be
+    /// present.
+    pub absent: Vec<String>,
 }
 
 impl ExpectEntry {
     pub fn new(event: &str) -> Self {
-        ExpectEntry { event: event.to_string(), data: None, min: 1, max: 1 }
+        ExpectEntry { event: event.to_string(), data: None, min: 1, max: 1, absent: Vec::new() }
     }
 }
 
@@ -392,6 +612,9 @@ impl std::fmt::Display for ExpectEntry {
         write!(f, "{}", self.event)?;
         if let Some(d) = &self.data {
             write!(f, "{d}")?;
+        }
+        if !self.absent.is_empty() {
+            write!(f, " without {}", self.absent.join(", "))?;
         }
         match (self.min, self.max) {
             (1, 1) => Ok(()),
@@ -434,7 +657,8 @@ pub struct Scenario {
     pub description: String,
     /// `None`: the agent gets no script at all.
     pub script: Option<String>,
-    pub script_via: ScriptVia,
+    /// `None`: each board's default (see [`Case::script_via`]).
+    pub script_via: Option<ScriptVia>,
     pub boards: Vec<String>,
     pub variants: Vec<String>,
     pub args: Vec<String>,
@@ -508,7 +732,7 @@ pub fn parse_scenarios(file: &Path, text: &str, boards: &[Board]) -> Result<Scen
                 let def: VariantDef = match de(
                     v.clone(),
                     &ctx,
-                    "a variant has `args = [...]` and optionally `description` and `min_qemu`",
+                    "a variant has `args = [...]` and optionally `description`, `min_qemu` and `boards`",
                 ) {
                     Ok(d) => d,
                     Err(e) => {
@@ -523,9 +747,22 @@ pub fn parse_scenarios(file: &Path, text: &str, boards: &[Board]) -> Result<Scen
                         continue;
                     }
                 };
+                let vboards = match def.boards.as_deref().map(|l| variant_boards(l, boards)).transpose() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        errors.push(format!("{ctx}: field `boards`: {e}"));
+                        continue;
+                    }
+                };
                 variants.insert(
                     name.clone(),
-                    Variant { name: name.clone(), description: def.description, args: def.args, min_qemu },
+                    Variant {
+                        name: name.clone(),
+                        description: def.description,
+                        args: def.args,
+                        min_qemu,
+                        boards: vboards,
+                    },
                 );
             }
         }
@@ -560,8 +797,11 @@ pub fn parse_scenarios(file: &Path, text: &str, boards: &[Board]) -> Result<Scen
             .unwrap_or_else(|| format!("scenario #{}", idx + 1));
         let ctx = format!("{fname}: {label}");
         match validate_scenario(&ctx, row, &board_names, &variant_names) {
-            Ok(s) => {
-                if !seen.insert(s.name.clone()) {
+            Ok(mut s) => {
+                let mut board_errors = resolve_scenario_boards(&ctx, &mut s, boards, &variants);
+                if !board_errors.is_empty() {
+                    errors.append(&mut board_errors);
+                } else if !seen.insert(s.name.clone()) {
                     errors.push(format!("{ctx}: duplicate name\n  fix: give every scenario a unique `name`"));
                 } else {
                     scenarios.push(Arc::new(s));
@@ -609,7 +849,8 @@ fn validate_scenario(
                     format!("list boards from: {}, or omit `boards` for all", one_of(board_names)),
                 );
             }
-            for name in &b {
+            // `@group` entries are expanded (and checked) by resolve_scenario_boards.
+            for name in b.iter().filter(|n| !n.starts_with('@')) {
                 if !board_names.contains(&name.as_str()) {
                     errs.field(
                         "boards",
@@ -748,7 +989,32 @@ fn validate_scenario(
                 continue;
             }
         };
-        expect.push(ExpectEntry { event: d.event, data, min, max });
+        let mut bad_absent = false;
+        for p in &d.absent {
+            let required = |mut e: &Expected| {
+                p.split('.').all(|k| match e {
+                    Expected::Table(t) => t.get(k).map(|x| e = x).is_some(),
+                    _ => false,
+                })
+            };
+            if p.split('.').any(str::is_empty) {
+                errs.list.push(format!(
+                    "{ectx}: field `absent`: \"{p}\" is not a payload field\n  \
+                     fix: name fields of the event's data, dot-separated inside tables, e.g. absent = [\"info\"]"
+                ));
+                bad_absent = true;
+            } else if data.as_ref().is_some_and(required) {
+                errs.list.push(format!(
+                    "{ectx}: field `absent`: \"{p}\" is also required by `data`, so the entry can never match\n  \
+                     fix: remove it from `data` or from `absent`"
+                ));
+                bad_absent = true;
+            }
+        }
+        if bad_absent {
+            continue;
+        }
+        expect.push(ExpectEntry { event: d.event, data, min, max, absent: d.absent });
     }
     for ev in &def.ignore {
         if !WATCHED_EVENTS.contains(&ev.as_str()) {
@@ -799,7 +1065,7 @@ fn validate_scenario(
     }
     let timing = validate_timing(ctx, def.timing, &expect, &def.ignore, &mut errs.list);
     let script = def.script.filter(|s| !s.trim().is_empty());
-    let script_via = def.script_via.unwrap_or(ScriptVia::FwCfg);
+    let script_via = def.script_via;
     if script.is_none() && def.script_via.is_some() {
         errs.field(
             "script_via",
@@ -838,11 +1104,13 @@ fn validate_scenario(
 
 /// How many events called `event` a passing run can have: the sum of the
 /// `max` of its `expect` entries; `None` = unbounded (the event is ignored).
+/// Timing counts the RESUME answering the runner's `cont` as `RESUME#1`.
 fn capacity(event: &str, expect: &[ExpectEntry], ignore: &[String]) -> Option<u32> {
     if ignore.iter().any(|i| i == event) {
         return None;
     }
-    Some(expect.iter().filter(|e| e.event == event).map(|e| e.max).sum())
+    let cont = u32::from(event == "RESUME");
+    Some(cont + expect.iter().filter(|e| e.event == event).map(|e| e.max).sum::<u32>())
 }
 
 const TIMING_FIX: &str = "write { from = \"EVENT[#N]\", to = \"EVENT[#N]\", expect = \"500ms\", tolerance = \"5%+20ms\" } \
@@ -997,6 +1265,12 @@ impl Case {
         }
         args
     }
+
+    /// How the script reaches the agent: the scenario's `script_via`, else
+    /// the board's default.
+    pub fn script_via(&self) -> ScriptVia {
+        self.scenario.script_via.unwrap_or(self.board.script_via)
+    }
 }
 
 /// Expands the table into cases, board-major, in file order. `boards` and
@@ -1029,7 +1303,12 @@ pub fn expand_cases(
             let vars: Vec<Option<Variant>> = if s.variants.is_empty() {
                 vec![None]
             } else {
-                s.variants.iter().map(|v| Some(table.variants[v].clone())).collect()
+                s.variants
+                    .iter()
+                    .map(|v| table.variants[v].clone())
+                    .filter(|v| v.boards.as_ref().is_none_or(|b| b.contains(&board.name)))
+                    .map(Some)
+                    .collect()
             };
             for variant in vars {
                 let case = Case { board: board.clone(), scenario: s.clone(), variant };
@@ -1105,7 +1384,7 @@ end = { status = "guest-panicked" }
         assert_eq!((s.expect[2].min, s.expect[2].max), (1, 2));
         assert_eq!(s.end, End::Status("guest-panicked".into()));
         assert_eq!(s.timeout, DEFAULT_TIMEOUT);
-        assert_eq!(s.script_via, ScriptVia::FwCfg);
+        assert_eq!(s.script_via, None);
         assert_eq!(s.qmp_before_cont[0].arguments, Some(serde_json::json!({"panic": "pause"})));
         let cases = expand_cases(&boards(), &t, &[], &[]).unwrap();
         let names: Vec<String> = cases.iter().map(|c| c.full_name()).collect();
@@ -1245,6 +1524,25 @@ timing = [
     }
 
     #[test]
+    fn absent_fields() {
+        let t = parse(
+            "[[scenario]]\nname = \"x\"\nexpect = [{ event = \"GUEST_PANICKED\", data = { action = \"pause\" }, \
+             absent = [\"info\"] }]\nend = { exit = 0 }\n",
+        )
+        .unwrap();
+        assert_eq!(t.scenarios[0].expect[0].absent, ["info"]);
+        let e = err_of(
+            "[[scenario]]\nname = \"x\"\nexpect = [{ event = \"GUEST_PANICKED\", data = { info = { arg1 = 1 } }, \
+             absent = [\"info.arg1\"] }]\nend = { exit = 0 }\n",
+        );
+        assert!(e.contains("field `absent`: \"info.arg1\" is also required by `data`") && e.contains("fix:"), "{e}");
+        let e = err_of(
+            "[[scenario]]\nname = \"x\"\nexpect = [{ event = \"GUEST_PANICKED\", absent = [\"info.\"] }]\nend = { exit = 0 }\n",
+        );
+        assert!(e.contains("\"info.\" is not a payload field"), "{e}");
+    }
+
+    #[test]
     fn duplicate_names_and_bad_toplevel() {
         let e =
             err_of("[[scenario]]\nname = \"x\"\nend = { exit = 0 }\n[[scenario]]\nname = \"x\"\nend = { exit = 0 }\n");
@@ -1269,5 +1567,151 @@ timing = [
         let e = parse_board(Path::new("boards/pc.toml"), &PC.replace("package = \"qemu-system-x86\"\n", ""), root)
             .unwrap_err();
         assert!(e.contains("package"), "{e}");
+    }
+
+    // ── boards: arch, boot, script_via, groups ──
+
+    const S390: &str = r#"
+name = "s390"
+description = "s390x"
+arch = "s390x"
+binary = "qemu-system-s390x"
+machine = "s390-ccw-virtio"
+accel = "tcg"
+memory = "128M"
+package = "qemu-system-s390x"
+groups = ["big"]
+"#;
+
+    fn mixed_boards() -> Vec<Board> {
+        let root = Path::new("/w");
+        let pc = format!("{PC}groups = [\"x86\", \"pci\"]\n");
+        let fast =
+            format!("{}boot = \"firmware\"\ngroups = [\"x86\", \"pci\"]\n", PC.replace("\"pc\"\n", "\"fast\"\n"));
+        let micro = format!("{}groups = [\"x86\"]\n", PC.replace("\"pc\"\n", "\"micro\"\n"));
+        vec![
+            parse_board(Path::new("boards/pc.toml"), &pc, root).unwrap(),
+            parse_board(Path::new("boards/fast.toml"), &fast, root).unwrap(),
+            parse_board(Path::new("boards/micro.toml"), &micro, root).unwrap(),
+            parse_board(Path::new("boards/s390.toml"), S390, root).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn board_boot_and_script_via_defaults() {
+        let b = mixed_boards();
+        assert_eq!((b[0].boot, b[0].script_via), (Boot::Kernel, ScriptVia::FwCfg));
+        assert_eq!((b[1].boot, b[1].script_via), (Boot::Firmware, ScriptVia::FwCfg));
+        assert_eq!((b[3].arch.as_str(), b[3].script_via), ("s390x", ScriptVia::Append));
+        assert!(b[1].script_via_problem(ScriptVia::Append).is_some());
+        assert!(b[3].script_via_problem(ScriptVia::FwCfg).unwrap().contains("no fw_cfg"));
+        let root = Path::new("/w");
+        let bad = |text: String| parse_board(Path::new("boards/s390.toml"), &text, root).unwrap_err();
+        let e = bad(format!("{S390}script_via = \"fw_cfg\"\n"));
+        assert!(e.contains("`script_via`") && e.contains("no fw_cfg") && e.contains("fix:"), "{e}");
+        let e = bad(format!("{S390}boot = \"firmware\"\n"));
+        assert!(e.contains("`boot`") && e.contains("x86_64 only"), "{e}");
+        let e = bad(format!("{S390}boot = \"bios\"\n"));
+        assert!(e.contains("bios"), "{e}");
+        let e = parse_board(
+            Path::new("boards/pc.toml"),
+            &format!("{PC}boot = \"firmware\"\nscript_via = \"append\"\n"),
+            root,
+        )
+        .unwrap_err();
+        assert!(e.contains("-append needs -kernel"), "{e}");
+        let e = parse_board(Path::new("boards/pc.toml"), &format!("{PC}groups = [\"a b\"]\n"), root).unwrap_err();
+        assert!(e.contains("`groups`"), "{e}");
+    }
+
+    const GROUPED: &str = r#"
+[variants.isa]
+args = ["-device", "pvpanic"]
+[variants.pci]
+args = ["-device", "pvpanic-pci"]
+boards = ["@pci"]
+
+[[scenario]]
+name = "p"
+script = "pvpanic.panicked"
+boards = ["@x86"]
+variants = ["isa", "pci"]
+end = { exit = 0 }
+
+[[scenario]]
+name = "s"
+script = "s390.shutdown"
+boards = ["s390"]
+end = { exit = 0 }
+
+[[scenario]]
+name = "a"
+script = "pvpanic.panicked"
+script_via = "append"
+boards = ["pc", "micro"]
+end = { exit = 0 }
+"#;
+
+    #[test]
+    fn groups_variant_boards_and_per_board_script_via() {
+        let b = mixed_boards();
+        let t = parse_scenarios(Path::new("scenarios.toml"), GROUPED, &b).unwrap();
+        assert_eq!(t.scenarios[0].boards, vec!["pc", "fast", "micro"]);
+        let cases = expand_cases(&b, &t, &[], &[]).unwrap();
+        let names: Vec<String> = cases.iter().map(|c| c.full_name()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "pc::p/isa",
+                "pc::p/pci",
+                "pc::a",
+                "fast::p/isa",
+                "fast::p/pci",
+                "micro::p/isa",
+                "micro::a",
+                "s390::s"
+            ]
+        );
+        let via: Vec<ScriptVia> = cases.iter().map(|c| c.script_via()).collect();
+        assert_eq!(via[0], ScriptVia::FwCfg);
+        assert_eq!(via[2], ScriptVia::Append);
+        assert_eq!(via[7], ScriptVia::Append, "s390x default");
+    }
+
+    #[test]
+    fn impossible_script_via_and_unknown_groups() {
+        let b = mixed_boards();
+        let parse = |text: &str| parse_scenarios(Path::new("scenarios.toml"), text, &b);
+        // -append on a firmware-booted board.
+        let e = parse(&GROUPED.replace(r#"boards = ["pc", "micro"]"#, r#"boards = ["pc", "fast"]"#)).unwrap_err();
+        assert!(
+            e.contains("scenario `a`: field `script_via`: board `fast`") && e.contains("-append needs -kernel"),
+            "{e}"
+        );
+        assert!(e.contains("fix: remove `fast` from `boards`"), "{e}");
+        // fw_cfg (the x86 rows' explicit choice) on s390x.
+        let e =
+            parse(&GROUPED.replace("boards = [\"s390\"]", "boards = [\"s390\"]\nscript_via = \"fw_cfg\"")).unwrap_err();
+        assert!(e.contains("board `s390`") && e.contains("no fw_cfg"), "{e}");
+        let e = parse(&GROUPED.replace("@x86", "@x68")).unwrap_err();
+        assert!(e.contains("unknown board group `@x68`") && e.contains("@pci, @x86"), "{e}");
+        let e = parse(&GROUPED.replace("@pci", "@nope")).unwrap_err();
+        assert!(e.contains("variant `pci`: field `boards`") && e.contains("unknown board group"), "{e}");
+        let e = parse(&GROUPED.replace(r#"boards = ["@x86"]"#, r#"boards = ["micro"]"#)).unwrap_err();
+        assert!(e.contains("variant `pci` runs only on pc, fast"), "{e}");
+    }
+
+    #[test]
+    fn timing_from_the_cont_resume() {
+        let row = |t: &str| {
+            format!(
+                "[[scenario]]\nname = \"w\"\nexpect = [{{ event = \"WATCHDOG\" }}]\nend = {{ status = \"running\" }}\n\
+                 timing = [{t}]\n"
+            )
+        };
+        let t = parse(&row(r#"{ from = "RESUME", to = "WATCHDOG", expect = "15s" }"#)).unwrap();
+        assert_eq!(t.scenarios[0].timing[0].from, EventRef { event: "RESUME".into(), occurrence: 1 });
+        let e = err_of(&row(r#"{ from = "RESUME#2", to = "WATCHDOG", expect = "15s" }"#));
+        assert!(e.contains("at most 1 RESUME"), "{e}");
     }
 }

@@ -8,10 +8,13 @@
 pub mod admission;
 pub mod agent;
 pub mod artifacts;
+pub mod bench;
 pub mod config;
 pub mod defmt_log;
+pub mod images;
 pub mod matcher;
 pub mod nested;
+pub mod nested_run;
 pub mod qemu;
 pub mod qmp;
 pub mod report;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 use xtask::config::{Board, ScriptVia};
 use xtask::runner::{self, RunEnv, RunSpec};
-use xtask::{Project, agent, artifacts, report, setup, util};
+use xtask::{Project, agent, artifacts, images, report, setup, util};
 
 #[derive(Parser)]
 #[command(
@@ -29,7 +29,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build the agent image (cargo build --release -p pvagent --target x86_64-unknown-none)
+    /// Benchmark: spawn → GUEST_PANICKED of the agent against a floor image, per board
+    Bench(xtask::bench::BenchArgs),
+    /// Build the agent images (cargo build --release -p pvagent --target <each board architecture's target>)
+    /// and the x86_64 -bios ROM
     Build,
     /// Run the scenario table under QEMU (or boot once ad hoc with --script/--device/--qemu-arg)
     #[command(
@@ -42,17 +45,18 @@ enum Cmd {
     Decode {
         /// The captured COM1 output (e.g. from `-serial file:x.bin`)
         serial: PathBuf,
-        /// The image that produced it [default: the release image in the target dir]
+        /// The image that produced it [default: the release image in the target dir, x86_64 or, for
+        /// a log of `D:` text lines, s390x]
         #[arg(long)]
         elf: Option<PathBuf>,
     },
-    /// Set up prerequisites, build the image, then `cargo test --workspace` (incl. the e2e harness)
+    /// Set up prerequisites, build the images, then `cargo test --workspace` (incl. the e2e harness)
     Test {
         /// Arguments passed to the test binaries (after `--`), e.g. `-- q35::`
         #[arg(last = true)]
         libtest_args: Vec<String>,
     },
-    /// Only set up prerequisites (Rust target, QEMU ≥ 9.1)
+    /// Only set up prerequisites (Rust targets, QEMU ≥ 9.1)
     Setup {
         /// Only the QEMU of these boards [default: all]
         #[arg(long = "board", value_name = "BOARD")]
@@ -77,10 +81,11 @@ struct QemuRunArgs {
     /// Scenario table to use [default: scenarios.toml at the workspace root]
     #[arg(long = "scenarios", value_name = "FILE")]
     scenarios_file: Option<PathBuf>,
-    /// Use this image instead of building one
-    #[arg(long, value_name = "PATH", env = "PVAGENT_IMAGE")]
-    image: Option<PathBuf>,
-    /// Run up to N scenarios at once, each its own QEMU [default: 8 per CPU, at most 32]. A new
+    /// Use this image instead of building one (repeatable, one per architecture, recognised by its
+    /// ELF header; PVAGENT_IMAGE takes a `:`-separated list); the others are built
+    #[arg(long = "image", value_name = "PATH", env = "PVAGENT_IMAGE", value_delimiter = ':')]
+    images: Vec<PathBuf>,
+    /// Run up to N scenarios at once, each its own QEMU [default: 16 per CPU, at most 32]. A new
     /// one starts only while half a CPU is idle (PVAGENT_CPU_GATE=<cpus>|off changes that); the
     /// table keeps its order either way
     #[arg(long, short = 'j', value_name = "N", env = "PVAGENT_JOBS", value_parser = clap::value_parser!(u16).range(1..))]
@@ -88,9 +93,9 @@ struct QemuRunArgs {
     /// Ad hoc: boot once with this script (prints events live)
     #[arg(long, conflicts_with_all = ["scenarios", "json", "junit", "scenarios_file"])]
     script: Option<String>,
-    /// Ad hoc: how the script is delivered
-    #[arg(long, value_enum, default_value = "fw-cfg", requires = "script")]
-    script_via: Via,
+    /// Ad hoc: how the script is delivered [default: the board's, fw-cfg on x86_64, append on s390x]
+    #[arg(long, value_enum, requires = "script")]
+    script_via: Option<Via>,
     /// Ad hoc: add `-device X` (repeatable)
     #[arg(long = "device", value_name = "X", conflicts_with_all = ["scenarios", "json", "junit", "scenarios_file"])]
     devices: Vec<String>,
@@ -128,14 +133,30 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let root = agent::workspace_root();
     match cli.cmd {
+        Cmd::Bench(args) => {
+            xtask::bench::run(&root, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Build => {
-            let img = agent::build_image(&root)?;
-            let size = std::fs::metadata(&img)?.len();
-            println!("{} ({size} bytes)", img.display());
+            let boards = xtask::config::load_boards(&root.join("boards"), &root).map_err(anyhow::Error::msg)?;
+            for (arch, img) in images::build(&root, &images::arches(&boards)?)? {
+                let size = std::fs::metadata(&img)?.len();
+                println!("{} ({arch}, {size} bytes)", img.display());
+                if arch == images::Arch::X86_64 {
+                    // The same agent as firmware, for `-bios` (boards with boot = "firmware").
+                    let rom = img.with_extension("rom");
+                    images::write_rom(&img, &rom)?;
+                    println!("{} ({arch} -bios ROM, {} bytes)", rom.display(), xtask::rom::ROM_SIZE);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Decode { serial, elf } => {
-            let elf = elf.unwrap_or_else(|| agent::image_path(&root));
+            let elf = elf.unwrap_or_else(|| {
+                // s390x's SCLP console carries the frames as `D:<hex>` lines.
+                let text = std::fs::read(&serial).unwrap_or_default().trim_ascii_start().starts_with(b"D:");
+                images::image_path(&root, if text { images::Arch::S390x } else { images::Arch::X86_64 })
+            });
             let lines = xtask::defmt_log::decode_file(&serial, &elf)?;
             let mut out = std::io::stdout().lock();
             for l in lines {
@@ -149,18 +170,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for (bin, v) in setup::setup(&root, &sel)? {
                 println!("ok: {bin} {v}");
             }
-            println!("ok: Rust target {}", agent::TARGET);
+            for arch in images::arches(sel.iter().copied())? {
+                println!("ok: Rust target {}", arch.target());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Test { libtest_args } => {
             let project = Project::load(&root, None)?;
             let sel = select_boards(&project, &[])?;
             setup::setup(&root, &sel)?;
-            let img = agent::build_image(&root)?;
+            let built = images::build(&root, &images::arches(sel.iter().copied())?)?;
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = std::process::Command::new(cargo);
             cmd.args(["test", "--workspace"]).current_dir(&root);
-            cmd.env("PVAGENT_IMAGE", &img);
+            cmd.env(images::IMAGE_ENV, std::env::join_paths(built.values()).context("joining image paths")?);
             if !libtest_args.is_empty() {
                 cmd.arg("--").args(&libtest_args);
             }
@@ -192,18 +215,6 @@ fn select_boards<'a>(project: &'a Project, names: &[String]) -> Result<Vec<&'a B
     names.iter().map(|n| project.board(n)).collect()
 }
 
-fn image(root: &std::path::Path, given: Option<PathBuf>) -> Result<PathBuf> {
-    match given {
-        Some(p) => {
-            if !p.is_file() {
-                bail!("image {} does not exist", p.display());
-            }
-            Ok(p)
-        }
-        None => agent::build_image(root),
-    }
-}
-
 fn table_run(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
     let project = Project::load(root, args.scenarios_file.as_deref())?;
     let cases = xtask::config::expand_cases(&project.boards, &project.table, &args.boards, &args.scenarios)
@@ -218,19 +229,22 @@ fn table_run(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
         }
     }
     let versions = setup::setup(root, &used)?;
-    let img = image(root, args.image)?;
+    let imgs = images::resolve(root, &args.images, &images::arches(used.iter().copied())?)?;
     let run_dir = artifacts::new_run_dir(&artifacts::runs_root(&agent::target_dir(root)))?;
-    let env = RunEnv::new(img.clone(), run_dir.clone());
-    if let Err(e) = env.log_table.as_ref() {
-        eprintln!("warning: agent logs cannot be decoded: {e}");
+    let env = RunEnv::with_images(imgs, run_dir.clone());
+    for i in env.images.iter() {
+        if let Err(e) = &i.log_table {
+            eprintln!("warning: {} agent logs cannot be decoded: {e}", i.arch);
+        }
     }
+    let img = env.images.iter().map(|i| i.elf.display().to_string()).collect::<Vec<_>>().join(", ");
     let qemu: BTreeMap<String, String> = versions.iter().map(|(b, v)| (b.clone(), v.to_string())).collect();
     // Table to stdout, or to stderr when stdout carries JSON.
     let mut out: Box<dyn Write> = if args.json { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
     writeln!(
         out,
         "image {}\nQEMU {}\nartifacts {}\n",
-        img.display(),
+        img,
         qemu.iter().map(|(b, v)| format!("{b} {v}")).collect::<Vec<_>>().join(", "),
         run_dir.display()
     )?;
@@ -273,23 +287,28 @@ fn adhoc(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
         )
     })?;
     setup::setup(root, &[board])?;
-    let img = image(root, args.image)?;
+    let imgs = images::resolve(root, &args.images, &images::arches([board])?)?;
     let run_dir = artifacts::new_run_dir(&artifacts::runs_root(&agent::target_dir(root)))?;
-    let env = RunEnv::new(img, run_dir.clone());
+    let env = RunEnv::with_images(imgs, run_dir.clone());
     let mut extra = Vec::new();
     for d in &args.devices {
         extra.push("-device".to_string());
         extra.push(d.clone());
     }
     extra.extend(args.qemu_args.iter().cloned());
+    let script_via = match args.script_via {
+        None => board.script_via,
+        Some(Via::FwCfg) => ScriptVia::FwCfg,
+        Some(Via::Append) => ScriptVia::Append,
+    };
+    if let Some(problem) = board.script_via_problem(script_via) {
+        bail!("board {} cannot take a script through {}: {problem}", board.name, script_via.name());
+    }
     let spec = RunSpec {
         board: board.clone(),
         extra_args: extra,
         script: args.script.filter(|s| !s.is_empty()),
-        script_via: match args.script_via {
-            Via::FwCfg => ScriptVia::FwCfg,
-            Via::Append => ScriptVia::Append,
-        },
+        script_via,
         qmp_before_cont: Vec::new(),
         timeout: args.timeout,
         checks: None,

@@ -46,6 +46,19 @@ pub fn data_matches(expected: &Expected, actual: &Value) -> bool {
     }
 }
 
+/// Is the field at `path` (dot-separated keys, e.g. `info` or `info.arg1`)
+/// present in `data`?
+pub fn has_path(data: &Value, path: &str) -> bool {
+    let mut v = data;
+    for key in path.split('.') {
+        match v.get(key) {
+            Some(x) => v = x,
+            None => return false,
+        }
+    }
+    true
+}
+
 /// Does one event (name + data, `Value::Null` when absent) match an entry?
 pub fn entry_matches(entry: &ExpectEntry, name: &str, data: &Value) -> bool {
     entry.event == name
@@ -53,6 +66,7 @@ pub fn entry_matches(entry: &ExpectEntry, name: &str, data: &Value) -> bool {
             None => true,
             Some(exp) => data_matches(exp, data),
         }
+        && !entry.absent.iter().any(|p| has_path(data, p))
 }
 
 /// Verdict of the event sequence so far.
@@ -172,6 +186,55 @@ mod tests {
         // A string expectation does not match a different string.
         assert!(!data_matches(&Expected::Str("1".into()), &json!("01")));
         assert!(data_matches(&Expected::Str("-5".into()), &json!(-5)));
+    }
+
+    #[test]
+    fn absent_fields() {
+        let plain = json!({"action": "pause"});
+        let hv = json!({"action": "pause", "info": {"type": "hyper-v", "arg1": 1}});
+        let entry = |absent: &[&str]| ExpectEntry {
+            absent: absent.iter().map(|s| s.to_string()).collect(),
+            ..ed("GUEST_PANICKED", table(&[("action", Expected::Str("pause".into()))]))
+        };
+        assert!(entry_matches(&entry(&["info"]), "GUEST_PANICKED", &plain));
+        assert!(!entry_matches(&entry(&["info"]), "GUEST_PANICKED", &hv));
+        assert!(!entry_matches(&entry(&["info.arg1"]), "GUEST_PANICKED", &hv));
+        assert!(entry_matches(&entry(&["info.arg2"]), "GUEST_PANICKED", &hv));
+        assert!(entry_matches(&entry(&["info"]), "GUEST_PANICKED", &json!({"action": "pause", "x": null})));
+        assert!(entry_matches(&ExpectEntry { absent: vec!["info".into()], ..e("STOP") }, "STOP", &Value::Null));
+        assert_eq!(entry(&["info"]).to_string(), "GUEST_PANICKED{action: \"pause\"} without info");
+        match run(&[entry(&["info"])], &[("GUEST_PANICKED", hv.clone())]) {
+            Progress::Mismatch { expected, .. } => {
+                assert_eq!(expected, ["GUEST_PANICKED{action: \"pause\"} without info"])
+            }
+            p => panic!("{p:?}"),
+        }
+    }
+
+    #[test]
+    fn hyperv_payload_u64() {
+        // The nested board's row: arg2 above i64::MAX (a "0x…" string in
+        // TOML), arg5 above 2^53 (a TOML integer).
+        let actual: Value = serde_json::from_str(
+            r#"{"action":"pause","info":{"type":"hyper-v","arg1":30,"arg2":18446744073709551600,"arg3":131073,"arg4":0,"arg5":1311768467463790320}}"#,
+        )
+        .unwrap();
+        let want = |arg2: &str, arg5: i64| {
+            table(&[(
+                "info",
+                table(&[
+                    ("type", Expected::Str("hyper-v".into())),
+                    ("arg1", Expected::Int(0x1e)),
+                    ("arg2", Expected::Str(arg2.into())),
+                    ("arg3", Expected::Int(0x20001)),
+                    ("arg4", Expected::Int(0)),
+                    ("arg5", Expected::Int(arg5)),
+                ]),
+            )])
+        };
+        assert!(data_matches(&want("0xfffffffffffffff0", 0x1234_5678_9abc_def0), &actual));
+        assert!(!data_matches(&want("0xfffffffffffffff1", 0x1234_5678_9abc_def0), &actual));
+        assert!(!data_matches(&want("0xfffffffffffffff0", 0x1234_5678_9abc_def1), &actual));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Each run is self-contained (own QEMU, own socket dir, own artifact dir),
 //! so several can run in parallel threads.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -14,32 +15,38 @@ use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
 
 use crate::agent;
-use crate::config::{Board, Case, End, ExpectEntry, QmpCommand, ScriptVia, WATCHED_EVENTS};
+use crate::config::{Board, Boot, Case, End, ExpectEntry, QmpCommand, ScriptVia, WATCHED_EVENTS};
 use crate::defmt_log::{self, LogTable};
+use crate::images::{AgentImage, Arch, Images};
 use crate::matcher::{self, Progress};
 use crate::qemu::{self, QemuProcess, QmpListener};
 use crate::qmp::{Message, Polled, Qmp, QmpEvent, Transcript};
 use crate::timing::{self, Stamped, TimingCheck, TimingResult};
 use crate::util::{Version, escape_qemu_opt, fmt_duration, fmt_min_version, shell_join, unix_micros};
 
-/// What every run shares: the image and where artifacts go.
+/// What every run shares: the images (one per architecture, see
+/// [`crate::images`]) and where artifacts go.
 #[derive(Clone)]
 pub struct RunEnv {
-    pub image: PathBuf,
+    pub images: Arc<Images>,
     /// `target/pvagent-runs/<run-id>`.
     pub run_dir: PathBuf,
-    /// The image's defmt table; `Err` keeps the reason for agent.log.
-    pub log_table: Arc<Result<LogTable, String>>,
 }
 
 impl RunEnv {
+    /// One image (its architecture read from the ELF header).
     pub fn new(image: PathBuf, run_dir: PathBuf) -> RunEnv {
-        let log_table = Arc::new(LogTable::from_file(&image).map_err(|e| format!("{e:#}")));
-        RunEnv { image, run_dir, log_table }
+        RunEnv { images: Arc::new(Images::single(image, run_dir.clone())), run_dir }
     }
 
-    fn table(&self) -> Option<&LogTable> {
-        self.log_table.as_ref().as_ref().ok()
+    /// Several images (architecture → ELF); `-bios` ROMs go to the run dir.
+    pub fn with_images(images: BTreeMap<Arch, PathBuf>, run_dir: PathBuf) -> RunEnv {
+        RunEnv { images: Arc::new(Images::new(images, run_dir.clone())), run_dir }
+    }
+
+    /// The defmt table of `board`'s image.
+    fn table(&self, board: &Board) -> Option<&LogTable> {
+        self.images.for_board(board).ok().and_then(AgentImage::table)
     }
 }
 
@@ -145,7 +152,9 @@ impl CaseResult {
     }
 }
 
-/// The QEMU argument list of a run (argv[0] is the binary).
+/// The QEMU argument list of a run (argv[0] is the binary). `image` is what
+/// the board boots: the agent's ELF (`-kernel`), or its ROM (`-bios`) on a
+/// `boot = "firmware"` board.
 pub fn qemu_argv(
     board: &Board,
     image: &Path,
@@ -172,7 +181,10 @@ pub fn qemu_argv(
     a.push("chardev:serial0".into());
     a.extend(board.args.iter().cloned());
     a.extend(extra.iter().cloned());
-    a.push("-kernel".into());
+    a.push(match board.boot {
+        Boot::Kernel => "-kernel".into(),
+        Boot::Firmware => "-bios".into(),
+    });
     a.push(image.to_string_lossy().into_owned());
     if let Some(s) = script {
         match via {
@@ -250,10 +262,13 @@ struct Observer<'a> {
     /// When the last WATCHDOG arrived: QEMU may hold back another one (the
     /// rate limit) until [`WATCHDOG_RATE_LIMIT`] after it.
     last_watchdog: Option<Instant>,
+    /// A nested board's QMP timestamps come from L1's clock.
+    clock: crate::nested_run::L1Clock,
 }
 
 impl Observer<'_> {
     fn on_event(&mut self, q: &mut Qmp, ev: QmpEvent) {
+        let ev = self.clock.correct(q, ev);
         let ms = ev.timestamp_us.map(|t| (t - self.spawn_us) as f64 / 1000.0);
         let arrived_ms = (unix_micros(SystemTime::now()) - self.spawn_us) as f64 / 1000.0;
         let mut watched = self.judging && WATCHED_EVENTS.contains(&ev.event.as_str());
@@ -340,6 +355,7 @@ pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
         stop_after_shutdown: false,
         judging: true,
         last_watchdog: None,
+        clock: crate::nested_run::L1Clock::for_board(&spec.board),
     };
     let mut qemu: Option<QemuProcess> = None;
     let result = boot(spec, env, dir, &serial, &mut obs, &mut rec, &mut qemu);
@@ -368,10 +384,14 @@ pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
         }
     }
     rec.stderr = std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default();
-    rec.agent_log = defmt_log::write_agent_log(env.table(), &serial, &dir.join("agent.log"), &env.image);
-    if env.table().is_none()
-        && let Err(e) = env.log_table.as_ref()
-    {
+    let image = env.images.for_board(&spec.board);
+    let elf = image.as_ref().map(|i| i.elf.clone()).unwrap_or_default();
+    rec.agent_log = defmt_log::write_agent_log(env.table(&spec.board), &serial, &dir.join("agent.log"), &elf);
+    let table_problem = match &image {
+        Ok(i) => i.log_table.as_ref().err().cloned(),
+        Err(e) => Some(format!("{e:#}")),
+    };
+    if let Some(e) = table_problem {
         let _ = std::fs::write(
             dir.join("agent.log"),
             format!("defmt decoding failed: {e}\nraw output kept in serial.bin\n"),
@@ -381,6 +401,9 @@ pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
         rec.progress = Some(obs.progress(&c.expect));
     }
     rec.events = obs.events;
+    if crate::nested_run::is_nested(&spec.board) {
+        crate::nested_run::finish(dir, &mut rec);
+    }
     rec
 }
 
@@ -395,20 +418,27 @@ fn boot(
     slot: &mut Option<QemuProcess>,
 ) -> Result<()> {
     let listener = QmpListener::new()?;
+    let image = env.images.boot_file(&spec.board)?;
     let argv = qemu_argv(
         &spec.board,
-        &env.image,
+        &image,
         &listener.qemu_args(),
         serial,
         &spec.extra_args,
         spec.script.as_deref(),
         spec.script_via,
     );
+    // A nested board boots L1, which runs the board's QEMU inside (nested_run).
+    let argv = if crate::nested_run::is_nested(&spec.board) {
+        crate::nested_run::l1_argv(spec, &image, dir, serial, &listener.path)?
+    } else {
+        argv
+    };
     std::fs::write(dir.join("cmdline.txt"), format!("{}\n", shell_join(&argv)))?;
     let stderr = File::create(dir.join("stderr.txt"))?;
     let qemu = slot.insert(QemuProcess::spawn(&argv, Stdio::from(stderr))?);
     obs.spawn_us = unix_micros(qemu.spawned_at);
-    let overall = qemu.spawned_instant + spec.timeout;
+    let overall = qemu.spawned_instant + spec.timeout + crate::nested_run::boot_allowance(&spec.board);
     let transcript = Transcript::create(&dir.join("qmp.jsonl"), qemu.spawned_at)?;
 
     let stream = crate::qmp::accept(&listener.listener, overall, || match qemu.try_wait()? {
@@ -481,8 +511,8 @@ fn boot(
                 let settled = not_before(t + c.settle);
                 if now >= settled {
                     // Wait (polling) for the required log and stderr lines.
-                    let log = read_log(env, serial);
-                    let stderr = std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default();
+                    let log = read_log(env, &spec.board, serial);
+                    let stderr = crate::nested_run::live_stderr(&spec.board, dir);
                     if log_missing(&c.log_contains, &log).is_empty()
                         && log_missing(&c.stderr_contains, &stderr).is_empty()
                     {
@@ -532,8 +562,8 @@ fn boot(
     Ok(())
 }
 
-fn read_log(env: &RunEnv, serial: &Path) -> String {
-    match (env.table(), std::fs::read(serial)) {
+fn read_log(env: &RunEnv, board: &Board, serial: &Path) -> String {
+    match (env.table(board), std::fs::read(serial)) {
         (Some(t), Ok(bytes)) => t.decode(&bytes).join("\n"),
         _ => String::new(),
     }
@@ -559,9 +589,17 @@ fn describe_exit(rec: &RunRecord) -> Option<String> {
 }
 
 /// Measures the checks' `timing` entries on the run's watched events.
+/// The RESUME answering the runner's `cont` (not a watched event) counts as
+/// `RESUME#1`: rows with no guest-made marker (s390x) time from it.
 pub fn measure_timing(checks: &Checks, rec: &RunRecord) -> Vec<TimingResult> {
-    let stamped: Vec<Stamped<'_>> =
-        rec.events.iter().filter(|e| e.watched).map(|e| Stamped { event: &e.event, ms: e.ms }).collect();
+    let cont = rec.events.iter().position(|e| e.event == "RESUME" && !e.watched);
+    let stamped: Vec<Stamped<'_>> = rec
+        .events
+        .iter()
+        .enumerate()
+        .filter(|&(i, e)| e.watched || Some(i) == cont)
+        .map(|(_, e)| Stamped { event: &e.event, ms: e.ms })
+        .collect();
     timing::measure(&checks.timing, &stamped)
 }
 
@@ -645,6 +683,9 @@ pub fn case_dir(run_dir: &Path, case: &Case) -> PathBuf {
 
 /// Checks whether a case can run on this host; `Some(reason)` = skip.
 pub fn skip_reason(case: &Case) -> Option<String> {
+    if let Some(why) = crate::nested_run::host_skip_reason(&case.board) {
+        return Some(why);
+    }
     let min = case.min_qemu()?;
     match qemu::qemu_version(&case.board.binary) {
         Ok(have) if have < min => Some(format!("needs QEMU ≥ {}, have {have}", fmt_min_version(min))),
@@ -689,13 +730,15 @@ pub fn run_case(case: &Case, env: &RunEnv) -> CaseResult {
         board: (*case.board).clone(),
         extra_args: case.extra_args(),
         script: s.script.clone(),
-        script_via: s.script_via,
+        script_via: case.script_via(),
         qmp_before_cont: s.qmp_before_cont.clone(),
         timeout: s.timeout,
         checks: Some(checks.clone()),
         live: false,
     };
     let dir = case_dir(&env.run_dir, case);
+    // A nested board's case first waits for a nested slot (see `nested_run`).
+    let _nested_slot = crate::nested_run::nested_slot(&case.board);
     // Wait for a CPU to spare (see `admission`); the wall time counts from here.
     let ticket = crate::admission::ADMISSION.enter();
     let started = Instant::now();
@@ -718,7 +761,7 @@ pub fn run_case(case: &Case, env: &RunEnv) -> CaseResult {
     res
 }
 
-/// How many cases may run at once by default: 8 per CPU, at most 32.
+/// How many cases may run at once by default: 16 per CPU, at most 32.
 ///
 /// Most of a watchdog case is spent waiting with the guest halted, which
 /// costs almost no CPU, so the cap is well above the CPU count; booting and
@@ -731,19 +774,28 @@ pub fn run_case(case: &Case, env: &RunEnv) -> CaseResult {
 /// marker→WATCHDOG drifted by up to 36 ms (3 failures in 1 of 3 runs at 32
 /// jobs), and with the earlier agent (one 5 ms TSC calibration) every
 /// ungated run at 8-16 jobs had 1-6 failures.
+///
+/// With s390x and the fast boards (369 runs, 10 s390x rows of 15-36 s that
+/// hold a slot each with a halted guest) 16 jobs left too few slots for the
+/// rest: 63-68 s; 32 jobs with the gate's 50 ms window 38-51 s (4 runs, two
+/// of them next to another full matrix), no failure, the worst timing
+/// deviation 0.75 of its tolerance (0.47 without the other matrix).
 pub fn default_jobs() -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    (8 * cpus).min(32)
+    (16 * cpus).min(32)
 }
 
 /// The order in which to start `cases` so that the long ones do not end up
 /// last: longest first, by each case's wall time in the newest earlier run
-/// that has a `results.json` (cases it does not know go first, in table
-/// order). Only the start order changes, never the reported order.
+/// that has a `results.json`; a case that run does not know counts with its
+/// `timeout` (an upper bound: 10 s by default, more for the long rows), ties
+/// in table order. Only the start order changes, never the reported order.
 pub fn longest_first(cases: &[Case], runs_root: &Path) -> Vec<usize> {
     let previous = previous_wall_times(runs_root);
+    let estimate =
+        |c: &Case| previous.get(&c.full_name()).copied().unwrap_or_else(|| c.scenario.timeout.as_millis() as u64);
     let mut order: Vec<usize> = (0..cases.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(previous.get(&cases[i].full_name()).copied().unwrap_or(u64::MAX)));
+    order.sort_by_key(|&i| std::cmp::Reverse(estimate(&cases[i])));
     order
 }
 
@@ -827,7 +879,7 @@ pub fn run_all(
 pub fn run_adhoc(spec: &RunSpec, env: &RunEnv, dir: &Path) -> Result<Option<i32>> {
     println!(
         "booting {} on {} (timeout {}), artifacts in {}",
-        env.image.display(),
+        env.images.boot_file(&spec.board)?.display(),
         spec.board.name,
         fmt_duration(spec.timeout),
         dir.display()
@@ -1042,5 +1094,80 @@ package = "qemu-system-x86"
         assert_eq!(judge(&cs, Duration::from_secs(1), &r), Verdict::Pass);
         r.status = Some("paused".into());
         assert!(matches!(judge(&cs, Duration::from_secs(1), &r), Verdict::Fail(m) if m.contains("status paused")));
+    }
+
+    // ── s390x and fast boards ──
+
+    #[test]
+    fn argv_boot_file_per_board() {
+        let mut fast = board();
+        fast.boot = Boot::Firmware;
+        let a = qemu_argv(
+            &fast,
+            Path::new("/run/pvagent-x86_64.rom"),
+            &[],
+            Path::new("/s"),
+            &[],
+            Some("x"),
+            ScriptVia::FwCfg,
+        );
+        let k = a.iter().position(|x| x == "-bios").unwrap();
+        assert_eq!(a[k + 1], "/run/pvagent-x86_64.rom");
+        assert!(!a.iter().any(|x| x == "-kernel"));
+        let s390 = crate::config::parse_board(
+            Path::new("boards/s390.toml"),
+            "name = \"s390\"\ndescription = \"d\"\narch = \"s390x\"\nbinary = \"qemu-system-s390x\"\n\
+             machine = \"s390-ccw-virtio\"\naccel = \"tcg\"\nmemory = \"128M\"\npackage = \"qemu-system-s390x\"\n",
+            Path::new("/w"),
+        )
+        .unwrap();
+        let a = qemu_argv(&s390, Path::new("/img"), &[], Path::new("/s"), &[], Some("s390.shutdown"), s390.script_via);
+        assert_eq!(&a[a.len() - 4..], &["-kernel", "/img", "-append", "s390.shutdown"]);
+        assert_eq!(a[0], "qemu-system-s390x");
+    }
+
+    #[test]
+    fn timing_from_the_cont_resume() {
+        let mut c = checks(End::Status("running".into()));
+        c.expect = vec![ExpectEntry::new("WATCHDOG")];
+        c.ignore.clear();
+        c.log_contains.clear();
+        c.timing = vec![TimingCheck {
+            from: timing::EventRef::parse("RESUME").unwrap(),
+            to: timing::EventRef::parse("WATCHDOG").unwrap(),
+            bound: timing::Bound::Around { expect: Duration::from_secs(15), tolerance: timing::DEFAULT_TOLERANCE },
+        }];
+        // The cont's RESUME is recorded but not watched.
+        let evs = vec![
+            SeenEvent { ms: Some(30.0), watched: false, ..ev("RESUME", Value::Null) },
+            SeenEvent { ms: Some(15_040.5), ..ev("WATCHDOG", Value::Null) },
+        ];
+        let mut r = record(evs, 0, &c);
+        r.status = Some("running".into());
+        assert_eq!(measure_timing(&c, &r)[0].measured_ms, Some(15_010.5));
+        assert_eq!(judge(&c, Duration::from_secs(20), &r), Verdict::Pass);
+    }
+
+    #[test]
+    fn unknown_cases_count_with_their_timeout() {
+        let table = crate::config::parse_scenarios(
+            Path::new("scenarios.toml"),
+            "[[scenario]]\nname = \"a\"\nend = { exit = 0 }\n[[scenario]]\nname = \"b\"\nend = { exit = 0 }\n\
+             [[scenario]]\nname = \"long\"\ntimeout = \"50s\"\nend = { exit = 0 }\n",
+            &[board()],
+        )
+        .unwrap();
+        let cases = crate::config::expand_cases(&[board()], &table, &[], &[]).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        // Nothing known: by timeout (50 s first), ties in table order.
+        assert_eq!(longest_first(&cases, tmp.path()), [2, 0, 1]);
+        std::fs::create_dir_all(tmp.path().join("20260101-000000-1")).unwrap();
+        std::fs::write(
+            tmp.path().join("20260101-000000-1/results.json"),
+            r#"{"results": [{"name": "pc::a", "wall_ms": 12000}, {"name": "pc::b", "wall_ms": 60000}]}"#,
+        )
+        .unwrap();
+        // b (60 s, known) > long (unknown: its 50 s timeout) > a (12 s, known).
+        assert_eq!(longest_first(&cases, tmp.path()), [1, 2, 0]);
     }
 }

@@ -1,4 +1,4 @@
-//! Prerequisites: the Rust target and a recent enough QEMU (installed from
+//! Prerequisites: the Rust targets and a recent enough QEMU (installed from
 //! Debian bookworm-backports on bookworm, from the distribution elsewhere).
 //! Quick and silent-ish when everything is present.
 
@@ -8,8 +8,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::agent::TARGET;
 use crate::config::Board;
+use crate::images;
 use crate::qemu;
 use crate::util::{Version, fmt_min_version};
 
@@ -218,26 +218,36 @@ fn run(cmd: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Ensures the bare-metal Rust target is installed.
-pub fn ensure_rust_target(root: &Path) -> Result<()> {
+/// Ensures the Rust targets that build the images are installed
+/// (`x86_64-unknown-none`, `s390x-unknown-linux-gnu`).
+pub fn ensure_rust_targets(root: &Path, targets: &[&str]) -> Result<()> {
+    if targets.is_empty() {
+        return Ok(());
+    }
     let out = match Command::new("rustup").args(["target", "list", "--installed"]).current_dir(root).output() {
         Ok(o) => o,
         Err(_) => {
-            eprintln!("setup: rustup not found; assuming the toolchain has target {TARGET}");
+            eprintln!("setup: rustup not found; assuming the toolchain has target(s) {}", targets.join(", "));
             return Ok(());
         }
     };
     if !out.status.success() {
         bail!("`rustup target list --installed` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == TARGET) {
+    let installed = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&str> = targets.iter().copied().filter(|t| !installed.lines().any(|l| l.trim() == *t)).collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("setup: Rust target {TARGET} missing: installing");
-    let st =
-        Command::new("rustup").args(["target", "add", TARGET]).current_dir(root).status().context("running rustup")?;
+    eprintln!("setup: Rust target(s) {} missing: installing", missing.join(", "));
+    let st = Command::new("rustup")
+        .args(["target", "add"])
+        .args(&missing)
+        .current_dir(root)
+        .status()
+        .context("running rustup")?;
     if !st.success() {
-        bail!("`rustup target add {TARGET}` failed");
+        bail!("`rustup target add {}` failed", missing.join(" "));
     }
     Ok(())
 }
@@ -342,10 +352,17 @@ fn install_qemu(board: &Board, have: Option<Version>) -> Result<()> {
     )
 }
 
-/// Everything `qemu-run` and `test` need.
+/// Everything `qemu-run` and `test` need for `boards`: the Rust target of
+/// each board's architecture, each board's QEMU and, for a nested board,
+/// L1's kernel and initramfs (`nested_run::setup`).
 pub fn setup(root: &Path, boards: &[&Board]) -> Result<Vec<(String, Version)>> {
-    ensure_rust_target(root)?;
-    ensure_qemu(boards)
+    let arches = images::arches(boards.iter().copied())?;
+    let targets: Vec<&str> = arches.iter().map(|a| a.target()).collect();
+    ensure_rust_targets(root, &targets)?;
+    let versions = ensure_qemu(boards)?;
+    // Host probes of boards with `requires`, and the nested board's L1.
+    crate::nested_run::setup(boards);
+    Ok(versions)
 }
 
 #[cfg(test)]

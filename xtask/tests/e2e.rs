@@ -3,8 +3,10 @@
 //! `q35::panicked-pause/pvpanic-pci`), run with the same runner as
 //! `cargo xtask qemu-run`.
 //!
-//! The image comes from `PVAGENT_IMAGE` or is built on first use. Scenarios
-//! the local QEMU is too old for are reported as ignored with the reason.
+//! The images come from `PVAGENT_IMAGE` (`:`-separated, one per
+//! architecture) or are built on first use: those of the architectures of
+//! the trials that are not filtered out, and only those. Scenarios the
+//! local QEMU is too old for are reported as ignored with the reason.
 //!
 //! Trials run on libtest-mimic's worker threads, each trial's QEMU spawned,
 //! watched and reaped on the same thread. The number of threads is
@@ -13,18 +15,22 @@
 //! halted guest). Trials are started longest first (by the previous run's
 //! wall times), like `cargo xtask qemu-run`.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 use xtask::config::{Case, expand_cases};
+use xtask::images::{self, Arch};
 use xtask::runner::{self, RunEnv, Verdict};
 use xtask::{Project, agent, artifacts, qemu};
 
-/// Image and run directory, prepared once by the first trial that runs.
+/// Images and run directory, prepared once by the first trial that runs.
 struct Shared {
     root: PathBuf,
+    /// Architectures of the trials that will run.
+    arches: OnceLock<BTreeSet<Arch>>,
     env: OnceLock<Result<RunEnv, String>>,
 }
 
@@ -32,17 +38,14 @@ impl Shared {
     fn env(&self) -> Result<&RunEnv, Failed> {
         self.env
             .get_or_init(|| {
-                let image = match std::env::var_os("PVAGENT_IMAGE") {
-                    Some(p) if !p.is_empty() => PathBuf::from(p),
-                    _ => agent::build_image(&self.root).map_err(|e| format!("{e:#}"))?,
-                };
-                if !image.is_file() {
-                    return Err(format!("image {} does not exist", image.display()));
-                }
+                let given = std::env::var_os(images::IMAGE_ENV).map(|v| images::split_env(&v)).unwrap_or_default();
+                let arches = self.arches.get().cloned().unwrap_or_default();
+                let imgs = images::resolve(&self.root, &given, &arches).map_err(|e| format!("{e:#}"))?;
                 let runs = artifacts::runs_root(&agent::target_dir(&self.root));
                 let run_dir = artifacts::new_run_dir(&runs).map_err(|e| format!("{e:#}"))?;
-                eprintln!("e2e: image {}, artifacts in {}", image.display(), run_dir.display());
-                Ok(RunEnv::new(image, run_dir))
+                let shown: Vec<String> = imgs.values().map(|p| p.display().to_string()).collect();
+                eprintln!("e2e: images {}, artifacts in {}", shown.join(", "), run_dir.display());
+                Ok(RunEnv::with_images(imgs, run_dir))
             })
             .as_ref()
             .map_err(|e| Failed::from(e.as_str()))
@@ -89,7 +92,7 @@ fn main() {
     args.test_threads = args.test_threads.or_else(|| Some(default_threads()));
     qemu::install_ctrlc_handler();
     let root = agent::workspace_root();
-    let shared = Arc::new(Shared { root: root.clone(), env: OnceLock::new() });
+    let shared = Arc::new(Shared { root: root.clone(), arches: OnceLock::new(), env: OnceLock::new() });
     let trials: Vec<Trial> = match Project::load(&root, None)
         .and_then(|p| expand_cases(&p.boards, &p.table, &[], &[]).map_err(anyhow::Error::msg))
     {
@@ -100,22 +103,28 @@ fn main() {
         Ok(cases) => {
             let runs = artifacts::runs_root(&agent::target_dir(&root));
             let mut slots: Vec<Option<Case>> = cases.iter().cloned().map(Some).collect();
-            runner::longest_first(&cases, &runs)
+            let mut arches = BTreeSet::new();
+            let trials = runner::longest_first(&cases, &runs)
                 .into_iter()
                 .filter_map(|i| slots[i].take())
                 .map(|case| {
                     let skip = skip_reason(&case);
                     let name = case.full_name();
                     let shared = shared.clone();
+                    let arch = Arch::of(&case.board).ok();
                     let trial = Trial::ignorable_test(name, move || run_trial(&shared, &case));
-                    if let Some(reason) = &skip
-                        && !args.is_filtered_out(&trial)
-                    {
-                        eprintln!("e2e: SKIPPED {}: {reason}", trial.name());
+                    if !args.is_filtered_out(&trial) {
+                        if let Some(reason) = &skip {
+                            eprintln!("e2e: SKIPPED {}: {reason}", trial.name());
+                        } else {
+                            arches.extend(arch);
+                        }
                     }
                     trial.with_ignored_flag(skip.is_some())
                 })
-                .collect()
+                .collect();
+            let _ = shared.arches.set(arches);
+            trials
         }
     };
     libtest_mimic::run(&args, trials).exit();

@@ -1,0 +1,925 @@
+//! `cargo xtask bench`: how long the agent takes from QEMU's spawn to the
+//! asserted event, against a floor on the same board.
+//!
+//! A benchmark, not a timed test: it asserts nothing about the numbers. For
+//! every board it boots the agent (A) and the floor (B) interleaved, A B A B …,
+//! N times each, and reports median, min and max of both and the median of the
+//! per-pair ratios A/B. Time is the asserted event's QMP timestamp (QEMU's own
+//! wall clock, µs) minus the host's wall clock taken just before the spawn.
+//!
+//! The floor of an x86 board is a 64 KiB `-bios` ROM generated here
+//! ([`crate::rom::floor`]: the reset vector writes "panicked" to the ISA
+//! pvpanic port): QEMU start-up plus three instructions, nothing can reach
+//! GUEST_PANICKED sooner on that machine. On s390x the floor is QEMU start to
+//! QMP ready (the answer to `qmp_capabilities`, sent once the machine is built
+//! and the main loop runs).
+//!
+//! Artifacts: `target/pvagent-bench/<stamp>-<pid>/` (`latest` points at the
+//! newest) holds the ROMs that were booted, `bench.json` and `bench.txt`.
+
+use std::fmt::Write as _;
+use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use object::{Object, ObjectSegment};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::qemu::{QemuProcess, QmpListener, describe_status, find_binary};
+use crate::qmp::{self, Message, Polled, Qmp, QmpEvent};
+use crate::util::{escape_qemu_opt, glob_match, parse_duration, shell_join, unix_micros};
+use crate::{agent, artifacts, rom};
+
+/// Script the x86 agent runs (fw_cfg `opt/pvagent/script`).
+const X86_SCRIPT: &str = "pvpanic.panicked";
+/// Command line of the s390x agent (`-append`): load a disabled-wait PSW.
+const S390_APPEND: &str = "s390.disabled-wait:0x12340";
+/// Rust target of the s390x image.
+const S390_TARGET: &str = "s390x-unknown-linux-gnu";
+/// qboot, for the informative `pc-qboot` board.
+const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+/// The asserted event on every board.
+const EVENT: &str = "GUEST_PANICKED";
+
+/// `cargo xtask bench`.
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "Boards: pc (SeaBIOS, -kernel), pc-qboot (qboot, -kernel), pc-fast and q35-fast (the agent \
+    as -bios ROM), microvm (its default firmware, -kernel), s390-ccw-virtio (-kernel). Time: from just before the \
+    spawn (host wall clock) to the event's QMP timestamp.\n\nExamples:\n  cargo xtask bench\n  \
+    cargo xtask bench --board pc-fast --board q35-fast --runs 50\n  cargo xtask bench --json > bench.json")]
+pub struct BenchArgs {
+    /// Boots per image and board; the agent and the floor alternate (A B A B …)
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Only these boards (repeatable; globs `*`, `?`) [default: all]
+    #[arg(long = "board", value_name = "NAME")]
+    pub boards: Vec<String>,
+    /// Print the results as JSON on stdout (the table goes to stderr)
+    #[arg(long)]
+    pub json: bool,
+    /// Discarded A B pairs per board before the measured ones
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub warmup: u32,
+    /// Use the images already in the target dir instead of building them
+    #[arg(long)]
+    pub no_build: bool,
+    /// The x86_64 image to use (not built) [default: built, in the target dir]
+    #[arg(long, value_name = "PATH")]
+    pub image: Option<PathBuf>,
+    /// The s390x image to use (not built) [default: built, in the target dir]
+    #[arg(long, value_name = "PATH")]
+    pub s390_image: Option<PathBuf>,
+    /// Limit of one boot
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arch {
+    X86_64,
+    S390x,
+}
+
+impl Arch {
+    fn binary(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::S390x => "qemu-system-s390x",
+        }
+    }
+}
+
+/// How the agent boots on a board.
+#[derive(Clone, Copy, Debug)]
+enum Boot {
+    /// `-kernel <x86_64 ELF>` (PVH) behind the machine's default firmware,
+    /// or behind `-bios <file>`.
+    Kernel { bios: Option<&'static str> },
+    /// `-bios <agent.rom>`: the agent is the firmware ([`rom::build`]).
+    Rom,
+    /// `-kernel <s390x ELF>`: no firmware at all.
+    S390Kernel,
+}
+
+/// What the agent is compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Floor {
+    /// `-bios floor.rom` with otherwise the agent's command line.
+    Rom,
+    /// QEMU start to QMP ready, with the agent's command line.
+    QmpReady,
+}
+
+#[derive(Debug)]
+struct Board {
+    name: &'static str,
+    description: &'static str,
+    arch: Arch,
+    machine: &'static str,
+    boot: Boot,
+    floor: Floor,
+}
+
+const BOARDS: &[Board] = &[
+    Board {
+        name: "pc",
+        description: "i440FX, SeaBIOS (default firmware), agent via -kernel (PVH)",
+        arch: Arch::X86_64,
+        machine: "pc",
+        boot: Boot::Kernel { bios: None },
+        floor: Floor::Rom,
+    },
+    Board {
+        name: "pc-qboot",
+        description: "i440FX, qboot, agent via -kernel (PVH); informative",
+        arch: Arch::X86_64,
+        machine: "pc",
+        boot: Boot::Kernel { bios: Some(QBOOT) },
+        floor: Floor::Rom,
+    },
+    Board {
+        name: "pc-fast",
+        description: "i440FX, the agent itself as -bios ROM",
+        arch: Arch::X86_64,
+        machine: "pc",
+        boot: Boot::Rom,
+        floor: Floor::Rom,
+    },
+    Board {
+        name: "q35-fast",
+        description: "Q35, the agent itself as -bios ROM",
+        arch: Arch::X86_64,
+        machine: "q35",
+        boot: Boot::Rom,
+        floor: Floor::Rom,
+    },
+    Board {
+        name: "microvm",
+        description: "microvm, its default firmware bios-microvm.bin (Debian: SeaBIOS; upstream: qboot), agent via -kernel",
+        arch: Arch::X86_64,
+        machine: "microvm",
+        boot: Boot::Kernel { bios: None },
+        floor: Floor::Rom,
+    },
+    Board {
+        name: "s390-ccw-virtio",
+        description: "s390x, agent via -kernel (no firmware), disabled-wait PSW",
+        arch: Arch::S390x,
+        machine: "s390-ccw-virtio",
+        boot: Boot::S390Kernel,
+        floor: Floor::QmpReady,
+    },
+];
+
+impl Board {
+    fn image_kind(&self) -> &'static str {
+        match self.boot {
+            Boot::Kernel { .. } | Boot::S390Kernel => "ELF -kernel",
+            Boot::Rom => "ROM -bios",
+        }
+    }
+
+    fn floor_label(&self) -> &'static str {
+        match self.floor {
+            Floor::Rom => "-bios floor.rom",
+            Floor::QmpReady => "QMP ready",
+        }
+    }
+}
+
+/// Sizes of an ELF image.
+#[derive(Clone, Debug, Serialize)]
+pub struct ElfSizes {
+    pub path: PathBuf,
+    /// Size of the file.
+    pub file_bytes: u64,
+    /// Sum of the PT_LOAD segments' p_filesz (what a loader copies).
+    pub load_filesz_bytes: u64,
+    /// Sum of the PT_LOAD segments' p_memsz (what the image occupies).
+    pub load_memsz_bytes: u64,
+    pub load_segments: usize,
+}
+
+impl ElfSizes {
+    pub fn read(path: &Path) -> Result<ElfSizes> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let file = object::File::parse(&*bytes).with_context(|| format!("parsing {} (ELF)", path.display()))?;
+        let (mut filesz, mut memsz, mut n) = (0, 0, 0);
+        // object's ELF segments are exactly the PT_LOAD program headers.
+        for s in file.segments() {
+            filesz += s.file_range().1;
+            memsz += s.size();
+            n += 1;
+        }
+        Ok(ElfSizes {
+            path: path.to_path_buf(),
+            file_bytes: bytes.len() as u64,
+            load_filesz_bytes: filesz,
+            load_memsz_bytes: memsz,
+            load_segments: n,
+        })
+    }
+}
+
+/// Median, min and max of a sample, in ms.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Stats {
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The median (mean of the middle two for an even count); NaN when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+impl Stats {
+    pub fn of(values: &[f64]) -> Stats {
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Stats { median_ms: round3(median(values)), min_ms: round3(min), max_ms: round3(max) }
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}
+
+/// One boot, all times in ms from just before the spawn.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Sample {
+    /// The QMP greeting was read (host clock).
+    pub greeting_ms: f64,
+    /// The answer to `qmp_capabilities` was read (host clock): QEMU's main
+    /// loop runs, the machine is built.
+    pub ready_ms: f64,
+    /// QMP timestamp of RESUME (the vCPUs start after our `cont`).
+    pub resume_ms: Option<f64>,
+    /// QMP timestamp of the asserted event.
+    pub event_ms: Option<f64>,
+}
+
+impl Sample {
+    /// The measured value of a boot of the agent.
+    fn agent_ms(&self) -> f64 {
+        self.event_ms.unwrap_or(f64::NAN)
+    }
+
+    /// The measured value of a boot of the floor.
+    fn floor_ms(&self, floor: Floor) -> f64 {
+        match floor {
+            Floor::Rom => self.event_ms.unwrap_or(f64::NAN),
+            Floor::QmpReady => self.ready_ms,
+        }
+    }
+}
+
+/// QEMU as seen in a greeting.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct QemuInfo {
+    pub binary: String,
+    pub version: String,
+    pub package: String,
+}
+
+/// The machine the numbers come from.
+#[derive(Clone, Debug, Serialize)]
+pub struct Host {
+    pub cpu_model: String,
+    pub nproc: usize,
+    pub kernel: String,
+    pub loadavg_before: String,
+    pub loadavg_after: String,
+    pub qemu: Vec<QemuInfo>,
+}
+
+/// Result of one board.
+#[derive(Clone, Debug, Serialize)]
+pub struct BoardResult {
+    pub board: String,
+    pub description: String,
+    pub agent_cmdline: String,
+    pub floor_cmdline: String,
+    /// `-bios floor.rom` or `QMP ready`.
+    pub floor_kind: String,
+    /// What the floor's time is: the event of floor.rom or QMP ready.
+    pub floor_measure: String,
+    /// `ELF -kernel` or `ROM -bios`.
+    pub image_kind: String,
+    pub image_file_bytes: u64,
+    /// x86 ROM: the ROM's size; ELF: sum of PT_LOAD p_memsz.
+    pub image_loaded_bytes: u64,
+    pub agent: Stats,
+    pub floor: Stats,
+    /// Median of the per-pair ratios agent/floor.
+    pub ratio_median: f64,
+    /// Medians of spawn → QMP ready (QEMU's own start-up).
+    pub qmp_ready_median_ms: AgentFloor,
+    /// Medians of RESUME → event: the guest's own time (firmware + image).
+    pub guest_median_ms: AgentFloor,
+    pub agent_ms: Vec<f64>,
+    pub floor_ms: Vec<f64>,
+    pub ratios: Vec<f64>,
+    pub agent_samples: Vec<Sample>,
+    pub floor_samples: Vec<Sample>,
+}
+
+/// A median of the agent's boots and one of the floor's (`None`: not measured).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct AgentFloor {
+    pub agent: Option<f64>,
+    pub floor: Option<f64>,
+}
+
+impl AgentFloor {
+    fn of(agent: &[Sample], floor: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> AgentFloor {
+        let m = |v: &[Sample]| {
+            let x: Vec<f64> = v.iter().filter_map(&f).filter(|x| x.is_finite()).collect();
+            (!x.is_empty()).then(|| round3(median(&x)))
+        };
+        AgentFloor { agent: m(agent), floor: m(floor) }
+    }
+}
+
+/// Sizes of what was booted.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Images {
+    pub x86_64_elf: Option<ElfSizes>,
+    /// The agent as `-bios` ROM: its size and the image bytes it carries.
+    pub x86_64_rom_bytes: Option<u64>,
+    pub floor_rom_bytes: Option<u64>,
+    pub s390x_elf: Option<ElfSizes>,
+}
+
+/// The whole report (`bench.json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub measure: &'static str,
+    pub runs: u32,
+    pub warmup: u32,
+    pub host: Host,
+    pub images: Images,
+    pub boards: Vec<BoardResult>,
+    pub artifacts: PathBuf,
+}
+
+const MEASURE: &str = "ms from the host's wall clock just before spawning QEMU to the QMP timestamp of \
+    GUEST_PANICKED (floor \"QMP ready\": to reading the answer to qmp_capabilities); agent and floor alternate";
+
+/// Runs the benchmark. Builds the images it needs (x86_64 and/or s390x,
+/// release) with cargo unless `--no-build` or an explicit image is given.
+pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
+    let boards = select(&args.boards)?;
+    let target = agent::target_dir(root);
+    let want = |a: Arch| boards.iter().any(|b| b.arch == a);
+
+    let x86_elf = if want(Arch::X86_64) {
+        Some(image(root, &target, Arch::X86_64, args.image.as_deref(), args.no_build)?)
+    } else {
+        None
+    };
+    let s390_elf = if want(Arch::S390x) {
+        Some(image(root, &target, Arch::S390x, args.s390_image.as_deref(), args.no_build)?)
+    } else {
+        None
+    };
+
+    // Everything that can fail on bad input before the artifact dir exists.
+    let mut images = Images::default();
+    let mut roms: Vec<(&str, Vec<u8>)> = Vec::new();
+    if let Some(elf) = &x86_elf {
+        images.x86_64_elf = Some(ElfSizes::read(elf)?);
+        if boards.iter().any(|b| matches!(b.boot, Boot::Rom)) {
+            let bytes = std::fs::read(elf).with_context(|| format!("reading {}", elf.display()))?;
+            let rom = rom::build(&bytes)?;
+            images.x86_64_rom_bytes = Some(rom.len() as u64);
+            roms.push(("agent.rom", rom));
+        }
+        let floor = rom::floor();
+        images.floor_rom_bytes = Some(floor.len() as u64);
+        roms.push(("floor.rom", floor));
+    }
+    if let Some(elf) = &s390_elf {
+        images.s390x_elf = Some(ElfSizes::read(elf)?);
+    }
+    let dir = artifacts::new_run_dir(&target.join("pvagent-bench"))?;
+    let (mut agent_rom, mut floor_rom) = (None, None);
+    for (name, bytes) in &roms {
+        let path = write(&dir.join(name), bytes)?;
+        if *name == "agent.rom" { agent_rom = Some(path) } else { floor_rom = Some(path) }
+    }
+
+    let mut out: Box<dyn std::io::Write> =
+        if args.json { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
+    let loadavg_before = loadavg();
+    let mut qemus: Vec<QemuInfo> = Vec::new();
+    let mut results = Vec::new();
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "pvagent bench: {} boots of the agent and {} of the floor per board, alternating (+{} warm-up pair{})",
+        args.runs,
+        args.runs,
+        args.warmup,
+        if args.warmup == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        text,
+        "time: spawn → GUEST_PANICKED's QMP timestamp, ms (floor \"QMP ready\": spawn → qmp_capabilities answered)"
+    );
+    let _ = writeln!(text, "artifacts: {}\n", dir.display());
+    let _ = writeln!(text, "{}", header());
+    write!(out, "{text}")?;
+    out.flush()?;
+
+    for b in &boards {
+        let paths =
+            Paths { x86_elf: x86_elf.as_deref(), s390_elf: s390_elf.as_deref(), agent_rom: agent_rom.as_deref() };
+        let agent_argv = argv(b, &paths, Role::Agent, floor_rom.as_deref())?;
+        let floor_argv = argv(b, &paths, Role::Floor, floor_rom.as_deref())?;
+        let want_floor_event = b.floor == Floor::Rom;
+        let mut agent_samples = Vec::new();
+        let mut floor_samples = Vec::new();
+        for i in 0..args.warmup.saturating_add(args.runs) {
+            let a = boot(&agent_argv, true, args.timeout, &mut qemus)
+                .with_context(|| format!("board {}: agent boot {}", b.name, i + 1))?;
+            let f = boot(&floor_argv, want_floor_event, args.timeout, &mut qemus)
+                .with_context(|| format!("board {}: floor boot {}", b.name, i + 1))?;
+            if i >= args.warmup {
+                agent_samples.push(a);
+                floor_samples.push(f);
+            }
+        }
+        let r = summarize(b, &images, &agent_argv, &floor_argv, agent_samples, floor_samples);
+        let line = row(&r);
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        let _ = writeln!(text, "{line}");
+        results.push(r);
+    }
+
+    let host = Host {
+        cpu_model: cpu_model(),
+        nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default(),
+        loadavg_before,
+        loadavg_after: loadavg(),
+        qemu: qemus,
+    };
+    let tail = footer(&results, &images, &host);
+    write!(out, "{tail}")?;
+    out.flush()?;
+    text.push_str(&tail);
+
+    let report = Report {
+        schema: "pvagent-bench/1",
+        measure: MEASURE,
+        runs: args.runs,
+        warmup: args.warmup,
+        host,
+        images,
+        boards: results,
+        artifacts: dir.clone(),
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    write(&dir.join("bench.json"), format!("{json}\n").as_bytes())?;
+    write(&dir.join("bench.txt"), text.as_bytes())?;
+    if args.json {
+        println!("{json}");
+    }
+    Ok(())
+}
+
+/// The boards selected by `--board` patterns (all when none), in table order.
+fn select(patterns: &[String]) -> Result<Vec<&'static Board>> {
+    for p in patterns {
+        if !BOARDS.iter().any(|b| glob_match(p, b.name)) {
+            bail!(
+                "no bench board matches `{p}` (boards: {})",
+                BOARDS.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let mut chosen = Vec::new();
+    for b in BOARDS.iter().filter(|b| patterns.is_empty() || patterns.iter().any(|p| glob_match(p, b.name))) {
+        let missing = if find_binary(b.arch.binary()).is_none() {
+            Some(format!("{} is not installed", b.arch.binary()))
+        } else if let Boot::Kernel { bios: Some(f) } = b.boot {
+            (!Path::new(f).is_file()).then(|| format!("{f} does not exist"))
+        } else {
+            None
+        };
+        match missing {
+            // Named explicitly: an error; part of "all": skipped.
+            Some(why) if !patterns.is_empty() => bail!("board {}: {why}", b.name),
+            Some(why) => eprintln!("note: skipping board {}: {why}", b.name),
+            None => chosen.push(b),
+        }
+    }
+    if chosen.is_empty() {
+        bail!("no board left to benchmark");
+    }
+    Ok(chosen)
+}
+
+/// The image of `arch`: given, already built, or built now.
+fn image(root: &Path, target: &Path, arch: Arch, given: Option<&Path>, no_build: bool) -> Result<PathBuf> {
+    if let Some(p) = given {
+        if !p.is_file() {
+            bail!("image {} does not exist", p.display());
+        }
+        return Ok(p.to_path_buf());
+    }
+    let triple = match arch {
+        Arch::X86_64 => agent::TARGET,
+        Arch::S390x => S390_TARGET,
+    };
+    let path = target.join(triple).join("release").join(agent::PACKAGE);
+    if !no_build {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let argv = ["build", "--release", "-p", agent::PACKAGE, "--target", triple];
+        eprintln!("$ cargo {}", argv.join(" "));
+        let st = Command::new(cargo).args(argv).current_dir(root).status().context("running cargo")?;
+        if !st.success() {
+            bail!("building the {triple} image failed ({st})");
+        }
+    }
+    if !path.is_file() {
+        bail!("{} does not exist (build it: cargo build --release -p pvagent --target {triple})", path.display());
+    }
+    Ok(path)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path.to_path_buf())
+}
+
+struct Paths<'a> {
+    x86_elf: Option<&'a Path>,
+    s390_elf: Option<&'a Path>,
+    agent_rom: Option<&'a Path>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Agent,
+    Floor,
+}
+
+fn path_arg(p: Option<&Path>, what: &str) -> Result<String> {
+    Ok(p.with_context(|| format!("no {what}"))?.to_string_lossy().into_owned())
+}
+
+/// QEMU's command line of a boot, without the QMP socket. The agent's and
+/// the floor's differ only in the image.
+fn argv(b: &Board, paths: &Paths<'_>, role: Role, floor_rom: Option<&Path>) -> Result<Vec<String>> {
+    let mut v: Vec<String> = [b.arch.binary(), "-M", b.machine, "-accel", "tcg", "-m", "128M"]
+        .into_iter()
+        .chain(["-nodefaults", "-no-user-config", "-display", "none", "-S", "-action", "panic=pause"])
+        .map(String::from)
+        .collect();
+    let mut push = |args: &[&str]| v.extend(args.iter().map(|s| s.to_string()));
+    match b.arch {
+        Arch::X86_64 => {
+            let script = format!("name={},string={}", agent::SCRIPT_FW_CFG_NAME, escape_qemu_opt(X86_SCRIPT));
+            push(&["-device", "pvpanic", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+            push(&["-fw_cfg", &script]);
+            match (role, b.boot) {
+                (Role::Floor, _) => push(&["-bios", &path_arg(floor_rom, "floor ROM")?]),
+                (Role::Agent, Boot::Kernel { bios }) => {
+                    if let Some(f) = bios {
+                        push(&["-bios", f]);
+                    }
+                    push(&["-kernel", &path_arg(paths.x86_elf, "x86_64 image")?]);
+                }
+                (Role::Agent, Boot::Rom) => push(&["-bios", &path_arg(paths.agent_rom, "agent ROM")?]),
+                (Role::Agent, Boot::S390Kernel) => bail!("board {}: s390x boot on x86_64", b.name),
+            }
+        }
+        Arch::S390x => {
+            // The floor is QMP ready of the very same command line.
+            push(&["-kernel", &path_arg(paths.s390_elf, "s390x image")?, "-append", S390_APPEND]);
+        }
+    }
+    Ok(v)
+}
+
+/// One boot: spawn, QMP handshake, `cont`, wait for [`EVENT`] (if
+/// `want_event`), kill. Records the QEMU of the first greeting per binary.
+fn boot(argv: &[String], want_event: bool, timeout: Duration, qemus: &mut Vec<QemuInfo>) -> Result<Sample> {
+    let listener = QmpListener::new()?;
+    let mut full = argv.to_vec();
+    full.extend(listener.qemu_args());
+    let errf = tempfile::tempfile().context("creating a temp file for QEMU's stderr")?;
+    let mut err_read = errf.try_clone()?;
+    let mut qemu = QemuProcess::spawn(&full, Stdio::from(errf))?;
+    let t0 = unix_micros(qemu.spawned_at);
+    let deadline = qemu.spawned_instant + timeout;
+    let ms = |us: i128| (us - t0) as f64 / 1000.0;
+    let result = (|| -> Result<Sample> {
+        let stream = qmp::accept(&listener.listener, deadline, || match qemu.try_wait()? {
+            Some(st) => bail!("QEMU exited ({}) before connecting to QMP", describe_status(st)),
+            None => Ok(()),
+        })?;
+        let mut q = Qmp::new(stream, None);
+        let greeting = q.greeting(deadline)?;
+        let greeting_ms = ms(unix_micros(SystemTime::now()));
+        if !qemus.iter().any(|i| i.binary == argv[0]) {
+            qemus.push(qemu_info(&argv[0], &greeting));
+        }
+        let mut events: Vec<QmpEvent> = Vec::new();
+        q.execute("qmp_capabilities", None, deadline, &mut |_, e| events.push(e))?;
+        let ready_ms = ms(unix_micros(SystemTime::now()));
+        if !want_event {
+            return Ok(Sample { greeting_ms, ready_ms, resume_ms: None, event_ms: None });
+        }
+        q.execute("cont", None, deadline, &mut |_, e| events.push(e))?;
+        let stamp = |events: &[QmpEvent], name: &str| {
+            events.iter().find(|e| e.event == name).map(|e| e.timestamp_us.map(ms).unwrap_or(f64::NAN))
+        };
+        loop {
+            if let Some(event_ms) = stamp(&events, EVENT) {
+                return Ok(Sample {
+                    greeting_ms,
+                    ready_ms,
+                    resume_ms: stamp(&events, "RESUME"),
+                    event_ms: Some(event_ms),
+                });
+            }
+            match q.poll(deadline)? {
+                Polled::Msg(Message::Event(e)) => events.push(e),
+                Polled::Msg(_) => {}
+                Polled::Timeout => bail!("no {EVENT} within {timeout:?} (events: {})", names(&events)),
+                Polled::Eof => {
+                    let st = qemu.wait_until(Instant::now() + Duration::from_secs(2))?;
+                    bail!(
+                        "QEMU closed QMP ({}) before {EVENT} (events: {})",
+                        st.map_or_else(|| "still running".into(), describe_status),
+                        names(&events)
+                    )
+                }
+            }
+        }
+    })();
+    let _ = qemu.kill();
+    result.map_err(|e| {
+        let mut s = String::new();
+        let _ = err_read.rewind();
+        let _ = err_read.read_to_string(&mut s);
+        let e = e.context(format!("$ {}", shell_join(argv)));
+        if s.trim().is_empty() { e } else { e.context(format!("QEMU's stderr: {}", s.trim())) }
+    })
+}
+
+fn names(events: &[QmpEvent]) -> String {
+    if events.is_empty() { "none".into() } else { events.iter().map(QmpEvent::short).collect::<Vec<_>>().join(", ") }
+}
+
+fn qemu_info(binary: &str, greeting: &Value) -> QemuInfo {
+    let version = qmp::greeting_version(greeting).map(|v| v.to_string()).unwrap_or_default();
+    let package = greeting["QMP"]["version"]["package"].as_str().unwrap_or_default().trim().to_string();
+    QemuInfo { binary: binary.to_string(), version, package }
+}
+
+fn summarize(
+    b: &Board,
+    images: &Images,
+    agent_argv: &[String],
+    floor_argv: &[String],
+    agent_samples: Vec<Sample>,
+    floor_samples: Vec<Sample>,
+) -> BoardResult {
+    let agent_ms: Vec<f64> = agent_samples.iter().map(Sample::agent_ms).collect();
+    let floor_ms: Vec<f64> = floor_samples.iter().map(|s| s.floor_ms(b.floor)).collect();
+    let ratios: Vec<f64> = agent_ms.iter().zip(&floor_ms).map(|(a, f)| round4(a / f)).collect();
+    let (file, loaded) = match (b.arch, b.boot) {
+        (_, Boot::Rom) => (images.x86_64_rom_bytes.unwrap_or(0), images.x86_64_rom_bytes.unwrap_or(0)),
+        (Arch::X86_64, _) => images.x86_64_elf.as_ref().map_or((0, 0), |e| (e.file_bytes, e.load_memsz_bytes)),
+        (Arch::S390x, _) => images.s390x_elf.as_ref().map_or((0, 0), |e| (e.file_bytes, e.load_memsz_bytes)),
+    };
+    BoardResult {
+        board: b.name.to_string(),
+        description: b.description.to_string(),
+        agent_cmdline: shell_join(agent_argv),
+        floor_cmdline: shell_join(floor_argv),
+        floor_kind: b.floor_label().to_string(),
+        floor_measure: match b.floor {
+            Floor::Rom => format!("{EVENT} of floor.rom"),
+            Floor::QmpReady => "QMP ready (qmp_capabilities answered)".into(),
+        },
+        image_kind: b.image_kind().to_string(),
+        image_file_bytes: file,
+        image_loaded_bytes: loaded,
+        agent: Stats::of(&agent_ms),
+        floor: Stats::of(&floor_ms),
+        ratio_median: round4(median(&ratios)),
+        qmp_ready_median_ms: AgentFloor::of(&agent_samples, &floor_samples, |s| Some(s.ready_ms)),
+        guest_median_ms: AgentFloor::of(&agent_samples, &floor_samples, |s| Some(s.event_ms? - s.resume_ms?)),
+        agent_ms,
+        floor_ms,
+        ratios,
+        agent_samples,
+        floor_samples,
+    }
+}
+
+fn header() -> String {
+    format!(
+        "{:<16} {:^22}  {:^22}  {:>6}  {:<15}  {:<11} {:>7} {:>7}\n{:<16} {:>7}{:>8}{:>7}  {:>7}{:>8}{:>7}  {:>6}  {:<15}  {:<11} {:>7} {:>7}",
+        "",
+        "agent (ms)",
+        "floor (ms)",
+        "",
+        "",
+        "image",
+        "file",
+        "loaded",
+        "board",
+        "median",
+        "min",
+        "max",
+        "median",
+        "min",
+        "max",
+        "ratio",
+        "floor",
+        "",
+        "B",
+        "B",
+    )
+}
+
+fn row(r: &BoardResult) -> String {
+    format!(
+        "{:<16} {:>7.1}{:>8.1}{:>7.1}  {:>7.1}{:>8.1}{:>7.1}  {:>6.2}  {:<15}  {:<11} {:>7} {:>7}",
+        r.board,
+        r.agent.median_ms,
+        r.agent.min_ms,
+        r.agent.max_ms,
+        r.floor.median_ms,
+        r.floor.min_ms,
+        r.floor.max_ms,
+        r.ratio_median,
+        r.floor_kind,
+        r.image_kind,
+        r.image_file_bytes,
+        r.image_loaded_bytes
+    )
+}
+
+fn footer(results: &[BoardResult], images: &Images, host: &Host) -> String {
+    let mut s = String::new();
+    let _ =
+        writeln!(s, "\nratio = median of the per-pair ratios agent/floor; loaded = PT_LOAD memsz (ELF) or ROM size");
+    let _ = writeln!(s, "\nwhere the time goes (medians, ms, agent / floor):");
+    let _ = writeln!(s, "  QMP ready = spawn → qmp_capabilities answered; guest = RESUME → {EVENT} (firmware + image)");
+    let opt = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |x| format!("{x:.1}"));
+    for r in results {
+        let (q, g) = (r.qmp_ready_median_ms, r.guest_median_ms);
+        let _ = writeln!(
+            s,
+            "  {:<16} QMP ready {:>6} / {:>6}   guest {:>6} / {:>6}",
+            r.board,
+            opt(q.agent),
+            opt(q.floor),
+            opt(g.agent),
+            opt(g.floor)
+        );
+    }
+    let _ = writeln!(s, "\nimages");
+    if let Some(e) = &images.x86_64_elf {
+        let _ = writeln!(s, "  x86_64 ELF  {}", elf_line(e));
+    }
+    if let Some(n) = images.x86_64_rom_bytes {
+        let carried = images.x86_64_elf.as_ref().map_or(0, |e| e.load_filesz_bytes);
+        let _ = writeln!(s, "  agent ROM   {n} B (-bios; carries the image's {carried} file-backed bytes)");
+    }
+    if let Some(n) = images.floor_rom_bytes {
+        let _ = writeln!(s, "  floor ROM   {n} B (-bios; 9 bytes of code at the reset vector)");
+    }
+    if let Some(e) = &images.s390x_elf {
+        let _ = writeln!(s, "  s390x ELF   {}", elf_line(e));
+    }
+    let _ = writeln!(s, "\nhost");
+    let _ = writeln!(s, "  cpu     {} ({} CPUs), Linux {}", host.cpu_model, host.nproc, host.kernel);
+    let _ = writeln!(s, "  load    {} (before)  {} (after)", host.loadavg_before, host.loadavg_after);
+    for q in &host.qemu {
+        let _ = writeln!(s, "  qemu    {} {} ({})", q.binary, q.version, q.package);
+    }
+    s
+}
+
+fn elf_line(e: &ElfSizes) -> String {
+    format!(
+        "{} B file, PT_LOAD {} B filesz / {} B memsz ({} segments): {}",
+        e.file_bytes,
+        e.load_filesz_bytes,
+        e.load_memsz_bytes,
+        e.load_segments,
+        e.path.display()
+    )
+}
+
+fn cpu_model() -> String {
+    let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == key).then(|| v.trim().to_string())
+        })
+    };
+    // x86: "model name"; elsewhere (s390x: "IBM/S390") the vendor at least.
+    field("model name").or_else(|| field("vendor_id")).unwrap_or_else(|| "unknown".into())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        let s = Stats::of(&[10.0, 30.0, 20.0]);
+        assert_eq!(s, Stats { median_ms: 20.0, min_ms: 10.0, max_ms: 30.0 });
+    }
+
+    #[test]
+    fn board_selection() {
+        assert!(select(&["nope".into()]).is_err());
+        // Patterns are validated before any installation check.
+        let err = select(&["pc-fast".into(), "zzz*".into()]).unwrap_err().to_string();
+        assert!(err.contains("zzz*"), "{err}");
+    }
+
+    #[test]
+    fn agent_and_floor_differ_only_in_the_image() {
+        let elf = Path::new("/img/pvagent");
+        let rom = Path::new("/a/agent.rom");
+        let floor = Path::new("/a/floor.rom");
+        let paths = Paths { x86_elf: Some(elf), s390_elf: Some(elf), agent_rom: Some(rom) };
+        for b in BOARDS {
+            let a = argv(b, &paths, Role::Agent, Some(floor)).unwrap();
+            let f = argv(b, &paths, Role::Floor, Some(floor)).unwrap();
+            assert_eq!(a[0], b.arch.binary());
+            assert!(a.windows(2).any(|w| w == ["-action", "panic=pause"]), "{a:?}");
+            if b.floor == Floor::Rom {
+                assert!(f.windows(2).any(|w| w == ["-bios", "/a/floor.rom"]), "{f:?}");
+                assert!(!f.iter().any(|x| x == "-kernel"), "{f:?}");
+                let strip = |v: &[String]| -> Vec<String> {
+                    let mut out = Vec::new();
+                    let mut i = 0;
+                    while i < v.len() {
+                        if v[i] == "-bios" || v[i] == "-kernel" {
+                            i += 2;
+                        } else {
+                            out.push(v[i].clone());
+                            i += 1;
+                        }
+                    }
+                    out
+                };
+                assert_eq!(strip(&a), strip(&f), "board {}", b.name);
+            } else {
+                assert_eq!(a, f);
+            }
+        }
+        let pc_fast = BOARDS.iter().find(|b| b.name == "pc-fast").unwrap();
+        let a = argv(pc_fast, &paths, Role::Agent, Some(floor)).unwrap();
+        assert!(a.windows(2).any(|w| w == ["-bios", "/a/agent.rom"]), "{a:?}");
+        assert!(a.iter().any(|x| x == "name=opt/pvagent/script,string=pvpanic.panicked"), "{a:?}");
+    }
+
+    #[test]
+    fn elf_sizes_of_a_real_elf() {
+        // The test binary itself is an ELF with PT_LOAD segments.
+        let exe = std::env::current_exe().unwrap();
+        let e = ElfSizes::read(&exe).unwrap();
+        assert!(e.load_segments >= 1);
+        assert!(e.load_filesz_bytes > 0 && e.load_memsz_bytes >= e.load_filesz_bytes);
+        assert_eq!(e.file_bytes, std::fs::metadata(&exe).unwrap().len());
+    }
+}
