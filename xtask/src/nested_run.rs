@@ -334,13 +334,17 @@ pub const BOOT_ALLOWANCE: Duration = Duration::from_secs(30);
 /// take it from the timing-sensitive TCG runs next to it.
 pub const L1_NICE: i32 = 10;
 
-/// How many nested runs may be under way at once: one per 4 host CPUs, at
-/// least one. Each L1 keeps a CPU busy for seconds, and the admission gate
-/// (which counts that as busy) holds every other case back while the host
-/// has no spare CPU: on a 2-CPU host two L1s at once stalled the whole
-/// matrix (+7 s), and letting the gate ignore niced L1s overloaded the host
-/// (5 L1s at once, each row ~21 s, 6 timing rows out of range).
+/// How many nested runs may be under way at once: `PVAGENT_NESTED_JOBS`, else
+/// one per 4 host CPUs, at least one. Each L1 keeps a CPU busy for seconds,
+/// and the admission gate (which counts that as busy) holds every other case
+/// back while the host has no spare CPU: on a 2-CPU host two L1s at once
+/// stalled the whole matrix (+7 s), and letting the gate ignore niced L1s
+/// overloaded the host (5 L1s at once, each row ~21 s, 6 timing rows out of
+/// range).
 pub fn max_nested_runs() -> usize {
+    if let Some(n) = std::env::var("PVAGENT_NESTED_JOBS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+        return n.max(1);
+    }
     std::thread::available_parallelism().map_or(1, |n| (usize::from(n) / 4).max(1))
 }
 
