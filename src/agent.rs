@@ -87,7 +87,7 @@ fn log_device_error(number: usize, step: &Step<'_>, e: DeviceError) {
             error!("step {=usize} ({=str}): no {=str} device (add -device {=str})", n, t, model.name(), model.name())
         }
         DeviceError::NoHyperV(reason) => error!(
-            "step {=usize} ({=str}): the Hyper-V crash MSRs are unavailable: {=str} (hv.crash-or-pvpanic falls back to pvpanic)",
+            "step {=usize} ({=str}): the Hyper-V crash MSRs are unavailable: {=str} (hv.crash-or-pvpanic would fall back to pvpanic instead)",
             n, t, reason
         ),
         DeviceError::NotOnThisArchitecture => {

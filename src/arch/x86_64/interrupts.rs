@@ -216,6 +216,11 @@ const STUBS: [extern "C" fn(); 32] = [
     vector23, vector24, vector25, vector26, vector27, vector28, vector29, vector30, vector31,
 ];
 
+/// Whether the CPU pushes an error code for this exception vector.
+pub fn has_error_code(vector: u64) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
 /// The mnemonic of an exception vector.
 pub fn vector_name(vector: u64) -> &'static str {
     const NAMES: [&str; 32] = [

@@ -112,13 +112,21 @@ impl X86 {
         let probe = Probe::read(&mut cpu::Cpu);
         log_probe(&probe);
         match probe.check() {
-            Ok(()) => match hyperv::report_crash(&mut cpu::Cpu, args) {
-                Ok(()) => {
-                    info!("hv.crash: wrote P0..P4 and CRASH_CTL notify");
-                    return;
+            Ok(()) => {
+                info!(
+                    "hv.crash: writing P0..P4 = {=u64:#x} {=u64:#x} {=u64:#x} {=u64:#x} {=u64:#x}, then CRASH_CTL notify",
+                    args[0], args[1], args[2], args[3], args[4]
+                );
+                match hyperv::report_crash(&mut cpu::Cpu, args) {
+                    Ok(()) => {
+                        info!("hv.crash: wrote P0..P4 and CRASH_CTL notify");
+                        return;
+                    }
+                    Err(msr) => {
+                        error!("hv.crash: wrmsr {=u32:#x} raised #GP (the hypervisor refused the crash MSRs)", msr)
+                    }
                 }
-                Err(msr) => error!("hv.crash: wrmsr {=u32:#x} raised #GP (the hypervisor refused the crash MSRs)", msr),
-            },
+            }
             Err(why) => warn!("hv.crash: the Hyper-V crash MSRs are unavailable: {=str}", unavailable_reason(why)),
         }
         match self.pvpanic_with(PvDevice::Any, PvEvent::Panicked) {
@@ -376,14 +384,24 @@ fn on_nmi() {
 }
 
 fn on_exception(frame: &interrupts::Frame) -> ! {
-    error!(
-        "CPU exception {=u64} ({=str}): error code {=u64:#x}, RIP {=u64:#x}, RSP {=u64:#x}",
-        frame.vector,
-        interrupts::vector_name(frame.vector),
-        frame.error_code,
-        frame.rip,
-        frame.rsp
-    );
+    if interrupts::has_error_code(frame.vector) {
+        error!(
+            "CPU exception {=u64} ({=str}): error code {=u64:#x}, RIP {=u64:#x}, RSP {=u64:#x}",
+            frame.vector,
+            interrupts::vector_name(frame.vector),
+            frame.error_code,
+            frame.rip,
+            frame.rsp
+        );
+    } else {
+        error!(
+            "CPU exception {=u64} ({=str}): RIP {=u64:#x}, RSP {=u64:#x}",
+            frame.vector,
+            interrupts::vector_name(frame.vector),
+            frame.rip,
+            frame.rsp
+        );
+    }
     if frame.vector == u64::from(interrupts::PAGE_FAULT) || frame.vector == u64::from(interrupts::DOUBLE_FAULT) {
         let cr2 = interrupts::cr2();
         error!("page fault address (CR2) {=u64:#x}", cr2);
