@@ -253,13 +253,34 @@ fn table_run(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
     let w = report::widths(cases.iter().map(|c| (c.board.name.as_str(), c.id())));
     writeln!(out, "{}", report::header(w))?;
     let started = std::time::Instant::now();
-    let results = runner::run_all(&cases, &env, jobs, &order, |r| {
-        let _ = writeln!(out, "{}", report::row(r, w));
-        let _ = out.flush();
-    });
+    // Both callbacks draw on stderr: the status line is cleared before a row.
+    let progress = std::cell::RefCell::new(report::Progress::new());
+    let results = runner::run_all(
+        &cases,
+        &env,
+        jobs,
+        &order,
+        |r| {
+            progress.borrow_mut().clear();
+            let _ = writeln!(out, "{}", report::row(r, w));
+            let _ = out.flush();
+        },
+        |status| progress.borrow_mut().show(&status),
+    );
+    progress.borrow_mut().clear();
     let stats = report::RunStats { wall: started.elapsed(), jobs: jobs.min(cases.len()) };
     writeln!(out, "\n{}", report::summary(&results))?;
     writeln!(out, "{stats}")?;
+    if let Some(longest) = results.iter().filter(|r| r.wall_ms > 0).max_by_key(|r| r.wall_ms) {
+        let longest_s = longest.wall_ms as f64 / 1000.0;
+        writeln!(
+            out,
+            "longest scenario {} {:.1}s; the whole run took {:.2}x that",
+            longest.full_name(),
+            longest_s,
+            stats.wall.as_secs_f64() / longest_s
+        )?;
+    }
     if let Some(path) = &args.junit {
         std::fs::write(path, report::junit(&results, stats.wall))
             .with_context(|| format!("writing {}", path.display()))?;

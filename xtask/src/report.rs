@@ -92,6 +92,62 @@ pub fn summary(results: &[CaseResult]) -> String {
     out
 }
 
+/// The progress display of a table run, on stderr: one status line,
+/// redrawn in place on a terminal; elsewhere (CI logs) a line every 10 s.
+pub struct Progress {
+    tty: bool,
+    shown: bool,
+    last: Option<std::time::Instant>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        use std::io::IsTerminal;
+        Progress { tty: std::io::stderr().is_terminal(), shown: false, last: None }
+    }
+
+    /// The status text: counts, then what is running (longest-running first).
+    pub fn text(status: &crate::runner::Status<'_>, width: usize) -> String {
+        let mut text = format!("[{}/{} finished, {} running]", status.finished, status.total, status.running.len());
+        for (k, case) in status.running.iter().enumerate() {
+            let name = format!(" {}::{}", case.board.name, case.id());
+            if text.len() + name.len() + 12 > width {
+                text.push_str(&format!(" (+{} more)", status.running.len() - k));
+                break;
+            }
+            text.push_str(&name);
+        }
+        text
+    }
+
+    pub fn show(&mut self, status: &crate::runner::Status<'_>) {
+        use std::io::Write;
+        if self.tty {
+            let text = Self::text(status, 150);
+            eprint!("\r\x1b[2K{text}");
+            let _ = std::io::stderr().flush();
+            self.shown = true;
+        } else if self.last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+            self.last = Some(std::time::Instant::now());
+            eprintln!("{}", Self::text(status, 400));
+        }
+    }
+
+    /// Removes the status line before the table prints a row.
+    pub fn clear(&mut self) {
+        if self.tty && self.shown {
+            eprint!("\r\x1b[2K");
+            self.shown = false;
+        }
+    }
+}
+
 /// Total wall time and concurrency of a table run.
 #[derive(Clone, Copy, Debug)]
 pub struct RunStats {

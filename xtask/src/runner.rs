@@ -695,6 +695,12 @@ pub fn skip_reason(case: &Case) -> Option<String> {
 
 /// Runs one case end to end (skip check, boot, verdict, result.json).
 pub fn run_case(case: &Case, env: &RunEnv) -> CaseResult {
+    run_case_started(case, env, || {})
+}
+
+/// [`run_case`], calling `started` when QEMU is about to start (after the
+/// admission gate), for progress displays.
+pub fn run_case_started(case: &Case, env: &RunEnv, started: impl FnOnce()) -> CaseResult {
     let mut res = CaseResult {
         board: case.board.name.clone(),
         id: case.id(),
@@ -741,6 +747,7 @@ pub fn run_case(case: &Case, env: &RunEnv) -> CaseResult {
     let _nested_slot = crate::nested_run::nested_slot(&case.board);
     // Wait for a CPU to spare (see `admission`); the wall time counts from here.
     let ticket = crate::admission::ADMISSION.enter();
+    started();
     let started = Instant::now();
     let rec = execute(&spec, env, &dir);
     drop(ticket);
@@ -820,21 +827,35 @@ fn previous_wall_times(runs_root: &Path) -> std::collections::HashMap<String, u6
     Default::default()
 }
 
+/// What is going on in a table run, for a progress display.
+pub struct Status<'a> {
+    /// The cases running now, in the order they started.
+    pub running: Vec<&'a Case>,
+    pub finished: usize,
+    pub total: usize,
+}
+
 /// Runs `cases`, `jobs` at a time, and reports each result to `on_done` in
 /// case order (a finished case waits until all cases before it are
-/// reported). Each case runs entirely on one worker thread: QEMU is spawned,
-/// watched and reaped there (its PR_SET_PDEATHSIG is tied to that thread).
-/// `order` is the order in which cases are started (indices into `cases`;
-/// empty = case order).
+/// reported), and every start and finish to `on_status`. Each case runs
+/// entirely on one worker thread: QEMU is spawned, watched and reaped there
+/// (its PR_SET_PDEATHSIG is tied to that thread). `order` is the order in
+/// which cases are started (indices into `cases`; empty = case order).
 pub fn run_all(
     cases: &[Case],
     env: &RunEnv,
     jobs: usize,
     order: &[usize],
     mut on_done: impl FnMut(&CaseResult),
+    mut on_status: impl FnMut(Status<'_>),
 ) -> Vec<CaseResult> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
+
+    enum Msg {
+        Started(usize),
+        Done(usize, Box<CaseResult>),
+    }
 
     let n = cases.len();
     let is_permutation = {
@@ -846,7 +867,7 @@ pub fn run_all(
     let jobs = jobs.clamp(1, n.max(1));
     let next = AtomicUsize::new(0);
     let mut slots: Vec<Option<CaseResult>> = vec![None; n];
-    let (tx, rx) = mpsc::channel::<(usize, CaseResult)>();
+    let (tx, rx) = mpsc::channel::<Msg>();
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             let tx = tx.clone();
@@ -855,7 +876,10 @@ pub fn run_all(
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&i) = order.get(k) else { break };
-                    if tx.send((i, run_case(&cases[i], env))).is_err() {
+                    let result = run_case_started(&cases[i], env, || {
+                        let _ = tx.send(Msg::Started(i));
+                    });
+                    if tx.send(Msg::Done(i, Box::new(result))).is_err() {
                         break;
                     }
                 }
@@ -863,12 +887,22 @@ pub fn run_all(
         }
         drop(tx);
         let mut reported = 0;
-        for (i, r) in rx {
-            slots[i] = Some(r);
-            while let Some(Some(r)) = slots.get(reported) {
-                on_done(r);
-                reported += 1;
+        let mut running: Vec<usize> = Vec::new();
+        let mut finished = 0;
+        for msg in rx {
+            match msg {
+                Msg::Started(i) => running.push(i),
+                Msg::Done(i, r) => {
+                    running.retain(|&j| j != i);
+                    finished += 1;
+                    slots[i] = Some(*r);
+                    while let Some(Some(r)) = slots.get(reported) {
+                        on_done(r);
+                        reported += 1;
+                    }
+                }
             }
+            on_status(Status { running: running.iter().map(|&i| &cases[i]).collect(), finished, total: n });
         }
     });
     slots.into_iter().map(|r| r.expect("every case ran")).collect()
