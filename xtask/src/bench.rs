@@ -20,7 +20,7 @@
 use std::fmt::Write as _;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
@@ -37,8 +37,6 @@ use crate::{agent, artifacts, rom};
 const X86_SCRIPT: &str = "pvpanic.panicked";
 /// Command line of the s390x agent (`-append`): load a disabled-wait PSW.
 const S390_APPEND: &str = "s390.disabled-wait:0x12340";
-/// Rust target of the s390x image.
-const S390_TARGET: &str = "s390x-unknown-linux-gnu";
 /// qboot, for the informative `pc-qboot` board.
 const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 /// The asserted event on every board.
@@ -77,18 +75,13 @@ pub struct BenchArgs {
     pub timeout: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Arch {
-    X86_64,
-    S390x,
-}
+use crate::images::Arch;
 
-impl Arch {
-    fn binary(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "qemu-system-x86_64",
-            Arch::S390x => "qemu-system-s390x",
-        }
+/// The QEMU binary of an architecture.
+fn binary(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "qemu-system-x86_64",
+        Arch::S390x => "qemu-system-s390x",
     }
 }
 
@@ -388,13 +381,10 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let target = agent::target_dir(root);
     let want = |a: Arch| boards.iter().any(|b| b.arch == a);
 
-    let x86_elf = if want(Arch::X86_64) {
-        Some(image(root, &target, Arch::X86_64, args.image.as_deref(), args.no_build)?)
-    } else {
-        None
-    };
+    let x86_elf =
+        if want(Arch::X86_64) { Some(image(root, Arch::X86_64, args.image.as_deref(), args.no_build)?) } else { None };
     let s390_elf = if want(Arch::S390x) {
-        Some(image(root, &target, Arch::S390x, args.s390_image.as_deref(), args.no_build)?)
+        Some(image(root, Arch::S390x, args.s390_image.as_deref(), args.no_build)?)
     } else {
         None
     };
@@ -517,8 +507,8 @@ fn select(patterns: &[String]) -> Result<Vec<&'static Board>> {
     }
     let mut chosen = Vec::new();
     for b in BOARDS.iter().filter(|b| patterns.is_empty() || patterns.iter().any(|p| glob_match(p, b.name))) {
-        let missing = if find_binary(b.arch.binary()).is_none() {
-            Some(format!("{} is not installed", b.arch.binary()))
+        let missing = if find_binary(binary(b.arch)).is_none() {
+            Some(format!("{} is not installed", binary(b.arch)))
         } else if let Boot::Kernel { bios: Some(f) } = b.boot {
             (!Path::new(f).is_file()).then(|| format!("{f} does not exist"))
         } else {
@@ -537,32 +527,24 @@ fn select(patterns: &[String]) -> Result<Vec<&'static Board>> {
     Ok(chosen)
 }
 
-/// The image of `arch`: given, already built, or built now.
-fn image(root: &Path, target: &Path, arch: Arch, given: Option<&Path>, no_build: bool) -> Result<PathBuf> {
+/// The image of `arch`: given, already built, or built now (the same build
+/// as every other xtask command, `images::build`).
+fn image(root: &Path, arch: Arch, given: Option<&Path>, no_build: bool) -> Result<PathBuf> {
     if let Some(p) = given {
         if !p.is_file() {
             bail!("image {} does not exist", p.display());
         }
         return Ok(p.to_path_buf());
     }
-    let triple = match arch {
-        Arch::X86_64 => agent::TARGET,
-        Arch::S390x => S390_TARGET,
-    };
-    let path = target.join(triple).join("release").join(agent::PACKAGE);
-    if !no_build {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let argv = ["build", "--release", "-p", agent::PACKAGE, "--target", triple];
-        eprintln!("$ cargo {}", argv.join(" "));
-        let st = Command::new(cargo).args(argv).current_dir(root).status().context("running cargo")?;
-        if !st.success() {
-            bail!("building the {triple} image failed ({st})");
+    if no_build {
+        let path = crate::images::image_path(root, arch);
+        if !path.is_file() {
+            bail!("{} does not exist (build it: cargo xtask build)", path.display());
         }
+        return Ok(path);
     }
-    if !path.is_file() {
-        bail!("{} does not exist (build it: cargo build --release -p pvagent --target {triple})", path.display());
-    }
-    Ok(path)
+    let built = crate::images::build(root, &[arch].into_iter().collect())?;
+    built.get(&arch).cloned().context("the build produced no image")
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
@@ -589,7 +571,7 @@ fn path_arg(p: Option<&Path>, what: &str) -> Result<String> {
 /// QEMU's command line of a boot, without the QMP socket. The agent's and
 /// the floor's differ only in the image.
 fn argv(b: &Board, paths: &Paths<'_>, role: Role, floor_rom: Option<&Path>) -> Result<Vec<String>> {
-    let mut v: Vec<String> = [b.arch.binary(), "-M", b.machine, "-accel", "tcg", "-m", "128M"]
+    let mut v: Vec<String> = [binary(b.arch), "-M", b.machine, "-accel", "tcg", "-m", "128M"]
         .into_iter()
         .chain(["-nodefaults", "-no-user-config", "-display", "none", "-S", "-action", "panic=pause"])
         .map(String::from)
@@ -884,7 +866,7 @@ mod tests {
         for b in BOARDS {
             let a = argv(b, &paths, Role::Agent, Some(floor)).unwrap();
             let f = argv(b, &paths, Role::Floor, Some(floor)).unwrap();
-            assert_eq!(a[0], b.arch.binary());
+            assert_eq!(a[0], binary(b.arch));
             assert!(a.windows(2).any(|w| w == ["-action", "panic=pause"]), "{a:?}");
             if b.floor == Floor::Rom {
                 assert!(f.windows(2).any(|w| w == ["-bios", "/a/floor.rom"]), "{f:?}");
