@@ -179,6 +179,18 @@ fn feed_for<M: Machine>(machine: &mut M, model: Model, every_us: u64, for_us: u6
     info!("{=str}: fed {=u64} times, the last at {=u64}us", model.name(), feeds, last);
 }
 
+/// The panic handler's body: logs the panic (once; a panic while handling
+/// one is not logged again) and lets the architecture end the agent.
+pub fn report_panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    use core::sync::atomic::{AtomicBool, Ordering};
+    static PANICKING: AtomicBool = AtomicBool::new(false);
+    let first = !PANICKING.swap(true, Ordering::Relaxed);
+    if first {
+        error!("panic: {}", defmt::Display2Format(info));
+    }
+    crate::arch::end_after_panic(first)
+}
+
 /// "yes" or "no", for logs.
 pub fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }

@@ -9,6 +9,8 @@
 //!   `unsafe` lives there only.
 #![cfg_attr(not(test), no_std)]
 
+pub mod boot_count;
+#[cfg(all(image, target_arch = "x86_64"))]
 pub mod cmos;
 pub mod exit;
 pub mod fw_cfg;

@@ -10,7 +10,7 @@ use pvagent as _;
 #[cfg(image)]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    pvagent::arch::report_panic(info)
+    pvagent::agent::report_panic(info)
 }
 
 #[cfg(not(image))]

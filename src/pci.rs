@@ -165,13 +165,15 @@ mod hw {
         unsafe { Port::<u8>::new(DATA_PORT + u16::from(offset & 3)).write(value) }
     }
 
-    /// Finds the first function with this vendor and device ID, on any bus
-    /// (bridges are followed to their secondary buses).
-    pub fn find(vendor: u16, device: u16) -> Option<Bdf> {
-        let mut found = None;
+    /// Finds, in one scan of every bus (bridges are followed to their
+    /// secondary buses), the first function with each (vendor, device) ID.
+    pub fn find<const N: usize>(ids: [(u16, u16); N]) -> [Option<Bdf>; N] {
+        let mut found = [None; N];
         scan_bus(0, 0, &mut |bdf, v, d| {
-            if found.is_none() && v == vendor && d == device {
-                found = Some(bdf);
+            for (slot, id) in found.iter_mut().zip(ids) {
+                if slot.is_none() && id == (v, d) {
+                    *slot = Some(bdf);
+                }
             }
         });
         found

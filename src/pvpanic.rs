@@ -33,7 +33,7 @@ mod hw {
     #[derive(Clone, Copy)]
     pub enum Pvpanic {
         Isa { port: u16, events: u8 },
-        Pci { bdf: Bdf, base: u64, events: u8 },
+        Pci { base: u64, events: u8 },
     }
 
     impl Pvpanic {
@@ -45,9 +45,8 @@ mod hw {
             isa_capabilities(raw).map(|events| Pvpanic::Isa { port, events })
         }
 
-        /// Finds pvpanic-pci on any bus and maps its BAR0.
-        pub fn probe_pci() -> Option<Self> {
-            let bdf = pci::find(PCI_VENDOR, PCI_DEVICE)?;
+        /// Takes pvpanic-pci at `bdf` (found by `pci::find`) and maps its BAR0.
+        pub fn probe_pci(bdf: Bdf) -> Option<Self> {
             let bar = match pci::map_memory_bar(bdf, 0) {
                 Ok(bar) => bar,
                 Err(e) => {
@@ -60,7 +59,7 @@ mod hw {
             // mapped by the boot page tables (0-4 GiB); reading it returns
             // the capability byte.
             let events = unsafe { core::ptr::read_volatile(base as *const u8) };
-            Some(Pvpanic::Pci { bdf, base, events })
+            Some(Pvpanic::Pci { base, events })
         }
 
         pub fn name(&self) -> &'static str {
@@ -94,7 +93,7 @@ mod hw {
             1 << 63 | kind | u64::from(self.events()) << 48 | (self.address() & 0xffff_ffff_ffff)
         }
 
-        /// Unpacks [`Self::to_raw`] (the PCI address is not kept).
+        /// Unpacks [`Self::to_raw`].
         pub fn from_raw(raw: u64) -> Option<Self> {
             if raw >> 63 == 0 {
                 return None;
@@ -104,7 +103,7 @@ mod hw {
             Some(if raw & 1 << 62 == 0 {
                 Pvpanic::Isa { port: address as u16, events }
             } else {
-                Pvpanic::Pci { bdf: Bdf { bus: 0, device: 0, function: 0 }, base: address, events }
+                Pvpanic::Pci { base: address, events }
             })
         }
 

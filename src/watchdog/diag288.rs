@@ -49,6 +49,17 @@ impl<B: DiagBus> Diag288<B> {
         Diag288 { bus, armed: None, refused: false }
     }
 
+    /// Whether the device is there: an init with the shortest timeout, at
+    /// once cancelled (QEMU refuses both without `-device diag288`). Only
+    /// before arming: it leaves the watchdog stopped.
+    pub fn probe(&mut self) -> bool {
+        let present = self.bus.diag288(FUNC_INIT, MIN_SECONDS).is_ok();
+        if present {
+            let _ = self.bus.diag288(FUNC_CANCEL, 0);
+        }
+        present
+    }
+
     fn call(&mut self, function: u64, seconds: u64) -> bool {
         let ok = self.bus.diag288(function, seconds).is_ok();
         self.refused = !ok;
@@ -125,6 +136,16 @@ mod tests {
         assert!(wd.stop());
         assert!(wd.stop()); // already stopped: nothing to cancel
         assert_eq!(rec.calls, [(FUNC_INIT, 15), (FUNC_CHANGE, 15), (FUNC_CHANGE, 20), (FUNC_CANCEL, 0)]);
+    }
+
+    #[test]
+    fn probing_inits_and_cancels() {
+        let mut rec = Recorder::default();
+        assert!(Diag288::new(&mut rec).probe());
+        assert_eq!(rec.calls, [(FUNC_INIT, 15), (FUNC_CANCEL, 0)]);
+        let mut absent = Recorder { refuse: true, ..Default::default() };
+        assert!(!Diag288::new(&mut absent).probe());
+        assert_eq!(absent.calls, [(FUNC_INIT, 15)]);
     }
 
     #[test]

@@ -244,9 +244,8 @@ mod hw {
         pub base: usize,
     }
 
-    /// Finds the device on any PCI bus and maps BAR0.
-    pub fn probe() -> Option<I6300Esb<PciEsbBus>> {
-        let bdf = pci::find(PCI_VENDOR, PCI_DEVICE)?;
+    /// Takes the device at `bdf` (found by `pci::find`) and maps BAR0.
+    pub fn probe(bdf: Bdf) -> Option<I6300Esb<PciEsbBus>> {
         match pci::map_memory_bar(bdf, 0) {
             Ok(bar) => Some(I6300Esb::new(PciEsbBus { bdf, base: bar.address as usize })),
             Err(e) => {

@@ -5,13 +5,11 @@ use crate::agent::{DeviceError, Machine};
 use crate::exit::{self, ErrorExit};
 use crate::script::{Action, Fault, psw};
 use crate::watchdog::{self, Diag288, Model, Watchdog, diag288};
-use core::sync::atomic::{AtomicBool, Ordering};
 use defmt::{error, info, warn};
 
-/// The boot counter: a word of low memory outside the image, which QEMU
-/// neither reloads nor clears on a re-IPL.
+/// The boot counter (see `boot_count`): a byte of lowcore outside the
+/// image, which QEMU neither reloads nor clears on a re-IPL.
 const BOOT_COUNTER: usize = 0xd00;
-const BOOT_MAGIC: u32 = 0x7076_6100; // "pva\0"
 
 unsafe extern "C" {
     /// The command-line area at 0x10480 (entry.rs).
@@ -64,17 +62,10 @@ impl S390 {
         S390 { clock: Tod, diag288: Diag288::new(DiagInsn), diag288_present: None }
     }
 
-    /// Whether diag288 exists: an init that is cancelled right away.
+    /// Whether diag288 exists (probed once, see `Diag288::probe`).
     fn probe_diag288(&mut self) -> bool {
-        *self.diag288_present.get_or_insert_with(|| {
-            let mut bus = DiagInsn;
-            use diag288::DiagBus;
-            let present = bus.diag288(diag288::FUNC_INIT, diag288::MIN_SECONDS).is_ok();
-            if present {
-                let _ = bus.diag288(diag288::FUNC_CANCEL, 0);
-            }
-            present
-        })
+        let diag288 = &mut self.diag288;
+        *self.diag288_present.get_or_insert_with(|| diag288.probe())
     }
 }
 
@@ -83,14 +74,13 @@ impl Machine for S390 {
     type Clock = Tod;
 
     fn boot_number(&mut self) -> u8 {
-        let counter = BOOT_COUNTER as *mut u32;
-        // SAFETY: a word of lowcore that neither the architecture nor QEMU
+        let counter = BOOT_COUNTER as *mut u8;
+        // SAFETY: a byte of lowcore that neither the architecture nor QEMU
         // uses; it survives a re-IPL, which is the point.
-        let stored = unsafe { core::ptr::read_volatile(counter) };
-        let boot = if stored & !0xff == BOOT_MAGIC { (stored & 0xff).saturating_add(1).min(255) } else { 1 };
+        let (boot, store) = crate::boot_count::next(unsafe { core::ptr::read_volatile(counter) });
         // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(counter, BOOT_MAGIC | boot) };
-        boot as u8
+        unsafe { core::ptr::write_volatile(counter, store) };
+        boot
     }
 
     fn log_inventory(&mut self) {
@@ -227,11 +217,8 @@ extern "C" fn pvagent_restart() {
     );
 }
 
-/// The panic handler's body.
-pub fn report_panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    static PANICKING: AtomicBool = AtomicBool::new(false);
-    if !PANICKING.swap(true, Ordering::Relaxed) {
-        error!("panic: {}", defmt::Display2Format(info));
-    }
+/// Ends the agent after a panic (logged by `agent::report_panic`), also
+/// after a panic inside that.
+pub fn end_after_panic(_first: bool) -> ! {
     fail(ErrorExit::Panic)
 }

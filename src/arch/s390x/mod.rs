@@ -8,7 +8,7 @@ mod machine;
 mod sclp;
 mod tod;
 
-pub use machine::report_panic;
+pub use machine::end_after_panic;
 pub use sclp::Console;
 
 use crate::script::psw;

@@ -58,14 +58,19 @@ impl X86 {
             (Some(_), None) => None,
             (None, _) => Some(pvpanic::ISA_DEFAULT_PORT),
         };
+        // One scan of PCI for every device the agent knows there.
+        let [pvpanic_pci, esb] = crate::pci::find([
+            (pvpanic::PCI_VENDOR, pvpanic::PCI_DEVICE),
+            (i6300esb::PCI_VENDOR, i6300esb::PCI_DEVICE),
+        ]);
         let machine = X86 {
             boot,
             script_file,
             pvpanic_isa: isa_port.and_then(Pvpanic::probe_isa),
-            pvpanic_pci: Pvpanic::probe_pci(),
+            pvpanic_pci: pvpanic_pci.and_then(Pvpanic::probe_pci),
             debug_exit: DebugExit::probe(),
             ib700: Ib700::new(ib700::IsaPorts),
-            i6300esb: i6300esb::probe(),
+            i6300esb: esb.and_then(i6300esb::probe),
             fw_cfg,
             clock: None,
         };
@@ -412,13 +417,13 @@ fn on_exception(frame: &interrupts::Frame) -> ! {
     report_crash(ErrorExit::Fault)
 }
 
-/// The panic handler's body.
-pub fn report_panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    static PANICKING: AtomicBool = AtomicBool::new(false);
-    if PANICKING.swap(true, Ordering::Relaxed) {
+/// Ends the agent after a panic (logged by `agent::report_panic`):
+/// through pvpanic, else isa-debug-exit, else halt. A panic inside that
+/// (`first` false) halts, so the device probes below cannot recurse.
+pub fn end_after_panic(first: bool) -> ! {
+    if !first {
         super::halt();
     }
-    error!("panic: {}", defmt::Display2Format(info));
     if REPORT_PVPANIC.load(Ordering::Relaxed) == 0 && !HAS_DEBUG_EXIT.load(Ordering::Relaxed) {
         // A panic before the devices were found: look for them now.
         if let Some(device) = Pvpanic::probe_isa(pvpanic::ISA_DEFAULT_PORT) {

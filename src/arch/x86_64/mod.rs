@@ -11,7 +11,7 @@ pub mod pvh;
 mod serial;
 mod tsc;
 
-pub use machine::report_panic;
+pub use machine::end_after_panic;
 pub use serial::Serial as Console;
 
 /// Called by the boot stub, in long mode, on the agent's own stack, with
