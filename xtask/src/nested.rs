@@ -912,74 +912,21 @@ fn extract_deb(deb: &Path, into: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The kernel package unpacked into `kernel/<pkg>_<ver>/`: vmlinuz, config,
-/// the needed modules (decompressed) and their load order.
-fn ensure_kernel(cache_root: &Path, res: &Resolution, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
-    let parent = cache_root.join("kernel");
-    let dir = parent.join(res.kernel_dir());
-    if dir.join("complete").exists() {
-        return Ok(dir);
-    }
-    fs::create_dir_all(&parent)?;
-    let tmp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(&parent)?;
-    let dl = tmp.path().join("deb");
-    let x = tmp.path().join("x");
-    let out = tmp.path().join("out");
-    for d in [&dl, &x, &out.join("modules")] {
-        fs::create_dir_all(d)?;
-    }
-    let deb = download(&dl, &res.kernel.0, &res.kernel.1, log)?;
-    extract_deb(&deb, &x)?;
-    let boot = x.join("boot");
-    let find = |prefix: &str| -> Result<PathBuf> {
-        fs::read_dir(&boot)
-            .with_context(|| format!("{} has no /boot", res.kernel.0))?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
-            .ok_or_else(|| anyhow!("{} has no /boot/{prefix}*", res.kernel.0))
-    };
-    let vmlinuz = find("vmlinuz-")?;
-    let config = find("config-")?;
-    let config_text = fs::read_to_string(&config)?;
-    if config_text.lines().any(|l| l.trim() == "# CONFIG_KVM_HYPERV is not set") {
-        bail!("{} is built without CONFIG_KVM_HYPERV: L1 could not emulate the Hyper-V crash MSRs", res.kernel.0);
-    }
-    let kver = vmlinuz.file_name().and_then(|n| n.to_str()).unwrap_or("").trim_start_matches("vmlinuz-").to_string();
-    let moddir = [x.join("lib/modules").join(&kver), x.join("usr/lib/modules").join(&kver)]
-        .into_iter()
-        .find(|p| p.is_dir())
-        .ok_or_else(|| anyhow!("{} has no lib/modules/{kver}", res.kernel.0))?;
-    let index = module_index(&moddir)?;
-    let mut order = Vec::new();
-    for m in MODULES {
-        module_order(&index, &normalize_module(m), &mut order, 0)?;
-    }
-    for m in &order {
-        let data = read_module(&index[m])?;
-        fs::write(out.join(format!("modules/{m}.ko")), data)?;
-    }
-    fs::copy(&vmlinuz, out.join("vmlinuz"))?;
-    fs::copy(&config, out.join("config"))?;
-    fs::write(out.join("load-order"), order.join("\n") + "\n")?;
-    fs::write(out.join("complete"), format!("{}\n", res.kernel_line()))?;
-    let _ = fs::remove_dir_all(&dir);
-    fs::rename(&out, &dir)?;
-    remove_others_except(&parent, &dir);
-    Ok(dir)
-}
-
-/// Removes sibling cache generations (not temp dirs of concurrent builders:
-/// those are under the lock anyway).
-fn remove_others_except(parent: &Path, keep: &Path) {
-    if let Some(name) = keep.file_name().and_then(|n| n.to_str()) {
-        remove_others(parent, name);
-    }
-}
-
-fn ensure_busybox(cache_root: &Path, res: &Resolution, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
-    let parent = cache_root.join("busybox");
-    let dir = parent.join(res.busybox_dir());
+/// One package of the cache, unpacked into `<kind>/<dir_name>/`: reused when
+/// its `complete` marker is there, else downloaded, extracted into a
+/// staging directory, filled by `fill(extracted, out)`, marked complete and
+/// moved into place (older generations removed).
+fn cached_package(
+    cache_root: &Path,
+    kind: &str,
+    dir_name: String,
+    package: &(String, String),
+    complete_line: String,
+    log: &mut dyn FnMut(&str),
+    fill: impl FnOnce(&Path, &Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let parent = cache_root.join(kind);
+    let dir = parent.join(dir_name);
     if dir.join("complete").exists() {
         return Ok(dir);
     }
@@ -991,22 +938,80 @@ fn ensure_busybox(cache_root: &Path, res: &Resolution, log: &mut dyn FnMut(&str)
     for d in [&dl, &x, &out] {
         fs::create_dir_all(d)?;
     }
-    let deb = download(&dl, &res.busybox.0, &res.busybox.1, log)?;
+    let deb = download(&dl, &package.0, &package.1, log)?;
     extract_deb(&deb, &x)?;
-    let bin = ["bin/busybox", "usr/bin/busybox"]
-        .iter()
-        .map(|p| x.join(p))
-        .find(|p| p.is_file())
-        .ok_or_else(|| anyhow!("{} has no bin/busybox", res.busybox.0))?;
-    fs::copy(&bin, out.join("busybox"))?;
-    fs::set_permissions(out.join("busybox"), fs::Permissions::from_mode(0o755))?;
-    let list = run(Command::new(out.join("busybox")).arg("--list-full"))?;
-    fs::write(out.join("applets"), &list.stdout)?;
-    fs::write(out.join("complete"), format!("{}\n", res.busybox_line()))?;
+    fill(&x, &out)?;
+    fs::write(out.join("complete"), format!("{complete_line}\n"))?;
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&out, &dir)?;
     remove_others_except(&parent, &dir);
     Ok(dir)
+}
+
+/// The kernel package unpacked into `kernel/<pkg>_<ver>/`: vmlinuz, config,
+/// the needed modules (decompressed) and their load order.
+fn ensure_kernel(cache_root: &Path, res: &Resolution, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    cached_package(cache_root, "kernel", res.kernel_dir(), &res.kernel, res.kernel_line(), log, |x, out| {
+        fs::create_dir_all(out.join("modules"))?;
+        let boot = x.join("boot");
+        let find = |prefix: &str| -> Result<PathBuf> {
+            fs::read_dir(&boot)
+                .with_context(|| format!("{} has no /boot", res.kernel.0))?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
+                .ok_or_else(|| anyhow!("{} has no /boot/{prefix}*", res.kernel.0))
+        };
+        let vmlinuz = find("vmlinuz-")?;
+        let config = find("config-")?;
+        let config_text = fs::read_to_string(&config)?;
+        if config_text.lines().any(|l| l.trim() == "# CONFIG_KVM_HYPERV is not set") {
+            bail!("{} is built without CONFIG_KVM_HYPERV: L1 could not emulate the Hyper-V crash MSRs", res.kernel.0);
+        }
+        let kver =
+            vmlinuz.file_name().and_then(|n| n.to_str()).unwrap_or("").trim_start_matches("vmlinuz-").to_string();
+        let moddir = [x.join("lib/modules").join(&kver), x.join("usr/lib/modules").join(&kver)]
+            .into_iter()
+            .find(|p| p.is_dir())
+            .ok_or_else(|| anyhow!("{} has no lib/modules/{kver}", res.kernel.0))?;
+        let index = module_index(&moddir)?;
+        let mut order = Vec::new();
+        for m in MODULES {
+            module_order(&index, &normalize_module(m), &mut order, 0)?;
+        }
+        for m in &order {
+            let data = read_module(&index[m])?;
+            fs::write(out.join(format!("modules/{m}.ko")), data)?;
+        }
+        fs::copy(&vmlinuz, out.join("vmlinuz"))?;
+        fs::copy(&config, out.join("config"))?;
+        fs::write(out.join("load-order"), order.join("\n") + "\n")?;
+        Ok(())
+    })
+}
+
+/// Removes sibling cache generations (not temp dirs of concurrent builders:
+/// those are under the lock anyway).
+fn remove_others_except(parent: &Path, keep: &Path) {
+    if let Some(name) = keep.file_name().and_then(|n| n.to_str()) {
+        remove_others(parent, name);
+    }
+}
+
+/// busybox-static unpacked into `busybox/<ver>/`: the binary and its applet list.
+fn ensure_busybox(cache_root: &Path, res: &Resolution, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    cached_package(cache_root, "busybox", res.busybox_dir(), &res.busybox, res.busybox_line(), log, |x, out| {
+        let bin = ["bin/busybox", "usr/bin/busybox"]
+            .iter()
+            .map(|p| x.join(p))
+            .find(|p| p.is_file())
+            .ok_or_else(|| anyhow!("{} has no bin/busybox", res.busybox.0))?;
+        fs::copy(&bin, out.join("busybox"))?;
+        fs::set_permissions(out.join("busybox"), fs::Permissions::from_mode(0o755))?;
+        let list = run(Command::new(out.join("busybox")).arg("--list-full"))?;
+        fs::write(out.join("applets"), &list.stdout)?;
+        Ok(())
+    })
 }
 
 // ───────────────────────────── kernel modules ─────────────────────────────
