@@ -21,6 +21,10 @@ pub const MAX_SCRIPT_LEN: usize = 1024;
 pub const MAX_STEP_LEN: usize = 128;
 /// Most steps in one script.
 pub const MAX_STEPS: usize = 32;
+/// Longest duration a step accepts (`sleep:`, `feed:`'s `every=` and
+/// `for=`), in microseconds: 1 000 000 s, about 11.6 days. Every clock
+/// computation on a duration stays far from overflowing below it.
+pub const MAX_DURATION_US: u64 = 1_000_000_000_000;
 /// Highest code a script may pass to `exit:`; the codes above it are the
 /// agent's own error exits (see [`crate::exit`]).
 pub const MAX_USER_EXIT_CODE: u64 = 0x6f;
@@ -267,7 +271,8 @@ pub enum ErrorKind<'a> {
 /// A refused script: which step, where, and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScriptError<'a> {
-    /// 1-based step number (0 when the error concerns the whole script).
+    /// 1-based step number (for a script over the length limit, the step
+    /// where the limit falls).
     pub step: usize,
     /// Byte offset in the script where the problem starts.
     pub offset: usize,
@@ -276,11 +281,7 @@ pub struct ScriptError<'a> {
 
 impl fmt::Display for ScriptError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.step == 0 {
-            write!(f, "script error: ")?;
-        } else {
-            write!(f, "script error: step {} at byte {}: ", self.step, self.offset)?;
-        }
+        write!(f, "script error: step {} at byte {}: ", self.step, self.offset)?;
         match self.kind {
             ErrorKind::ScriptTooLong { len } => {
                 write!(f, "script is {len} bytes, the limit is {MAX_SCRIPT_LEN}")
@@ -307,7 +308,9 @@ impl fmt::Display for ScriptError<'_> {
             ErrorKind::MissingDurationUnit(d) => {
                 write!(f, "duration '{d}' has no unit (use us, ms or s)")
             }
-            ErrorKind::DurationTooLong(d) => write!(f, "duration '{d}' is too long"),
+            ErrorKind::DurationTooLong(d) => {
+                write!(f, "duration '{d}' is too long (the limit is {}s)", MAX_DURATION_US / 1_000_000)
+            }
             ErrorKind::Ib700Timeout(d) => {
                 write!(f, "ib700 cannot time out after '{d}': its timeouts are 0s, 2s, 4s, ... 30s")
             }
@@ -420,28 +423,47 @@ pub fn parse_duration_us(s: &str) -> Result<u64, DurationError> {
             return Err(DurationError::BadUnit);
         }
     };
-    value.checked_mul(scale).ok_or(DurationError::Overflow)
+    value.checked_mul(scale).filter(|&us| us <= MAX_DURATION_US).ok_or(DurationError::Overflow)
+}
+
+/// The 1-based number of the step that holds byte `offset` of a script.
+fn step_at(bytes: &[u8], offset: usize) -> usize {
+    1 + bytes[..offset.min(bytes.len())].iter().filter(|&&b| b == b';').count()
+}
+
+impl ScriptError<'static> {
+    /// The script is `len` bytes long (`bytes` holds at least its first
+    /// [`MAX_SCRIPT_LEN`]): the error names the step where the limit falls.
+    pub fn too_long(bytes: &[u8], len: usize) -> Self {
+        ScriptError { step: step_at(bytes, MAX_SCRIPT_LEN), offset: MAX_SCRIPT_LEN, kind: ErrorKind::ScriptTooLong { len } }
+    }
 }
 
 /// Parses a script as read from fw_cfg or the command line (raw bytes).
+/// Every error names a step (1-based) and a byte offset no further than the
+/// end of the input.
 pub fn parse_bytes(bytes: &[u8]) -> Result<Script<'_>, ScriptError<'_>> {
     if bytes.len() > MAX_SCRIPT_LEN {
-        return Err(ScriptError { step: 0, offset: 0, kind: ErrorKind::ScriptTooLong { len: bytes.len() } });
+        return Err(ScriptError::too_long(bytes, bytes.len()));
+    }
+    if let Some(pos) = bytes.iter().position(|b| !b.is_ascii()) {
+        return Err(ScriptError { step: step_at(bytes, pos), offset: pos, kind: ErrorKind::NotAscii });
     }
     match core::str::from_utf8(bytes) {
         Ok(text) => parse(text),
-        Err(e) => Err(ScriptError { step: 0, offset: e.valid_up_to(), kind: ErrorKind::NotAscii }),
+        // Unreachable after the ASCII check, and still an error, never a panic.
+        Err(e) => Err(ScriptError { step: step_at(bytes, e.valid_up_to()), offset: e.valid_up_to(), kind: ErrorKind::NotAscii }),
     }
 }
 
 /// Parses a whole script. Nothing in it may run unless this returns `Ok`.
 pub fn parse(text: &str) -> Result<Script<'_>, ScriptError<'_>> {
-    let whole = |kind| ScriptError { step: 0, offset: 0, kind };
+    let bytes = text.as_bytes();
     if text.len() > MAX_SCRIPT_LEN {
-        return Err(whole(ErrorKind::ScriptTooLong { len: text.len() }));
+        return Err(ScriptError::too_long(bytes, text.len()));
     }
-    if let Some(pos) = text.bytes().position(|b| !b.is_ascii()) {
-        return Err(ScriptError { step: 0, offset: pos, kind: ErrorKind::NotAscii });
+    if let Some(pos) = bytes.iter().position(|b| !b.is_ascii()) {
+        return Err(ScriptError { step: step_at(bytes, pos), offset: pos, kind: ErrorKind::NotAscii });
     }
     let mut script = Script::new();
     let mut offset = 0;
@@ -688,7 +710,10 @@ fn parse_esb_arm<'a>(verb: &'a str, args: &'a str, at: usize) -> StepResult<'a> 
             _ => return Err((offset, ErrorKind::UnknownFlag { verb, flag: arg })),
         }
     }
-    let stage1 = stages[0];
+    // Flags alone (`i6300esb.arm:no-reboot`) leave no stage: refused, never indexed.
+    let Some(&stage1) = stages.first() else {
+        return Err((at, ErrorKind::MissingArgument { verb, what: "a first-stage timeout before its flags, e.g. 300ms,no-reboot" }));
+    };
     let stage2 = stages.get(1).copied().unwrap_or(stage1);
     match i6300esb::Settings::new(stage1, stage2, reboot, free_run) {
         Ok(settings) => Ok(Action::WatchdogArm(watchdog::Timeout::I6300Esb(settings))),
@@ -1008,5 +1033,268 @@ mod tests {
     fn an_error_anywhere_rejects_the_whole_script() {
         assert!(parse("pvpanic.panicked; bogus").is_err());
         assert!(parse("pvpanic.panicked; sleep:1ms; exit:999").is_err());
+    }
+
+    /// The two scripts that used to panic (a flag where the first stage belongs).
+    #[test]
+    fn esb_flags_without_a_stage_are_refused() {
+        for script in ["i6300esb.arm:no-reboot", "i6300esb.arm:free-run", "i6300esb.arm:free-run,no-reboot"] {
+            let e = error(script);
+            assert!(matches!(e.kind, ErrorKind::MissingArgument { verb: "i6300esb.arm", .. }), "{script}: {e:?}");
+            assert_eq!((e.step, e.offset), (1, 13));
+        }
+        assert!(parse("i6300esb.arm:no-reboot,300ms").is_ok(), "a flag may come before the stage");
+        let e = error("i6300esb.arm:1s,2s,3s");
+        assert_eq!(e.kind, ErrorKind::TooManyArguments { verb: "i6300esb.arm", max: 4 });
+    }
+
+    #[test]
+    fn numbers_and_durations_at_their_edges() {
+        assert_eq!(parse_number("0x"), None);
+        assert_eq!(parse_number("0X"), None);
+        assert_eq!(parse_number(""), None);
+        assert_eq!(parse_number("0xffffffffffffffff"), Some(u64::MAX));
+        assert_eq!(parse_number("0x10000000000000000"), None);
+        assert_eq!(parse_number("+1"), None);
+        assert_eq!(parse_number("-1"), None);
+        assert_eq!(parse_duration_us("0x"), Err(DurationError::BadNumber));
+        assert_eq!(parse_duration_us("0xs"), Err(DurationError::BadNumber));
+        assert_eq!(parse_duration_us(""), Err(DurationError::BadNumber));
+        assert_eq!(parse_duration_us("s"), Err(DurationError::BadNumber));
+        // The duration limit, exactly and one past, in each unit.
+        assert_eq!(parse_duration_us("1000000s"), Ok(MAX_DURATION_US));
+        assert_eq!(parse_duration_us("1000001s"), Err(DurationError::Overflow));
+        assert_eq!(parse_duration_us("1000000000ms"), Ok(MAX_DURATION_US));
+        assert_eq!(parse_duration_us("1000000001ms"), Err(DurationError::Overflow));
+        assert_eq!(parse_duration_us("1000000000000us"), Ok(MAX_DURATION_US));
+        assert_eq!(parse_duration_us("1000000000001us"), Err(DurationError::Overflow));
+        // Units that multiply past u64, and numbers past u64.
+        assert_eq!(parse_duration_us("18446744073709552s"), Err(DurationError::Overflow));
+        assert_eq!(parse_duration_us("18446744073709551615us"), Err(DurationError::Overflow));
+        assert_eq!(parse_duration_us("18446744073709551616us"), Err(DurationError::BadNumber));
+        assert_eq!(parse_duration_us("0xffffffffffffffffms"), Err(DurationError::Overflow));
+        assert_eq!(error("sleep:18446744073709551616us").kind, ErrorKind::BadNumber("18446744073709551616us"));
+        assert_eq!(error("sleep:1000001s").kind, ErrorKind::DurationTooLong("1000001s"));
+        assert_eq!(
+            error("feed:ib700,every=1s,for=99999999999999s").kind,
+            ErrorKind::DurationTooLong("99999999999999s")
+        );
+        assert_eq!(error("exit:18446744073709551615").kind, ErrorKind::ExitCodeOutOfRange(u64::MAX));
+        assert_eq!(error("exit:0x").kind, ErrorKind::BadNumber("0x"));
+        assert_eq!(error("hv.crash:0x,1,2,3,4").kind, ErrorKind::BadNumber("0x"));
+        assert_eq!(error("s390.disabled-wait:0x").kind, ErrorKind::BadNumber("0x"));
+        assert_eq!(error("s390.disabled-wait:0x1000,0x").kind, ErrorKind::BadNumber("0x"));
+        assert_eq!(error("i6300esb.arm:0xms").kind, ErrorKind::BadNumber("0xms"));
+    }
+
+    #[test]
+    fn empty_arguments_and_separators() {
+        for (script, step) in [(";", 1), (";;", 1), ("halt;;halt", 2), ("halt;", 2), (" ; ", 1), ("\n", 1)] {
+            let e = error(script);
+            assert_eq!((e.step, e.kind), (step, ErrorKind::EmptyStep), "{script:?}");
+        }
+        for script in ["sleep:", "sleep: ", "exit:", "fault:", "log:", "log: ", "feed:", "ib700.arm:", "i6300esb.arm:,"]
+        {
+            assert!(parse(script).is_err(), "{script:?} was accepted");
+        }
+        assert!(matches!(error("i6300esb.arm:,").kind, ErrorKind::UnknownFlag { flag: "", .. }));
+        assert!(matches!(error("feed:,every=1s,for=1s").kind, ErrorKind::UnknownDevice("")));
+        assert!(matches!(error("feed:ib700,,every=1s,for=1s").kind, ErrorKind::UnknownFlag { flag: "", .. }));
+        assert!(matches!(error("hv.crash:,,,,").kind, ErrorKind::BadNumber("")));
+        assert_eq!(error("sleep:1s,").kind, ErrorKind::TooManyArguments { verb: "sleep", max: 1 });
+        assert_eq!(error(":").kind, ErrorKind::UnknownVerb(""));
+        assert_eq!(error(".").kind, ErrorKind::UnknownVerb("."));
+    }
+
+    #[test]
+    fn nul_and_non_ascii_bytes() {
+        let e = parse_bytes(b"halt\0").unwrap_err();
+        assert_eq!((e.step, e.kind), (1, ErrorKind::UnknownVerb("halt\0")));
+        let e = parse_bytes(b"\0").unwrap_err();
+        assert_eq!((e.step, e.offset), (1, 0));
+        let e = parse_bytes(b"halt;log:\xc3\xa9").unwrap_err();
+        assert_eq!((e.step, e.offset, e.kind), (2, 9, ErrorKind::NotAscii));
+        let e = parse_bytes(b"halt;halt;\x80").unwrap_err();
+        assert_eq!((e.step, e.offset, e.kind), (3, 10, ErrorKind::NotAscii));
+        // Valid UTF-8 that is not ASCII is refused the same way.
+        let e = parse("log:caf\u{e9}").unwrap_err();
+        assert_eq!((e.step, e.offset, e.kind), (1, 7, ErrorKind::NotAscii));
+    }
+
+    #[test]
+    fn every_limit_exactly_and_one_past() {
+        // Script length: 1023 and 1024 bytes pass, 1025 does not.
+        for len in [MAX_SCRIPT_LEN - 1, MAX_SCRIPT_LEN] {
+            let text = padded_script(len);
+            assert_eq!(text.len(), len);
+            assert!(parse(&text).is_ok(), "{len} bytes refused");
+        }
+        let text = padded_script(MAX_SCRIPT_LEN + 1);
+        let e = parse_bytes(text.as_bytes()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ScriptTooLong { len: MAX_SCRIPT_LEN + 1 });
+        assert_eq!((e.step, e.offset), (step_at(text.as_bytes(), MAX_SCRIPT_LEN), MAX_SCRIPT_LEN));
+        assert!(e.step >= 1);
+        let e = ScriptError::too_long(&[b'x'; MAX_SCRIPT_LEN + 1], 5000);
+        assert_eq!((e.step, e.kind), (1, ErrorKind::ScriptTooLong { len: 5000 }));
+        // Step length: 127 and 128 pass, 129 does not.
+        for len in [MAX_STEP_LEN - 1, MAX_STEP_LEN] {
+            let step = String::from("log:") + &"y".repeat(len - 4);
+            assert!(parse(&step).is_ok(), "a {len}-byte step refused");
+        }
+        let step = String::from("log:") + &"y".repeat(MAX_STEP_LEN + 1 - 4);
+        assert_eq!(error(&step).kind, ErrorKind::StepTooLong { len: MAX_STEP_LEN + 1 });
+        // Steps: 32 pass, 33 do not (also when the 33rd is empty or bad).
+        assert_eq!(parse(&["halt"; MAX_STEPS].join(";")).unwrap().len(), MAX_STEPS);
+        let too_many = ["halt"; MAX_STEPS + 1].join(";");
+        let e = error(&too_many);
+        assert_eq!((e.step, e.kind), (MAX_STEPS + 1, ErrorKind::TooManySteps));
+        let trailing = ["halt"; MAX_STEPS].join(";") + ";";
+        assert_eq!(error(&trailing).kind, ErrorKind::EmptyStep);
+    }
+
+    /// A valid script of exactly `len` bytes (`len` ≥ 8): `log:` steps of
+    /// at most [`MAX_STEP_LEN`] bytes.
+    fn padded_script(len: usize) -> String {
+        let mut text = String::new();
+        while text.len() < len {
+            let sep = usize::from(!text.is_empty());
+            let left = len - text.len() - sep;
+            // Leave room for one more step of at least "log:x" after this one.
+            let take = if left > MAX_STEP_LEN { (left - 6).min(MAX_STEP_LEN) } else { left };
+            if sep == 1 {
+                text.push(';');
+            }
+            text.push_str("log:");
+            text.push_str(&"z".repeat(take - 4));
+        }
+        text
+    }
+
+    /// Property tests: arbitrary input never panics and every error points
+    /// inside the input; whitespace around steps changes nothing.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::vec::Vec as StdVec;
+
+        /// Valid steps of every verb, to build valid scripts from.
+        const VALID_STEPS: &[&str] = &[
+            "pvpanic.panicked",
+            "pvpanic-isa.crashloaded",
+            "pvpanic-pci.shutdown",
+            "sleep:10ms",
+            "sleep:0x10us",
+            "exit:0x6f",
+            "log:hello, world",
+            "halt",
+            "ib700.arm:2s",
+            "ib700.feed",
+            "ib700.stop",
+            "i6300esb.arm:300ms,300ms,no-reboot",
+            "i6300esb.arm:free-run,1s",
+            "i6300esb.feed",
+            "diag288.arm:15s",
+            "diag288.stop",
+            "feed:i6300esb,every=100ms,for=1s",
+            "first-boot",
+            "fault:ud",
+            "fault:rust-panic",
+            "hv.crash:1,2,3,4,5",
+            "hv.crash-or-pvpanic:0x1e,0,0,0,0",
+            "hv.probe",
+            "s390.disabled-wait:0x12340",
+            "s390.shutdown",
+        ];
+
+        fn check_error(input: &[u8], e: &ScriptError<'_>) {
+            assert!(e.step >= 1, "{e:?} names no step");
+            assert!(e.step <= input.iter().filter(|&&b| b == b';').count() + 1, "{e:?}: no such step");
+            assert!(e.offset <= input.len(), "{e:?}: offset past the end of {} bytes", input.len());
+            // Displaying an error never panics either.
+            let _ = e.to_string();
+        }
+
+        fn check_any(input: &[u8]) {
+            match parse_bytes(input) {
+                Ok(script) => {
+                    assert!(!script.is_empty() && script.len() <= MAX_STEPS);
+                    assert!(input.len() <= MAX_SCRIPT_LEN && input.is_ascii());
+                    for step in &script {
+                        assert!(!step.text.is_empty() && step.text.len() <= MAX_STEP_LEN);
+                    }
+                }
+                Err(e) => check_error(input, &e),
+            }
+        }
+
+        /// Bytes drawn mostly from the script alphabet, so the parser gets
+        /// deep, plus any byte at all.
+        fn script_bytes() -> impl Strategy<Value = StdVec<u8>> {
+            const ALPHABET: &[u8] = b"pvanic-sldhtkrmfbe.:;,= 0123456789xusf\t\n";
+            let byte = |b: u8| if b < 224 { ALPHABET[usize::from(b) % ALPHABET.len()] } else { b };
+            proptest::collection::vec(any::<u8>(), 0..1100).prop_map(move |v| v.into_iter().map(byte).collect())
+        }
+
+        fn whitespace() -> impl Strategy<Value = String> {
+            proptest::collection::vec(proptest::sample::select(vec![' ', '\t', '\n', '\r']), 0..4)
+                .prop_map(|v| v.into_iter().collect())
+        }
+
+        /// Runs `body` on a thread and fails (rather than hangs) if it does
+        /// not end: the parser must never loop.
+        fn bounded(name: &str, body: impl FnOnce() + Send + 'static) {
+            let (done, finished) = std::sync::mpsc::channel();
+            let worker = std::thread::spawn(move || {
+                body();
+                let _ = done.send(());
+            });
+            match finished.recv_timeout(std::time::Duration::from_secs(120)) {
+                Ok(()) => worker.join().unwrap(),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    std::panic::resume_unwind(worker.join().unwrap_err())
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{name}: the parser did not finish in 120 s"),
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic() {
+            bounded("arbitrary bytes", || {
+                let config = ProptestConfig { cases: 100_000, failure_persistence: None, ..ProptestConfig::default() };
+                proptest!(config, |(input in script_bytes())| check_any(&input));
+            });
+        }
+
+        #[test]
+        fn mutated_valid_scripts_never_panic() {
+            bounded("mutated scripts", || {
+                let config = ProptestConfig { cases: 50_000, failure_persistence: None, ..ProptestConfig::default() };
+                let steps = proptest::collection::vec(proptest::sample::select(VALID_STEPS), 1..40);
+                proptest!(config, |(steps in steps, cut in any::<prop::sample::Index>(), byte in any::<u8>())| {
+                    let mut input = steps.join(";").into_bytes();
+                    let at = cut.index(input.len() + 1);
+                    input.insert(at, byte);
+                    check_any(&input);
+                    input.truncate(at);
+                    check_any(&input);
+                });
+            });
+        }
+
+        #[test]
+        fn whitespace_around_steps_changes_nothing() {
+            let config = ProptestConfig { cases: 20_000, failure_persistence: None, ..ProptestConfig::default() };
+            let steps = proptest::collection::vec((whitespace(), proptest::sample::select(VALID_STEPS), whitespace()), 1..=MAX_STEPS);
+            proptest!(config, |(steps in steps)| {
+                let plain: StdVec<&str> = steps.iter().map(|(_, step, _)| *step).collect();
+                let plain = plain.join(";");
+                let spaced: StdVec<String> = steps.iter().map(|(a, step, b)| std::format!("{a}{step}{b}")).collect();
+                let spaced = spaced.join(";");
+                prop_assume!(spaced.len() <= MAX_SCRIPT_LEN);
+                let want: StdVec<_> = parse(&plain).unwrap().iter().map(|s| (s.action, s.text)).collect();
+                let got: StdVec<_> = parse(&spaced).unwrap().iter().map(|s| (s.action, s.text)).collect();
+                prop_assert_eq!(want, got);
+            });
+        }
     }
 }

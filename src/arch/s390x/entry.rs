@@ -1,8 +1,8 @@
 //! The image's first bytes and the interrupt entry stubs.
 //!
 //! QEMU starts the CPU at 0x10000 with PSW mask 0x0000000180000000 (64-bit
-//! addressing, everything disabled) and copies `-append` to 0x10480 (max
-//! length: the u64 at 0x10430). QEMU re-loads the image on a re-IPL but
+//! addressing, everything disabled) and copies `-append` to 0x10480 (its
+//! size limit, terminating NUL included: the u64 at 0x10430). QEMU re-loads the image on a re-IPL but
 //! does not zero `.bss`, so the stub does.
 
 use core::arch::global_asm;
@@ -22,7 +22,9 @@ _start:
     .org 0x408
     .quad 0, 0              /* -initrd start and size (unused) */
     .org 0x430
-    .quad 1024              /* the longest -append QEMU will accept */
+    .quad 1032              /* -append's size limit, NUL included: the whole area below. A
+                               script of 1025..1031 bytes reaches the agent (script error);
+                               QEMU itself refuses longer ones */
     .org 0x480
     .globl pvagent_cmdline
 pvagent_cmdline:

@@ -29,7 +29,7 @@ impl crate::agent::Clock for Tod {
     }
 
     fn sleep_us(&mut self, us: u64) {
-        let target = stck().saturating_add(us << 12);
+        let target = stck().saturating_add(us.saturating_mul(1 << 12));
         while stck() < target {
             let mut psw = super::lowcore::Psw { mask: psw::WAIT | psw::EXT | psw::EA | psw::BA, address: 0 };
             load_cr0(CR0_AFP | CR0_CLOCK_COMPARATOR);
