@@ -20,7 +20,7 @@ use xtask::{Project, agent, artifacts, images, report, setup, util};
     long_about = "Build the pvagent image, boot it under QEMU and check the QMP events it causes.\n\n\
         Boards live in boards/*.toml, scenarios in scenarios.toml (both validated strictly before \
         anything runs). Artifacts of every run go to target/pvagent-runs/<run-id>/ \
-        (target/pvagent-runs/latest points at the newest; the 10 newest are kept)."
+        (target/pvagent-runs/latest points at the newest; the 10 newest are kept, and every run still going on)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -83,7 +83,8 @@ struct QemuRunArgs {
     scenarios_file: Option<PathBuf>,
     /// Use this image instead of building one (repeatable, one per architecture, recognised by its
     /// ELF header; PVAGENT_IMAGE takes a `:`-separated list); the others are built
-    #[arg(long = "image", value_name = "PATH", env = "PVAGENT_IMAGE", value_delimiter = ':')]
+    #[arg(long = "image", value_name = "PATH", env = "PVAGENT_IMAGE", value_delimiter = ':',
+          value_parser = clap::builder::TypedValueParser::try_map(clap::builder::PathBufValueParser::new(), util::image_file))]
     images: Vec<PathBuf>,
     /// Run up to N scenarios at once, each its own QEMU [default: 16 per CPU, at most 32]. A new
     /// one starts only while half a CPU is idle (PVAGENT_CPU_GATE=<cpus>|off changes that); the
@@ -115,7 +116,7 @@ enum Via {
 }
 
 fn parse_dur(s: &str) -> Result<std::time::Duration, String> {
-    util::parse_duration(s)
+    util::parse_timeout(s)
 }
 
 fn main() -> ExitCode {
@@ -195,7 +196,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     format!(" -- {}", util::shell_join(&libtest_args))
                 }
             );
-            let st = cmd.status().context("running cargo test")?;
+            let st = xtask::qemu::status_forwarding_signals(&mut cmd).context("running cargo test")?;
             Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8))
         }
         Cmd::QemuRun(args) => {

@@ -1,36 +1,48 @@
 //! QEMU processes: spawning (argument list, no shell, dies with us), a global
-//! registry of live children and temp dirs for the Ctrl-C handler, guards
-//! that clean up on every path, and the version probe.
+//! registry of live children and temp dirs for the handler of SIGINT,
+//! SIGTERM and SIGHUP, guards that clean up on every path, and the version
+//! probe.
 
 use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 
 use crate::qmp::{self, Qmp};
-use crate::util::{Version, escape_qemu_opt};
+use crate::util::{Version, escape_qemu_opt, excerpt, shell_join, signal_name};
 
 #[derive(Default)]
 struct Registry {
     pids: BTreeSet<i32>,
     dirs: BTreeSet<PathBuf>,
+    /// Process groups of child tools (`cargo test`) that get our stop signal.
+    groups: BTreeSet<i32>,
+    /// Set by [`cleanup_all`]: nothing new is spawned or created after it.
+    stopping: bool,
 }
 
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry { pids: BTreeSet::new(), dirs: BTreeSet::new() });
+static REGISTRY: Mutex<Registry> =
+    Mutex::new(Registry { pids: BTreeSet::new(), dirs: BTreeSet::new(), groups: BTreeSet::new(), stopping: false });
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Kills every registered QEMU and removes every registered temp dir.
+/// Kills every registered QEMU and removes every registered temp dir; from
+/// then on no QEMU is spawned and no temp dir created (the process is about
+/// to exit).
 pub fn cleanup_all() {
     let mut r = registry();
+    r.stopping = true;
     for &pid in &r.pids {
         // SAFETY: plain kill(2) on a pid we spawned and have not reaped yet.
         unsafe {
@@ -43,19 +55,176 @@ pub fn cleanup_all() {
     }
 }
 
-/// Installs the Ctrl-C handler once: kill all QEMUs, remove temp dirs, exit 130.
+/// The signals that stop the tool cleanly (a terminal's Ctrl-C, `kill`,
+/// a closed terminal or SSH session).
+pub const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Write end of the self-pipe from the signal handler to the stop thread.
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+/// The stop signal being handled (0: none).
+static STOPPING: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(sig: libc::c_int) {
+    // Only async-signal-safe work here: one write(2) to a non-blocking pipe
+    // (a full pipe drops the byte: a stop is already pending), errno kept.
+    // SAFETY: __errno_location returns this thread's errno; write(2) with a
+    // valid one-byte buffer on a descriptor that is never closed.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let byte = sig as u8;
+        libc::write(SIGNAL_PIPE.load(Ordering::Relaxed), (&byte as *const u8).cast(), 1);
+        *libc::__errno_location() = errno;
+    }
+}
+
+/// Installs the handler of SIGINT, SIGTERM and SIGHUP once (a signal that is
+/// ignored when we start, e.g. SIGHUP under `nohup`, stays ignored). On the
+/// first of them: say which arrived, forward it to the child tools started
+/// with [`status_forwarding_signals`] and wait for them, kill every QEMU,
+/// remove the temp dirs, and exit with 128 + the signal number.
 pub fn install_ctrlc_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let r = ctrlc::set_handler(|| {
-            eprintln!("\ninterrupted: killing QEMU and removing temp dirs");
-            cleanup_all();
-            std::process::exit(130);
-        });
-        if let Err(e) = r {
-            eprintln!("warning: cannot install the Ctrl-C handler: {e}");
+        if let Err(e) = install_stop_handler() {
+            let _ = writeln!(std::io::stderr(), "warning: cannot handle SIGINT/SIGTERM/SIGHUP: {e}");
         }
     });
+}
+
+fn install_stop_handler() -> std::io::Result<()> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into a two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fcntl on the write end just created.
+    if unsafe { libc::fcntl(fds[1], libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the read end is ours alone from here on.
+    let read_end = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+    SIGNAL_PIPE.store(fds[1], Ordering::Relaxed);
+    std::thread::Builder::new().name("stop-signals".into()).spawn(move || stop_thread(read_end))?;
+    for sig in STOP_SIGNALS {
+        // SAFETY: sigaction with zeroed (valid) structs; the handler only
+        // does async-signal-safe work.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if old.sa_sigaction == libc::SIG_IGN {
+                continue;
+            }
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How long child tools get to clean up after a forwarded stop signal.
+const CHILD_GRACE: Duration = Duration::from_secs(15);
+
+fn stop_thread(mut pipe: std::fs::File) {
+    let mut byte = [0u8; 1];
+    loop {
+        match pipe.read(&mut byte) {
+            Ok(1) => break,
+            Ok(_) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
+    let sig = libc::c_int::from(byte[0]);
+    STOPPING.store(sig, Ordering::SeqCst);
+    let name = signal_name(sig).unwrap_or("a signal");
+    let what = match sig {
+        libc::SIGINT => "interrupted",
+        libc::SIGTERM => "terminated",
+        libc::SIGHUP => "hung up",
+        _ => "stopped",
+    };
+    let groups: Vec<i32> = registry().groups.iter().copied().collect();
+    // Never eprintln!: with the terminal gone (SIGHUP) it would panic here.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{what} ({name}): {}killing QEMU and removing temp dirs",
+        if groups.is_empty() { "" } else { "passing it on to cargo test, " }
+    );
+    stop_groups(&groups, sig, CHILD_GRACE);
+    cleanup_all();
+    std::process::exit(128 + sig);
+}
+
+/// Sends `sig` to each process group and waits until they are gone, at most
+/// `grace`; what is left then gets SIGKILL.
+fn stop_groups(groups: &[i32], sig: libc::c_int, grace: Duration) {
+    let alive = |g: i32| {
+        // SAFETY: signal 0 only checks whether the group has members.
+        unsafe { libc::kill(-g, 0) == 0 }
+    };
+    for &g in groups {
+        // SAFETY: kill(2) on a process group this process created.
+        unsafe {
+            libc::kill(-g, sig);
+        }
+    }
+    let deadline = Instant::now() + grace;
+    while groups.iter().any(|&g| alive(g)) {
+        if Instant::now() >= deadline {
+            let _ = writeln!(
+                std::io::stderr(),
+                "still running {} s after {}: killing it",
+                grace.as_secs(),
+                signal_name(sig).unwrap_or("the signal")
+            );
+            for &g in groups {
+                // SAFETY: as above.
+                unsafe {
+                    libc::kill(-g, libc::SIGKILL);
+                }
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The stop signal being handled, if any.
+pub fn stopping() -> Option<i32> {
+    Some(STOPPING.load(Ordering::SeqCst)).filter(|&s| s != 0)
+}
+
+/// Runs `cmd` (a child tool such as `cargo test`) in its own process group
+/// and waits for it. A stop signal that reaches this process (SIGINT,
+/// SIGTERM, SIGHUP) is passed on to that whole group (cargo and the test
+/// binaries it runs), and this process waits for them to clean up before it
+/// exits; a terminal's Ctrl-C therefore reaches the child through us.
+pub fn status_forwarding_signals(cmd: &mut Command) -> Result<ExitStatus> {
+    cmd.process_group(0);
+    let mut reg = registry();
+    if reg.stopping {
+        bail!("stopping");
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", cmd.get_program().to_string_lossy()))?;
+    let pgid = child.id() as i32;
+    reg.groups.insert(pgid);
+    drop(reg);
+    let st = child.wait();
+    if stopping().is_some() {
+        // The stop thread is waiting for the group and then ends the process.
+        loop {
+            std::thread::park();
+        }
+    }
+    registry().groups.remove(&pgid);
+    Ok(st?)
 }
 
 /// Removes `/tmp/pvagent-<pid>-*` dirs left by a killed (SIGKILL) xtask
@@ -96,14 +265,22 @@ pub struct PrivateDir {
 impl PrivateDir {
     pub fn new() -> Result<PrivateDir> {
         remove_stale_dirs();
+        // Created under the registry lock: the stop handler either removes
+        // it or it is never created.
+        let mut reg = registry();
+        if reg.stopping {
+            bail!("stopping");
+        }
         let dir = tempfile::Builder::new()
             .prefix(&format!("pvagent-{}-", std::process::id()))
             .tempdir_in("/tmp")
             .context("creating a temp dir in /tmp")?;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
         let path = dir.path().to_path_buf();
-        registry().dirs.insert(path.clone());
-        Ok(PrivateDir { dir: Some(dir), path })
+        reg.dirs.insert(path.clone());
+        drop(reg);
+        let dir = PrivateDir { dir: Some(dir), path };
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        Ok(dir)
     }
 
     pub fn path(&self) -> &Path {
@@ -179,9 +356,12 @@ impl QemuProcess {
                 Ok(())
             });
         }
-        // Register under the lock so a Ctrl-C cannot slip between spawn and
-        // registration.
+        // Register under the lock so a stop signal cannot slip between spawn
+        // and registration.
         let mut reg = registry();
+        if reg.stopping {
+            bail!("stopping");
+        }
         let spawned_at = SystemTime::now();
         let spawned_instant = Instant::now();
         let child = cmd.spawn().with_context(|| format!("starting {}", argv[0]))?;
@@ -244,12 +424,20 @@ impl Drop for QemuProcess {
     }
 }
 
-/// Human form of an exit status.
+/// Human form of an exit status: `exit status 1`, `killed by signal 9
+/// (SIGKILL)`, `killed by signal 6 (SIGABRT, core dumped)`.
 pub fn describe_status(st: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (st.code(), st.signal()) {
         (Some(c), _) => format!("exit status {c}"),
-        (None, Some(s)) => format!("killed by signal {s}"),
+        (None, Some(s)) => {
+            let core = if st.core_dumped() { ", core dumped" } else { "" };
+            match signal_name(s) {
+                Some(name) => format!("killed by signal {s} ({name}{core})"),
+                None if core.is_empty() => format!("killed by signal {s}"),
+                None => format!("killed by signal {s} (core dumped)"),
+            }
+        }
         _ => "unknown status".into(),
     }
 }
@@ -281,22 +469,44 @@ pub fn qemu_version(binary: &str) -> Result<Version, String> {
     v
 }
 
+/// The message of a version probe that found no binary at all (as opposed
+/// to one that exists and failed); [`crate::setup`] installs only then.
+pub const NOT_FOUND: &str = "not found in PATH";
+
+/// How long a version probe waits for QEMU's QMP greeting.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn probe_version(binary: &str) -> Result<Version> {
-    if find_binary(binary).is_none() {
-        bail!("{binary} not found in PATH");
-    }
+    let Some(path) = find_binary(binary) else {
+        bail!("{binary} {NOT_FOUND}");
+    };
     let listener = QmpListener::new()?;
     let mut argv: Vec<String> =
         [binary, "-M", "none", "-S", "-nodefaults", "-display", "none"].iter().map(|s| s.to_string()).collect();
+    // Every failure names the command (but for the QMP socket's temp path)
+    // and the file that ran.
+    let cmd = format!(
+        "`{} -chardev socket,… -mon …`{}",
+        shell_join(&argv),
+        if binary.contains('/') { String::new() } else { format!(" ({})", path.display()) }
+    );
     argv.extend(listener.qemu_args());
     let errf = tempfile::tempfile()?;
     let mut errf_read = errf.try_clone()?;
-    let mut qemu = QemuProcess::spawn(&argv, Stdio::from(errf))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut qemu =
+        QemuProcess::spawn(&argv, Stdio::from(errf)).with_context(|| format!("version probe {cmd} could not start"))?;
+    let deadline = Instant::now() + PROBE_TIMEOUT;
     let result = (|| -> Result<Version> {
         let stream = qmp::accept(&listener.listener, deadline, || match qemu.try_wait()? {
-            Some(st) => bail!("{binary} exited ({}) during the version probe", describe_status(st)),
+            Some(st) => bail!("it ended ({}) before answering on QMP", describe_status(st)),
             None => Ok(()),
+        })
+        .map_err(|e| {
+            if Instant::now() >= deadline {
+                anyhow::anyhow!("it did not answer on QMP within {} s (killed)", PROBE_TIMEOUT.as_secs())
+            } else {
+                e
+            }
         })?;
         let mut q = Qmp::new(stream, None);
         let g = q.greeting(deadline)?;
@@ -307,15 +517,19 @@ fn probe_version(binary: &str) -> Result<Version> {
         q.drain_to_eof(deadline, &mut |_, _| {});
         Ok(v)
     })();
-    if qemu.wait_until(Instant::now() + Duration::from_secs(3))?.is_none() {
+    // A probe that timed out is killed at once; otherwise QEMU got `quit`.
+    let grace = if Instant::now() >= deadline { Duration::ZERO } else { Duration::from_secs(3) };
+    if qemu.wait_until(Instant::now() + grace)?.is_none() {
         qemu.kill()?;
     }
     result.map_err(|e| {
-        use std::io::{Read, Seek};
-        let mut s = String::new();
+        use std::io::Seek;
+        let mut bytes = Vec::new();
         let _ = errf_read.rewind();
-        let _ = errf_read.read_to_string(&mut s);
-        if s.trim().is_empty() { e } else { e.context(s.trim().to_string()) }
+        let _ = Read::by_ref(&mut errf_read).take(64 * 1024).read_to_end(&mut bytes);
+        let stderr = excerpt(&String::from_utf8_lossy(&bytes), 3, 400);
+        let stderr = if stderr.is_empty() { "no stderr".to_string() } else { format!("stderr: {stderr}") };
+        anyhow::anyhow!("version probe {cmd} failed: {e:#}; {stderr}")
     })
 }
 
@@ -324,5 +538,116 @@ pub fn forget_version(binary: &str) {
     let mut cache = VERSIONS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(m) = cache.as_mut() {
         m.remove(binary);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    /// Writes an executable `sh` script `name` with `body` into `dir`: a fake
+    /// `qemu-system-*`. Returns once it can be executed (a child forked
+    /// meanwhile by another test thread may briefly hold the written file
+    /// open: ETXTBSY).
+    pub(crate) fn fake_binary(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n[ -n \"$PVAGENT_FAKE_READY\" ] && exit 0\n{body}")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for _ in 0..200 {
+            match Command::new(&p).env("PVAGENT_FAKE_READY", "1").status() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(10)),
+                r => {
+                    assert!(r.unwrap().success());
+                    return p;
+                }
+            }
+        }
+        panic!("{} stays busy", p.display());
+    }
+
+    #[test]
+    fn statuses_name_the_signal() {
+        assert_eq!(describe_status(ExitStatus::from_raw(3 << 8)), "exit status 3");
+        assert_eq!(describe_status(ExitStatus::from_raw(libc::SIGKILL)), "killed by signal 9 (SIGKILL)");
+        assert_eq!(describe_status(ExitStatus::from_raw(libc::SIGTERM)), "killed by signal 15 (SIGTERM)");
+        assert_eq!(
+            describe_status(ExitStatus::from_raw(libc::SIGABRT | 0x80)),
+            "killed by signal 6 (SIGABRT, core dumped)"
+        );
+        assert_eq!(describe_status(ExitStatus::from_raw(40)), "killed by signal 40");
+    }
+
+    #[test]
+    fn a_process_killed_for_real_is_named() {
+        let st = Command::new("sh").args(["-c", "kill -KILL $$"]).status().unwrap();
+        assert_eq!(describe_status(st), "killed by signal 9 (SIGKILL)");
+    }
+
+    #[test]
+    fn probe_errors_name_the_command_the_status_and_stderr() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin =
+            fake_binary(tmp.path(), "qemu-system-fail", "echo 'first line' >&2\necho 'fake: no KVM' >&2\nexit 3\n");
+        let e = qemu_version(bin.to_str().unwrap()).unwrap_err();
+        assert!(e.contains(&format!("version probe `{} -M none -S -nodefaults -display none", bin.display())), "{e}");
+        assert!(e.contains("it ended (exit status 3) before answering on QMP"), "{e}");
+        assert!(e.contains("stderr: first line | fake: no KVM"), "{e}");
+        let bin = fake_binary(tmp.path(), "qemu-system-killed", "kill -SEGV $$\n");
+        let e = qemu_version(bin.to_str().unwrap()).unwrap_err();
+        assert!(e.contains("killed by signal 11 (SIGSEGV"), "{e}");
+        assert!(e.ends_with("no stderr"), "{e}");
+        let e = qemu_version(tmp.path().join("qemu-system-none").to_str().unwrap()).unwrap_err();
+        assert!(e.ends_with(NOT_FOUND), "{e}");
+    }
+
+    #[test]
+    fn child_tools_run_in_their_own_process_group() {
+        // Field 5 of /proc/<pid>/stat is the process group.
+        let st = status_forwarding_signals(
+            Command::new("sh").args(["-c", "set -- $(cat /proc/$$/stat); [ \"$5\" = \"$$\" ]"]),
+        )
+        .unwrap();
+        assert!(st.success(), "{st:?}");
+        assert!(registry().groups.is_empty());
+        let st = status_forwarding_signals(Command::new("sh").args(["-c", "exit 4"])).unwrap();
+        assert_eq!(st.code(), Some(4));
+    }
+
+    /// Spawns `script` as the leader of a new process group, reaped by a
+    /// thread (as the main thread reaps `cargo test`).
+    fn group(script: &str) -> (i32, std::thread::JoinHandle<ExitStatus>) {
+        let mut child = Command::new("sh").args(["-c", script]).process_group(0).spawn().unwrap();
+        let pgid = child.id() as i32;
+        (pgid, std::thread::spawn(move || child.wait().unwrap()))
+    }
+
+    #[test]
+    fn a_stop_signal_is_passed_on_and_waited_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let done = tmp.path().join("cleaned-up");
+        // The child cleans up for 300 ms after SIGTERM, then exits 143; its
+        // own child in the same group (a test binary under cargo) dies too.
+        let (pgid, waiter) =
+            group(&format!("trap 'sleep 0.3; touch {}; exit 143' TERM; sleep 30 & wait; wait", done.display()));
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        stop_groups(&[pgid], libc::SIGTERM, Duration::from_secs(10));
+        assert!(started.elapsed() >= Duration::from_millis(250), "returned before the child cleaned up");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(done.exists(), "the child did not get SIGTERM");
+        assert_eq!(waiter.join().unwrap().code(), Some(143));
+        // SAFETY: signal 0 only checks for the group.
+        assert_ne!(unsafe { libc::kill(-pgid, 0) }, 0, "the group is gone");
+    }
+
+    #[test]
+    fn a_child_that_ignores_the_signal_is_killed_after_the_grace() {
+        let (pgid, waiter) = group("trap '' TERM; sleep 30");
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        stop_groups(&[pgid], libc::SIGTERM, Duration::from_millis(300));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(waiter.join().unwrap().signal(), Some(libc::SIGKILL));
     }
 }

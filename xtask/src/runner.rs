@@ -376,7 +376,10 @@ pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
     }
     if let Some(e) = &mut rec.error {
         if let Some(st) = rec.exit.filter(|_| !rec.killed_by_us) {
-            e.push_str(&format!("; QEMU {}", qemu::describe_status(st)));
+            let status = qemu::describe_status(st);
+            if !e.contains(&status) {
+                e.push_str(&format!("; QEMU {status}"));
+            }
         }
         let stderr = first_lines(&dir.join("stderr.txt"));
         if !e.contains(&stderr) && stderr != "(no stderr)" {
@@ -386,16 +389,21 @@ pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
     rec.stderr = std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default();
     let image = env.images.for_board(&spec.board);
     let elf = image.as_ref().map(|i| i.elf.clone()).unwrap_or_default();
-    rec.agent_log = defmt_log::write_agent_log(env.table(&spec.board), &serial, &dir.join("agent.log"), &elf);
     let table_problem = match &image {
         Ok(i) => i.log_table.as_ref().err().cloned(),
         Err(e) => Some(format!("{e:#}")),
     };
-    if let Some(e) = table_problem {
+    // QEMU creates serial.bin when it opens its chardevs; one that failed
+    // earlier (a bad option, a missing binary) never did.
+    if !serial.exists() {
+        let _ = std::fs::write(dir.join("agent.log"), no_serial_note(dir, rec.error.is_some()));
+    } else if let Some(e) = table_problem {
         let _ = std::fs::write(
             dir.join("agent.log"),
             format!("defmt decoding failed: {e}\nraw output kept in serial.bin\n"),
         );
+    } else {
+        rec.agent_log = defmt_log::write_agent_log(env.table(&spec.board), &serial, &dir.join("agent.log"), &elf);
     }
     if let Some(c) = &checks {
         rec.progress = Some(obs.progress(&c.expect));
@@ -562,6 +570,24 @@ fn boot(
     Ok(())
 }
 
+/// `agent.log` of a run whose QEMU never created `serial.bin`: says so and
+/// names the artifacts that do exist in `dir`.
+fn no_serial_note(dir: &Path, failed: bool) -> String {
+    let has = |name: &str| std::fs::metadata(dir.join(name)).is_ok_and(|m| m.len() > 0);
+    let mut see: Vec<&str> = Vec::new();
+    if has("cmdline.txt") {
+        see.push("the command line in cmdline.txt");
+    }
+    if has("stderr.txt") {
+        see.push("QEMU's stderr in stderr.txt");
+    }
+    format!(
+        "(no agent output: {} before QEMU created serial.bin{})\n",
+        if failed { "the run failed" } else { "the run ended" },
+        if see.is_empty() { String::new() } else { format!("; see {}", see.join(" and ")) }
+    )
+}
+
 fn read_log(env: &RunEnv, board: &Board, serial: &Path) -> String {
     match (env.table(board), std::fs::read(serial)) {
         (Some(t), Ok(bytes)) => t.decode(&bytes).join("\n"),
@@ -614,7 +640,11 @@ pub fn judge(checks: &Checks, timeout: Duration, rec: &RunRecord) -> Verdict {
     let how_ended = match (rec.killed_by_us, exit_code) {
         (true, _) => "QEMU kept running".to_string(),
         (false, Some(c)) => format!("QEMU exited with status {c}{}", agent::explain_exit(c)),
-        (false, None) => "QEMU ended".to_string(),
+        (false, None) => match rec.exit {
+            // Killed by a signal that was not ours (OOM killer, a user, a crash).
+            Some(st) => format!("QEMU was {}", qemu::describe_status(st)),
+            None => "QEMU ended".to_string(),
+        },
     };
     match rec.progress.clone() {
         Some(Progress::Complete) | None => {}
@@ -693,6 +723,38 @@ pub fn skip_reason(case: &Case) -> Option<String> {
     }
 }
 
+/// Is this a CI run? `CI` set to `true`, `1` or `yes` (any case), as CI
+/// services set it.
+pub fn is_ci(value: Option<&str>) -> bool {
+    value.is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+}
+
+/// What the e2e harness does with a case whose QEMU is missing (or fails
+/// its version probe).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QemuUnavailable {
+    /// Report the case as ignored with this reason (a developer's machine).
+    Ignore(String),
+    /// Fail the case with this message: under CI a missing QEMU must not
+    /// turn the matrix into ignored tests and a green run.
+    Fail(String),
+}
+
+/// The decision for a case on `board` when its QEMU cannot run (`problem`,
+/// the probe's error), `ci` from [`is_ci`].
+pub fn qemu_unavailable(board: &Board, problem: &str, ci: bool) -> QemuUnavailable {
+    if !ci {
+        return QemuUnavailable::Ignore(format!("{problem} (run `cargo xtask setup`)"));
+    }
+    QemuUnavailable::Fail(format!(
+        "{problem}. Under CI (CI=true) the end-to-end matrix does not skip a missing QEMU; set it up with\n  \
+         cargo xtask setup --board {}\n\
+         (as root it installs {}; otherwise it prints the commands to run), or run the whole matrix with \
+         `cargo xtask test`, which sets up first",
+        board.name, board.package
+    ))
+}
+
 /// Runs one case end to end (skip check, boot, verdict, result.json).
 pub fn run_case(case: &Case, env: &RunEnv) -> CaseResult {
     run_case_started(case, env, || {})
@@ -759,7 +821,8 @@ pub fn run_case_started(case: &Case, env: &RunEnv, started: impl FnOnce()) -> Ca
     res.status = rec.status.clone();
     res.events = rec.events;
     res.qemu_version = rec.qemu_version.or(res.qemu_version);
-    res.artifact_dir = Some(dir.clone());
+    // Only a directory that exists is pointed at (it may not, if creating it failed).
+    res.artifact_dir = dir.is_dir().then(|| dir.clone());
     res.wall_ms = started.elapsed().as_millis();
     let _ = std::fs::write(
         dir.join("result.json"),
@@ -909,7 +972,8 @@ pub fn run_all(
 }
 
 /// Ad-hoc boot: prints events live, then the agent log and how QEMU ended.
-/// Returns QEMU's exit code (or `None` when it was stopped by us).
+/// Returns QEMU's exit code, 128 + the signal when something else killed it
+/// (as a shell reports it), or `None` when it was stopped by us.
 pub fn run_adhoc(spec: &RunSpec, env: &RunEnv, dir: &Path) -> Result<Option<i32>> {
     println!(
         "booting {} on {} (timeout {}), artifacts in {}",
@@ -930,9 +994,10 @@ pub fn run_adhoc(spec: &RunSpec, env: &RunEnv, dir: &Path) -> Result<Option<i32>
     }
     match rec.exit {
         Some(st) if !rec.killed_by_us && rec.status.is_none() => {
+            use std::os::unix::process::ExitStatusExt;
             let code = st.code();
             println!("QEMU {}{}", qemu::describe_status(st), code.map(agent::explain_exit).unwrap_or_default());
-            Ok(code)
+            Ok(code.or(st.signal().map(|s| 128 + s)))
         }
         _ => Ok(None),
     }
@@ -1128,6 +1193,99 @@ package = "qemu-system-x86"
         assert_eq!(judge(&cs, Duration::from_secs(1), &r), Verdict::Pass);
         r.status = Some("paused".into());
         assert!(matches!(judge(&cs, Duration::from_secs(1), &r), Verdict::Fail(m) if m.contains("status paused")));
+    }
+
+    #[test]
+    fn a_missing_qemu_fails_under_ci_only() {
+        for ci in ["true", "TRUE", "1", "yes", " true\n"] {
+            assert!(is_ci(Some(ci)), "{ci:?}");
+        }
+        for not in [None, Some(""), Some("false"), Some("0"), Some("no")] {
+            assert!(!is_ci(not), "{not:?}");
+        }
+        let problem = "qemu-system-x86_64 not found in PATH";
+        assert_eq!(
+            qemu_unavailable(&board(), problem, false),
+            QemuUnavailable::Ignore("qemu-system-x86_64 not found in PATH (run `cargo xtask setup`)".into())
+        );
+        match qemu_unavailable(&board(), problem, true) {
+            QemuUnavailable::Fail(m) => {
+                assert!(m.starts_with(problem), "{m}");
+                assert!(m.contains("\n  cargo xtask setup --board pc\n"), "{m}");
+                assert!(m.contains("qemu-system-x86"), "{m}");
+            }
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_qemu_killed_by_a_signal_is_named() {
+        let c = checks(End::Exit(0));
+        let mut r = record(vec![ev("GUEST_PANICKED", Value::Null)], 0, &c);
+        r.exit = Some(ExitStatus::from_raw(libc::SIGKILL));
+        match judge(&c, Duration::from_secs(1), &r) {
+            Verdict::Fail(m) => {
+                assert!(m.contains("missing SHUTDOWN (QEMU was killed by signal 9 (SIGKILL))"), "{m}");
+                assert!(m.contains("QEMU was killed by signal 9 (SIGKILL), expected exit status 0"), "{m}");
+            }
+            v => panic!("{v:?}"),
+        }
+        r.killed_by_us = false;
+        assert_eq!(describe_exit(&r).as_deref(), Some("killed by signal 9 (SIGKILL)"));
+        r.killed_by_us = true;
+        assert_eq!(describe_exit(&r).as_deref(), Some("killed (did not exit)"));
+    }
+
+    #[test]
+    fn the_note_of_a_missing_serial_names_only_what_exists() {
+        let tmp = tempfile::tempdir().unwrap();
+        let n = no_serial_note(tmp.path(), true);
+        assert_eq!(n, "(no agent output: the run failed before QEMU created serial.bin)\n");
+        std::fs::write(tmp.path().join("cmdline.txt"), "qemu-system-x86_64 -bogus\n").unwrap();
+        std::fs::write(tmp.path().join("stderr.txt"), "").unwrap();
+        let n = no_serial_note(tmp.path(), true);
+        assert!(n.contains("see the command line in cmdline.txt)") && !n.contains("stderr.txt"), "{n}");
+        std::fs::write(tmp.path().join("stderr.txt"), "qemu-system-x86_64: -bogus: invalid option\n").unwrap();
+        let n = no_serial_note(tmp.path(), true);
+        assert!(n.contains("cmdline.txt and QEMU's stderr in stderr.txt"), "{n}");
+        assert!(!n.contains("kept in"), "{n}");
+    }
+
+    /// A QEMU that fails before opening its chardevs: the error and
+    /// agent.log point at what exists, never at a serial.bin that does not.
+    #[test]
+    fn an_early_qemu_failure_points_at_existing_artifacts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = crate::qemu::tests::fake_binary(
+            tmp.path(),
+            "qemu-system-x86_64",
+            "echo \"qemu-system-x86_64: -bogus: invalid option\" >&2\nexit 1\n",
+        );
+        let mut b = board();
+        b.binary = bin.to_string_lossy().into_owned();
+        let image = tmp.path().join("image");
+        std::fs::write(&image, b"not an ELF").unwrap();
+        let env = RunEnv::new(image, tmp.path().join("run"));
+        let spec = RunSpec {
+            board: b,
+            extra_args: vec![],
+            script: None,
+            script_via: ScriptVia::FwCfg,
+            qmp_before_cont: vec![],
+            timeout: Duration::from_secs(5),
+            checks: None,
+            live: false,
+        };
+        let dir = tmp.path().join("run/pc/adhoc");
+        let rec = execute(&spec, &env, &dir);
+        let e = rec.error.expect("an error");
+        assert!(e.contains("QEMU exited before connecting to QMP (exit status 1)"), "{e}");
+        assert_eq!(e.matches("exit status 1").count(), 1, "{e}");
+        assert!(!dir.join("serial.bin").exists());
+        let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
+        assert!(!log.contains("kept in"), "{log}");
+        assert!(log.contains("before QEMU created serial.bin") && log.contains("stderr.txt"), "{log}");
+        assert!(dir.join("stderr.txt").exists() && dir.join("cmdline.txt").exists());
     }
 
     // ── s390x and fast boards ──

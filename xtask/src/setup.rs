@@ -252,36 +252,97 @@ pub fn ensure_rust_targets(root: &Path, targets: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// What probing a board's QEMU binary found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QemuProbe {
+    /// No such binary in `PATH`: the only case this tool installs QEMU.
+    Missing,
+    /// The binary exists but its version probe failed (the probe's own
+    /// error: command, exit status, stderr). Never installed over.
+    Broken(String),
+    Found(Version),
+}
+
+/// Probes `binary` ([`qemu::qemu_version`], cached).
+pub fn probe_qemu(binary: &str) -> QemuProbe {
+    if qemu::find_binary(binary).is_none() {
+        return QemuProbe::Missing;
+    }
+    match qemu::qemu_version(binary) {
+        Ok(v) => QemuProbe::Found(v),
+        Err(e) => QemuProbe::Broken(e),
+    }
+}
+
 /// Ensures each board's QEMU binary exists and is ≥ 9.1 where this tool can
 /// install it; returns the versions found (binary → version).
 pub fn ensure_qemu(boards: &[&Board]) -> Result<Vec<(String, Version)>> {
+    ensure_qemu_with(boards, probe_qemu, |board, have| {
+        let r = install_qemu(board, have);
+        qemu::forget_version(&board.binary);
+        r
+    })
+}
+
+/// [`ensure_qemu`] with the probe and the installer given (tests use fakes):
+///
+/// * a binary that is there and new enough is used;
+/// * a binary that is there but fails its probe is an error naming the
+///   probe's failure, and nothing is installed over it;
+/// * a missing binary is installed (an error if that fails);
+/// * an older binary is upgraded where possible; when that fails the older
+///   one is used with a warning (the rows needing a newer QEMU are SKIPPED).
+pub fn ensure_qemu_with(
+    boards: &[&Board],
+    mut probe: impl FnMut(&str) -> QemuProbe,
+    mut install: impl FnMut(&Board, Option<Version>) -> Result<()>,
+) -> Result<Vec<(String, Version)>> {
+    let want = fmt_min_version(WANTED_QEMU);
     let mut done = BTreeSet::new();
     let mut found = Vec::new();
     for b in boards {
         if !done.insert(b.binary.clone()) {
             continue;
         }
-        let have = qemu::qemu_version(&b.binary).ok();
-        if let Some(v) = have
-            && v >= WANTED_QEMU
-        {
-            found.push((b.binary.clone(), v));
-            continue;
-        }
-        install_qemu(b, have)?;
-        qemu::forget_version(&b.binary);
-        match qemu::qemu_version(&b.binary) {
-            Ok(v) => {
-                if v < WANTED_QEMU {
+        let have = match probe(&b.binary) {
+            QemuProbe::Found(v) if v >= WANTED_QEMU => {
+                found.push((b.binary.clone(), v));
+                continue;
+            }
+            QemuProbe::Found(v) => Some(v),
+            QemuProbe::Missing => None,
+            QemuProbe::Broken(e) => bail!(
+                "{} is installed but does not work: {e}\n\
+                 Not installing over it: repair or remove it (Debian: `apt-get install --reinstall {}`), \
+                 or put a working {} first in PATH.",
+                b.binary,
+                b.package,
+                b.binary
+            ),
+        };
+        if let Err(e) = install(b, have) {
+            match have {
+                Some(v) => {
                     eprintln!(
-                        "setup: warning: {} is {v}; scenarios needing QEMU ≥ {} will be SKIPPED",
-                        b.binary,
-                        fmt_min_version(WANTED_QEMU)
+                        "setup: warning: could not install a newer {}: {e:#}\n\
+                         setup: continuing with {} {v}; scenarios needing QEMU ≥ {want} will be SKIPPED",
+                        b.package, b.binary
                     );
+                    found.push((b.binary.clone(), v));
+                    continue;
+                }
+                None => return Err(e),
+            }
+        }
+        match probe(&b.binary) {
+            QemuProbe::Found(v) => {
+                if v < WANTED_QEMU {
+                    eprintln!("setup: warning: {} is {v}; scenarios needing QEMU ≥ {want} will be SKIPPED", b.binary);
                 }
                 found.push((b.binary.clone(), v));
             }
-            Err(e) => bail!("{} still unusable after installing: {e}", b.binary),
+            QemuProbe::Missing => bail!("installing {} did not provide {} in PATH", b.package, b.binary),
+            QemuProbe::Broken(e) => bail!("{} still unusable after installing {}: {e}", b.binary, b.package),
         }
     }
     Ok(found)
@@ -456,6 +517,95 @@ deb http://ftp.example/debian bookworm-backports main  # trailing
         assert_eq!(parsed[0].uris, vec!["http://m/debian"]);
         assert_eq!(parsed[0].suites, vec!["bookworm-backports"]);
         assert_eq!(parsed[0].signed_by.as_deref(), Some("/k.gpg"));
+    }
+
+    fn board(binary: &str) -> Board {
+        crate::config::parse_board(
+            Path::new("boards/pc.toml"),
+            &format!(
+                "name = \"pc\"\ndescription = \"d\"\narch = \"x86_64\"\nbinary = \"{binary}\"\nmachine = \"pc\"\n\
+                 accel = \"tcg\"\nmemory = \"128M\"\npackage = \"qemu-system-x86\"\n"
+            ),
+            Path::new("/w"),
+        )
+        .unwrap()
+    }
+
+    /// Runs [`ensure_qemu_with`] with `probes` answered in turn; returns the
+    /// result and how often the installer ran.
+    fn ensure(probes: Vec<QemuProbe>, install: impl Fn() -> Result<()>) -> (Result<Vec<(String, Version)>>, usize) {
+        let b = board("qemu-system-x86_64");
+        let mut probes = probes.into_iter();
+        let mut installs = 0;
+        let r = ensure_qemu_with(
+            &[&b],
+            |_| probes.next().expect("no more probes expected"),
+            |_, _| {
+                installs += 1;
+                install()
+            },
+        );
+        (r, installs)
+    }
+
+    const OLD: Version = Version::new(7, 2, 0);
+    const NEW: Version = Version::new(10, 0, 2);
+
+    #[test]
+    fn a_broken_qemu_is_reported_and_never_installed_over() {
+        let why = "version probe `qemu-system-x86_64 -M none …` failed: it ended (exit status 1) before answering \
+                   on QMP; stderr: qemu-system-x86_64: error while loading shared libraries: libfdt.so.1";
+        let (r, installs) = ensure(vec![QemuProbe::Broken(why.into())], || panic!("must not install"));
+        let e = format!("{:#}", r.unwrap_err());
+        assert_eq!(installs, 0);
+        assert!(e.contains("qemu-system-x86_64 is installed but does not work"), "{e}");
+        assert!(e.contains("exit status 1") && e.contains("libfdt.so.1"), "{e}");
+        assert!(e.contains("Not installing over it"), "{e}");
+        assert!(!e.contains("not installed"), "{e}");
+    }
+
+    #[test]
+    fn an_older_qemu_is_kept_when_installing_fails() {
+        let (r, installs) = ensure(vec![QemuProbe::Found(OLD)], || bail!("`apt-get update` failed (exit status: 100)"));
+        assert_eq!(installs, 1);
+        assert_eq!(r.unwrap(), vec![("qemu-system-x86_64".to_string(), OLD)]);
+        // Installing worked: the new version is probed again and used.
+        let (r, installs) = ensure(vec![QemuProbe::Found(OLD), QemuProbe::Found(NEW)], || Ok(()));
+        assert_eq!((r.unwrap()[0].1, installs), (NEW, 1));
+    }
+
+    #[test]
+    fn a_missing_qemu_is_installed_and_failures_abort() {
+        let (r, installs) = ensure(vec![QemuProbe::Missing], || bail!("`apt-get update` failed"));
+        assert_eq!(installs, 1);
+        assert!(format!("{:#}", r.unwrap_err()).contains("apt-get update"));
+        let (r, _) = ensure(vec![QemuProbe::Missing, QemuProbe::Found(NEW)], || Ok(()));
+        assert_eq!(r.unwrap()[0].1, NEW);
+        let (r, _) = ensure(vec![QemuProbe::Missing, QemuProbe::Missing], || Ok(()));
+        assert!(format!("{:#}", r.unwrap_err()).contains("did not provide qemu-system-x86_64"));
+        // New enough from the start: nothing installed.
+        let (r, installs) = ensure(vec![QemuProbe::Found(NEW)], || panic!("must not install"));
+        assert_eq!((r.unwrap()[0].1, installs), (NEW, 0));
+    }
+
+    /// A real probe of a fake `qemu-system-*` that fails: `setup` reports
+    /// the probe's own error and installs nothing.
+    #[test]
+    fn a_failing_fake_binary_is_broken_not_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = crate::qemu::tests::fake_binary(
+            tmp.path(),
+            "qemu-system-x86_64",
+            "echo 'qemu-system-x86_64: fake: cannot load libslirp.so.0' >&2\nexit 1\n",
+        );
+        let bin = bin.to_str().unwrap();
+        let probed = probe_qemu(bin);
+        let QemuProbe::Broken(e) = &probed else { panic!("{probed:?}") };
+        assert!(e.contains("-M none") && e.contains("exit status 1") && e.contains("libslirp.so.0"), "{e}");
+        let b = board(bin);
+        let e = ensure_qemu_with(&[&b], probe_qemu, |_, _| panic!("must not install")).unwrap_err();
+        assert!(format!("{e:#}").contains("is installed but does not work"), "{e:#}");
+        assert_eq!(probe_qemu(tmp.path().join("qemu-system-none").to_str().unwrap()), QemuProbe::Missing);
     }
 
     #[test]

@@ -79,6 +79,111 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms))
 }
 
+/// Parses a `--timeout`: a duration ([`parse_duration`]) greater than zero
+/// (a zero timeout would stop QEMU before it could even connect).
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "`{}` is no time at all: a timeout must be greater than zero (write e.g. \"10s\")",
+            s.trim()
+        ));
+    }
+    Ok(d)
+}
+
+/// Checks that `path` can be an agent image: an existing, non-empty regular
+/// file. The error says what the path is instead (missing, a directory, a
+/// device, …) and what is expected.
+pub fn image_file(path: std::path::PathBuf) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::FileTypeExt;
+    const EXPECTED: &str =
+        "an image is the agent's ELF file, e.g. target/x86_64-unknown-none/release/pvagent (cargo xtask build)";
+    let shown = path.display();
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("{shown} does not exist; {EXPECTED}"));
+        }
+        Err(e) => return Err(format!("cannot read {shown}: {e}; {EXPECTED}")),
+    };
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        if meta.len() > 0 {
+            return Ok(path);
+        }
+        "an empty file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Err(format!("{shown} is {what}, not an image file; {EXPECTED}"))
+}
+
+/// The name of a signal (`SIGKILL`), for messages; `None` for numbers
+/// without a conventional name on Linux.
+pub fn signal_name(sig: i32) -> Option<&'static str> {
+    const NAMES: [&str; 31] = [
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    usize::try_from(sig).ok().and_then(|n| n.checked_sub(1)).and_then(|i| NAMES.get(i)).copied()
+}
+
+/// An excerpt of a program's output for one-line messages: the first
+/// `lines` non-empty lines joined with ` | `, control characters replaced,
+/// at most `max_chars` characters (an ellipsis says when more was cut).
+pub fn excerpt(text: &str, lines: usize, max_chars: usize) -> String {
+    let joined = text.lines().map(str::trim).filter(|l| !l.is_empty()).take(lines).collect::<Vec<_>>().join(" | ");
+    let clean: String = joined.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let more = text.lines().filter(|l| !l.trim().is_empty()).count() > lines;
+    if clean.chars().count() > max_chars {
+        format!("{}…", clean.chars().take(max_chars).collect::<String>())
+    } else if more {
+        format!("{clean} | …")
+    } else {
+        clean
+    }
+}
+
 /// Human form of a duration, the inverse of [`parse_duration`] for whole ms.
 pub fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -212,6 +317,54 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
         assert_eq!(fmt_duration(Duration::from_millis(300)), "300ms");
         assert_eq!(fmt_duration(Duration::from_secs(10)), "10s");
+    }
+
+    #[test]
+    fn timeouts_must_be_positive() {
+        assert_eq!(parse_timeout("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_timeout("1ms"), Ok(Duration::from_millis(1)));
+        for zero in ["0s", "0ms", "0.0s", " 0m "] {
+            let e = parse_timeout(zero).unwrap_err();
+            assert!(e.contains("greater than zero") && e.contains(zero.trim()), "{zero}: {e}");
+        }
+        assert!(parse_timeout("10").unwrap_err().contains("no unit"));
+    }
+
+    #[test]
+    fn image_paths_say_what_they_are() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = image_file(tmp.path().to_path_buf()).unwrap_err();
+        assert!(dir.contains("is a directory, not an image file") && dir.contains("ELF"), "{dir}");
+        let null = image_file("/dev/null".into()).unwrap_err();
+        assert!(null.starts_with("/dev/null is a character device, not an image file"), "{null}");
+        let missing = image_file(tmp.path().join("nope")).unwrap_err();
+        assert!(missing.contains("nope does not exist"), "{missing}");
+        let empty = tmp.path().join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(image_file(empty.clone()).unwrap_err().contains("is an empty file"));
+        std::fs::write(&empty, b"\x7fELF").unwrap();
+        assert_eq!(image_file(empty.clone()), Ok(empty));
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(libc::SIGKILL), Some("SIGKILL"));
+        assert_eq!(signal_name(libc::SIGTERM), Some("SIGTERM"));
+        assert_eq!(signal_name(libc::SIGHUP), Some("SIGHUP"));
+        assert_eq!(signal_name(libc::SIGINT), Some("SIGINT"));
+        assert_eq!(signal_name(libc::SIGSYS), Some("SIGSYS"));
+        assert_eq!(signal_name(libc::SIGSEGV), Some("SIGSEGV"));
+        assert_eq!(signal_name(0), None);
+        assert_eq!(signal_name(-1), None);
+        assert_eq!(signal_name(40), None);
+    }
+
+    #[test]
+    fn excerpts() {
+        assert_eq!(excerpt("\n a \n\nb\x1b[1m\n", 3, 100), "a | b [1m");
+        assert_eq!(excerpt("1\n2\n3\n4\n", 2, 100), "1 | 2 | …");
+        assert_eq!(excerpt(&"x".repeat(50), 3, 10), format!("{}…", "x".repeat(10)));
+        assert_eq!(excerpt("", 3, 10), "");
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! The images come from `PVAGENT_IMAGE` (`:`-separated, one per
 //! architecture) or are built on first use: those of the architectures of
 //! the trials that are not filtered out, and only those. Scenarios the
-//! local QEMU is too old for are reported as ignored with the reason.
+//! local QEMU is too old for are reported as ignored with the reason. So
+//! are those of a board whose QEMU is missing, except under CI (`CI=true`):
+//! there they fail with the set-up command to type, so that a CI machine
+//! without QEMU cannot pass by ignoring the whole matrix.
 //!
 //! Trials run on libtest-mimic's worker threads, each trial's QEMU spawned,
 //! watched and reaped on the same thread. The number of threads is
@@ -24,7 +27,7 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use xtask::config::{Case, expand_cases};
 use xtask::images::{self, Arch};
 use xtask::runner::{self, RunEnv, Verdict};
-use xtask::{Project, agent, artifacts, qemu};
+use xtask::{Project, agent, artifacts, qemu, util};
 
 /// Images and run directory, prepared once by the first trial that runs.
 struct Shared {
@@ -39,6 +42,9 @@ impl Shared {
         self.env
             .get_or_init(|| {
                 let given = std::env::var_os(images::IMAGE_ENV).map(|v| images::split_env(&v)).unwrap_or_default();
+                for p in &given {
+                    util::image_file(p.clone()).map_err(|e| format!("{}: {e}", images::IMAGE_ENV))?;
+                }
                 let arches = self.arches.get().cloned().unwrap_or_default();
                 let imgs = images::resolve(&self.root, &given, &arches).map_err(|e| format!("{e:#}"))?;
                 let runs = artifacts::runs_root(&agent::target_dir(&self.root));
@@ -52,16 +58,32 @@ impl Shared {
     }
 }
 
-fn skip_reason(case: &Case) -> Option<String> {
+/// What happens to a case before it boots.
+enum Precheck {
+    Run,
+    Ignore(String),
+    Fail(String),
+}
+
+fn precheck(case: &Case) -> Precheck {
     if let Err(e) = qemu::qemu_version(&case.board.binary) {
-        return Some(format!("{e} (run `cargo xtask setup`)"));
+        let ci = runner::is_ci(std::env::var("CI").ok().as_deref());
+        return match runner::qemu_unavailable(&case.board, &e, ci) {
+            runner::QemuUnavailable::Ignore(reason) => Precheck::Ignore(reason),
+            runner::QemuUnavailable::Fail(message) => Precheck::Fail(message),
+        };
     }
-    runner::skip_reason(case)
+    match runner::skip_reason(case) {
+        Some(reason) => Precheck::Ignore(reason),
+        None => Precheck::Run,
+    }
 }
 
 fn run_trial(shared: &Shared, case: &Case) -> Result<Completion, Failed> {
-    if let Some(reason) = skip_reason(case) {
-        return Ok(Completion::ignored_with(reason));
+    match precheck(case) {
+        Precheck::Run => {}
+        Precheck::Ignore(reason) => return Ok(Completion::ignored_with(reason)),
+        Precheck::Fail(message) => return Err(message.into()),
     }
     let env = shared.env()?;
     let r = runner::run_case(case, env);
@@ -108,19 +130,19 @@ fn main() {
                 .into_iter()
                 .filter_map(|i| slots[i].take())
                 .map(|case| {
-                    let skip = skip_reason(&case);
+                    let pre = precheck(&case);
                     let name = case.full_name();
                     let shared = shared.clone();
                     let arch = Arch::of(&case.board).ok();
                     let trial = Trial::ignorable_test(name, move || run_trial(&shared, &case));
                     if !args.is_filtered_out(&trial) {
-                        if let Some(reason) = &skip {
-                            eprintln!("e2e: SKIPPED {}: {reason}", trial.name());
-                        } else {
-                            arches.extend(arch);
+                        match &pre {
+                            Precheck::Ignore(reason) => eprintln!("e2e: SKIPPED {}: {reason}", trial.name()),
+                            Precheck::Fail(_) => {}
+                            Precheck::Run => arches.extend(arch),
                         }
                     }
-                    trial.with_ignored_flag(skip.is_some())
+                    trial.with_ignored_flag(matches!(pre, Precheck::Ignore(_)))
                 })
                 .collect();
             let _ = shared.arches.set(arches);
