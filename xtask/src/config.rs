@@ -243,6 +243,7 @@ impl ScriptVia {
         match self {
             ScriptVia::FwCfg => "fw_cfg",
             ScriptVia::Append => "append",
+            ScriptVia::FwCfgFile => "fw_cfg_file",
         }
     }
 }
@@ -251,7 +252,9 @@ impl ScriptVia {
 /// `boot` (`None`: it can).
 fn script_via_problem(arch: &str, boot: Boot, via: ScriptVia) -> Option<String> {
     match (arch, boot, via) {
-        ("s390x", _, ScriptVia::FwCfg) => Some("s390x has no fw_cfg; scripts go through -append".into()),
+        ("s390x", _, ScriptVia::FwCfg | ScriptVia::FwCfgFile) => {
+            Some("s390x has no fw_cfg; scripts go through -append".into())
+        }
         (_, Boot::Firmware, ScriptVia::Append) => {
             Some("the agent boots as the firmware (-bios), and -append needs -kernel".into())
         }
@@ -262,6 +265,9 @@ fn script_via_problem(arch: &str, boot: Boot, via: ScriptVia) -> Option<String> 
 impl Board {
     /// Why this board cannot deliver a script through `via` (`None`: it can).
     pub fn script_via_problem(&self, via: ScriptVia) -> Option<String> {
+        if via == ScriptVia::FwCfgFile && self.launch.kind != crate::nested_run::BoardKind::Qemu {
+            return Some("this board's QEMU runs inside L1, where the run directory's files are not".into());
+        }
         script_via_problem(&self.arch, self.boot, via)
     }
 }
@@ -345,6 +351,9 @@ fn resolve_scenario_boards(
             errors.push(format!("{ctx}: field `boards`: {e}"));
             return errors;
         }
+    }
+    if let Some(only) = &s.only_boards {
+        s.boards.retain(|b| only.contains(b));
     }
     if s.script.is_some() {
         for name in &s.boards {
@@ -433,6 +442,10 @@ pub enum ScriptVia {
     FwCfg,
     /// `-append <script>` (PVH command line)
     Append,
+    /// `-fw_cfg name=opt/pvagent/script,file=<run dir>/script.bin`: the
+    /// script's bytes verbatim (a NUL byte included), from a file the runner
+    /// writes into the run's directory.
+    FwCfgFile,
 }
 
 #[derive(Deserialize)]
@@ -674,6 +687,9 @@ pub struct Scenario {
     pub stderr_contains: Vec<String>,
     /// Timing assertions between matched events.
     pub timing: Vec<TimingCheck>,
+    /// From a `[scripts]` entry's `boards`: the row runs only on those of
+    /// its boards (applied when its groups are expanded).
+    pub only_boards: Option<Vec<String>>,
 }
 
 /// The whole validated table.
@@ -711,9 +727,9 @@ pub fn parse_scenarios(file: &Path, text: &str, boards: &[Board]) -> Result<Scen
         text.parse().map_err(|e: toml::de::Error| format!("{fname}: invalid TOML: {}", e.to_string().trim_end()))?;
     let mut errors: Vec<String> = Vec::new();
     for key in doc.keys() {
-        if key != "variants" && key != "scenario" {
+        if key != "variants" && key != "scenario" && key != "scripts" {
             errors.push(format!(
-                "{fname}: unknown top-level key `{key}`\n  fix: the file holds only [variants.NAME] tables and [[scenario]] rows"
+                "{fname}: unknown top-level key `{key}`\n  fix: the file holds only [variants.NAME] and [scripts.NAME] tables and [[scenario]] rows"
             ));
         }
     }
@@ -769,6 +785,8 @@ pub fn parse_scenarios(file: &Path, text: &str, boards: &[Board]) -> Result<Scen
         Some(_) => errors.push(format!("{fname}: `variants` must be a table\n  fix: write [variants.NAME] sections")),
     }
 
+    let lists = parse_script_lists(&fname, doc.get("scripts"), boards, &mut errors);
+
     // Scenarios.
     let rows: Vec<toml::Value> = match doc.get("scenario") {
         None => Vec::new(),
@@ -789,22 +807,35 @@ pub fn parse_scenarios(file: &Path, text: &str, boards: &[Board]) -> Result<Scen
     };
     let mut seen = BTreeSet::new();
     let mut scenarios = Vec::new();
-    for (idx, row) in rows.into_iter().enumerate() {
+    for (idx, mut row) in rows.into_iter().enumerate() {
         let label = row
             .get("name")
             .and_then(|n| n.as_str())
             .map(|n| format!("scenario `{n}`"))
             .unwrap_or_else(|| format!("scenario #{}", idx + 1));
         let ctx = format!("{fname}: {label}");
-        match validate_scenario(&ctx, row, &board_names, &variant_names) {
-            Ok(mut s) => {
-                let mut board_errors = resolve_scenario_boards(&ctx, &mut s, boards, &variants);
-                if !board_errors.is_empty() {
-                    errors.append(&mut board_errors);
-                } else if !seen.insert(s.name.clone()) {
-                    errors.push(format!("{ctx}: duplicate name\n  fix: give every scenario a unique `name`"));
-                } else {
-                    scenarios.push(Arc::new(s));
+        let list = match take_script_list(&ctx, &mut row, &lists) {
+            Ok(list) => list,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        match validate_scenario(&ctx, row, &board_names, &variant_names, list.is_some()) {
+            Ok(s) => {
+                let expanded = match list {
+                    Some(entries) => expand_script_list(&s, entries),
+                    None => vec![(ctx.clone(), s)],
+                };
+                for (ctx, mut s) in expanded {
+                    let mut board_errors = resolve_scenario_boards(&ctx, &mut s, boards, &variants);
+                    if !board_errors.is_empty() {
+                        errors.append(&mut board_errors);
+                    } else if !seen.insert(s.name.clone()) {
+                        errors.push(format!("{ctx}: duplicate name\n  fix: give every scenario a unique `name`"));
+                    } else if !s.boards.is_empty() {
+                        scenarios.push(Arc::new(s));
+                    }
                 }
             }
             Err(mut e) => errors.append(&mut e),
@@ -829,6 +860,7 @@ fn validate_scenario(
     row: toml::Value,
     board_names: &[&str],
     variant_names: &[&str],
+    has_script_list: bool,
 ) -> Result<Scenario, Vec<String>> {
     let def: ScenarioDef =
         de(row, ctx, "see the field list at the top of scenarios.toml (required: name, end)").map_err(|e| vec![e])?;
@@ -1066,17 +1098,15 @@ fn validate_scenario(
     let timing = validate_timing(ctx, def.timing, &expect, &def.ignore, &mut errs.list);
     let script = def.script.filter(|s| !s.trim().is_empty());
     let script_via = def.script_via;
-    if script.is_none() && def.script_via.is_some() {
+    if script.is_none() && !has_script_list && def.script_via.is_some() {
         errs.field(
             "script_via",
             "is set but there is no script".into(),
             "remove `script_via` or add a `script`".into(),
         );
     }
-    if let Some(s) = &script
-        && s.contains('\0')
-    {
-        errs.field("script", "contains a NUL byte".into(), "remove it".into());
+    if let Some(p) = script.as_deref().and_then(|s| nul_problem(s, script_via)) {
+        errs.field("script", p.into(), "remove it, or set script_via = \"fw_cfg_file\"".into());
     }
     match (errs.list.is_empty(), end) {
         (true, Some(end)) => Ok(Scenario {
@@ -1097,9 +1127,176 @@ fn validate_scenario(
             log_contains: def.log_contains,
             stderr_contains: def.stderr_contains,
             timing,
+            only_boards: None,
         }),
         _ => Err(errs.list),
     }
+}
+
+/// A NUL byte reaches the agent only through a file (`script_via =
+/// "fw_cfg_file"`): QEMU's `string=` and `-append` end at it.
+fn nul_problem(script: &str, via: Option<ScriptVia>) -> Option<&'static str> {
+    (script.contains('\0') && via != Some(ScriptVia::FwCfgFile))
+        .then_some("contains a NUL byte, which only script_via = \"fw_cfg_file\" can deliver")
+}
+
+/// One script of a `[scripts.LIST]` table: a row that names the list runs
+/// once per entry, as `<row>.<key>`.
+#[derive(Clone, Debug)]
+pub struct ScriptEntry {
+    pub key: String,
+    pub script: String,
+    /// Added to the row's `log_contains`.
+    pub log_contains: Vec<String>,
+    /// Overrides the row's `script_via`.
+    pub script_via: Option<ScriptVia>,
+    /// Only on these boards (groups expanded); `None`: the row's boards.
+    pub boards: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptEntryDef {
+    script: String,
+    #[serde(default)]
+    log_contains: Vec<String>,
+    script_via: Option<ScriptVia>,
+    boards: Option<Vec<String>>,
+}
+
+/// Parses the `[scripts.LIST]` tables: each key a script, or a table
+/// `{ script, log_contains, script_via, boards }`.
+fn parse_script_lists(
+    fname: &str,
+    value: Option<&toml::Value>,
+    boards: &[Board],
+    errors: &mut Vec<String>,
+) -> BTreeMap<String, Vec<ScriptEntry>> {
+    let mut lists = BTreeMap::new();
+    let fix_shape = "write [scripts.NAME] tables whose entries are `key = \"script\"` or \
+                     `key = { script = \"…\", log_contains = [..], script_via = \"…\", boards = [..] }`";
+    let tables = match value {
+        None => return lists,
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => {
+            errors.push(format!("{fname}: `scripts` must be a table of tables\n  fix: {fix_shape}"));
+            return lists;
+        }
+    };
+    for (list, entries) in tables {
+        let ctx = format!("{fname}: scripts.{list}");
+        if !valid_name(list) {
+            errors.push(format!("{ctx}: invalid name\n  fix: use letters, digits, '-', '_' and '.' only"));
+            continue;
+        }
+        let Some(entries) = entries.as_table() else {
+            errors.push(format!("{ctx}: must be a table\n  fix: {fix_shape}"));
+            continue;
+        };
+        if entries.is_empty() {
+            errors.push(format!("{ctx}: has no scripts\n  fix: add entries or remove the table"));
+        }
+        let mut out = Vec::new();
+        for (key, v) in entries {
+            let ctx = format!("{ctx}.{key}");
+            if !valid_name(key) {
+                errors.push(format!("{ctx}: invalid key\n  fix: use letters, digits, '-', '_' and '.' only"));
+                continue;
+            }
+            let def = match v {
+                toml::Value::String(script) => Ok(ScriptEntryDef {
+                    script: script.clone(),
+                    log_contains: Vec::new(),
+                    script_via: None,
+                    boards: None,
+                }),
+                other => de::<ScriptEntryDef>(other.clone(), &ctx, fix_shape),
+            };
+            let def = match def {
+                Ok(d) => d,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            if def.script.trim().is_empty() {
+                errors.push(format!(
+                    "{ctx}: the script is empty (that is the no-script case, not a script)\n  fix: write a script"
+                ));
+                continue;
+            }
+            if let Some(p) = nul_problem(&def.script, def.script_via) {
+                errors.push(format!("{ctx}: the script {p}\n  fix: set script_via = \"fw_cfg_file\" in the entry"));
+                continue;
+            }
+            if def.log_contains.iter().any(String::is_empty) {
+                errors.push(format!("{ctx}: `log_contains` has an empty string\n  fix: remove it"));
+                continue;
+            }
+            let entry_boards = match def.boards.as_deref().map(|l| variant_boards(l, boards)).transpose() {
+                Ok(b) => b,
+                Err(e) => {
+                    errors.push(format!("{ctx}: field `boards`: {e}"));
+                    continue;
+                }
+            };
+            out.push(ScriptEntry {
+                key: key.clone(),
+                script: def.script,
+                log_contains: def.log_contains,
+                script_via: def.script_via,
+                boards: entry_boards,
+            });
+        }
+        lists.insert(list.clone(), out);
+    }
+    lists
+}
+
+/// Removes a row's `scripts = "LIST"` and returns that list's entries.
+fn take_script_list<'a>(
+    ctx: &str,
+    row: &mut toml::Value,
+    lists: &'a BTreeMap<String, Vec<ScriptEntry>>,
+) -> Result<Option<&'a [ScriptEntry]>, String> {
+    let Some(value) = row.as_table_mut().and_then(|t| t.remove("scripts")) else { return Ok(None) };
+    let Some(name) = value.as_str() else {
+        return Err(format!(
+            "{ctx}: field `scripts`: must be a string\n  fix: write scripts = \"LIST\" naming a [scripts.LIST] table"
+        ));
+    };
+    if row.get("script").is_some() {
+        return Err(format!("{ctx}: has both `script` and `scripts`\n  fix: keep one of them"));
+    }
+    match lists.get(name) {
+        Some(entries) => Ok(Some(entries)),
+        None => Err(format!(
+            "{ctx}: field `scripts`: no [scripts.{name}] table\n  fix: use one of: {} (or add [scripts.{name}])",
+            if lists.is_empty() {
+                "(none defined)".to_string()
+            } else {
+                lists.keys().cloned().collect::<Vec<_>>().join(", ")
+            }
+        )),
+    }
+}
+
+/// One scenario per list entry, named `<row>.<key>`, each with its context
+/// for messages. Boards are narrowed after the row's `@group`s are expanded
+/// (in [`resolve_scenario_boards`]), so an entry's `boards` is kept aside here.
+fn expand_script_list(row: &Scenario, entries: &[ScriptEntry]) -> Vec<(String, Scenario)> {
+    entries
+        .iter()
+        .map(|e| {
+            let mut s = row.clone();
+            s.name = format!("{}.{}", row.name, e.key);
+            s.script = Some(e.script.clone());
+            s.script_via = e.script_via.or(row.script_via);
+            s.log_contains.extend(e.log_contains.iter().cloned());
+            s.only_boards = e.boards.clone();
+            (format!("scenario `{}` (from [scripts] entry `{}`)", s.name, e.key), s)
+        })
+        .collect()
 }
 
 /// How many events called `event` a passing run can have: the sum of the
@@ -1373,6 +1570,49 @@ expect = [
 ]
 end = { status = "guest-panicked" }
 "#;
+
+    const LIST: &str = r#"
+[scripts.bad]
+one = "bogus"
+two = { script = "exit:0x", log_contains = ["bad number"] }
+nul = { script = "halt\u0000", script_via = "fw_cfg_file" }
+
+[[scenario]]
+name = "m"
+scripts = "bad"
+expect = []
+end = { exit = 225 }
+log_contains = ["script error"]
+"#;
+
+    #[test]
+    fn a_script_list_runs_once_per_entry() {
+        let t = parse(LIST).unwrap();
+        let names: Vec<&str> = t.scenarios.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["m.nul", "m.one", "m.two"]);
+        let two = &t.scenarios[2];
+        assert_eq!(two.script.as_deref(), Some("exit:0x"));
+        assert_eq!(two.log_contains, ["script error", "bad number"]);
+        assert_eq!(two.script_via, None);
+        let nul = &t.scenarios[0];
+        assert_eq!((nul.script.as_deref(), nul.script_via), (Some("halt\0"), Some(ScriptVia::FwCfgFile)));
+        let cases = expand_cases(&boards(), &t, &[], &[]).unwrap();
+        assert_eq!(cases.len(), 3);
+    }
+
+    #[test]
+    fn script_list_errors_name_the_problem() {
+        let e = parse(&LIST.replace("scripts = \"bad\"", "scripts = \"worse\"")).unwrap_err();
+        assert!(e.contains("no [scripts.worse] table") && e.contains("use one of: bad"), "{e}");
+        let e = parse(&LIST.replace(", script_via = \"fw_cfg_file\"", "")).unwrap_err();
+        assert!(e.contains("scripts.bad.nul") && e.contains("NUL byte"), "{e}");
+        let e = parse(&LIST.replace("scripts = \"bad\"", "scripts = \"bad\"\nscript = \"halt\"")).unwrap_err();
+        assert!(e.contains("both `script` and `scripts`"), "{e}");
+        let e = parse(&LIST.replace("one = \"bogus\"", "one = \" \"")).unwrap_err();
+        assert!(e.contains("scripts.bad.one") && e.contains("empty"), "{e}");
+        let e = parse(&LIST.replace("one = \"bogus\"", "one = { scrpt = \"x\" }")).unwrap_err();
+        assert!(e.contains("scripts.bad.one") && e.contains("scrpt"), "{e}");
+    }
 
     #[test]
     fn good_table() {

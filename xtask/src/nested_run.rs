@@ -390,7 +390,9 @@ fn l2_args(spec: &RunSpec) -> Vec<OsString> {
     let mut a: Vec<OsString> = spec.board.args.iter().chain(&spec.extra_args).map(OsString::from).collect();
     if let Some(s) = &spec.script {
         match spec.script_via {
-            ScriptVia::FwCfg => {
+            // Boards that run inside L1 refuse fw_cfg_file (config.rs):
+            // the run directory is not there.
+            ScriptVia::FwCfg | ScriptVia::FwCfgFile => {
                 a.push("-fw_cfg".into());
                 a.push(format!("name={},string={}", crate::agent::SCRIPT_FW_CFG_NAME, escape_qemu_opt(s)).into());
             }

@@ -196,9 +196,20 @@ pub fn qemu_argv(
                 a.push("-append".into());
                 a.push(s.to_string());
             }
+            ScriptVia::FwCfgFile => {
+                a.push("-fw_cfg".into());
+                let file = script_file(serial);
+                a.push(format!("name={},file={}", agent::SCRIPT_FW_CFG_NAME, escape_qemu_opt(&file.to_string_lossy())));
+            }
         }
     }
     a
+}
+
+/// Where a run's script goes for `script_via = "fw_cfg_file"`: next to its
+/// serial capture, in the run's directory.
+pub fn script_file(serial: &Path) -> PathBuf {
+    serial.with_file_name("script.bin")
 }
 
 /// The checks of a scenario run (absent for ad-hoc boots).
@@ -442,6 +453,9 @@ fn boot(
     } else {
         argv
     };
+    if let (ScriptVia::FwCfgFile, Some(script)) = (spec.script_via, &spec.script) {
+        std::fs::write(script_file(serial), script.as_bytes())?;
+    }
     std::fs::write(dir.join("cmdline.txt"), format!("{}\n", shell_join(&argv)))?;
     let stderr = File::create(dir.join("stderr.txt"))?;
     let qemu = slot.insert(QemuProcess::spawn(&argv, Stdio::from(stderr))?);
