@@ -27,27 +27,54 @@ pub use hw::Pvpanic;
 mod hw {
     use super::*;
     use crate::pci::{self, Bdf};
+    use core::sync::atomic::{AtomicU64, Ordering};
     use x86_64::instructions::port::Port;
 
-    /// A present pvpanic device and the events it advertises.
+    /// A present pvpanic device and the events it advertises. Only the
+    /// probes make one (the fields are private), so `fire` writes only to a
+    /// port or BAR that a probe found.
     #[derive(Clone, Copy)]
-    pub enum Pvpanic {
+    pub struct Pvpanic(Device);
+
+    #[derive(Clone, Copy)]
+    enum Device {
         Isa { port: u16, events: u8 },
         Pci { base: u64, events: u8 },
     }
 
+    /// What the probes found, packed by `to_raw` (0 = nothing): the only
+    /// values `from_raw` accepts.
+    static PROBED_ISA: AtomicU64 = AtomicU64::new(0);
+    static PROBED_PCI: AtomicU64 = AtomicU64::new(0);
+
     impl Pvpanic {
         /// Reads the ISA device's capability byte at `port`.
-        pub fn probe_isa(port: u16) -> Option<Self> {
-            // SAFETY: reading pvpanic's port only returns its capabilities;
-            // an unassigned ISA port reads 0xff.
+        ///
+        /// # Safety
+        ///
+        /// `port` must be pvpanic's: the port QEMU publishes in fw_cfg
+        /// (`etc/pvpanic-port`), or [`ISA_DEFAULT_PORT`] on a machine
+        /// without fw_cfg, where nothing else sits. A device found here
+        /// gets event bits written to that port by [`Self::fire`].
+        pub unsafe fn probe_isa(port: u16) -> Option<Self> {
+            // SAFETY: pvpanic's port (this function's contract) returns its
+            // capabilities; if it is unassigned it reads 0xff.
             let raw = unsafe { Port::<u8>::new(port).read() };
-            isa_capabilities(raw).map(|events| Pvpanic::Isa { port, events })
+            let device = Pvpanic(Device::Isa { port, events: isa_capabilities(raw)? });
+            PROBED_ISA.store(device.to_raw(), Ordering::Relaxed);
+            Some(device)
         }
 
-        /// Takes pvpanic-pci at `bdf` (found by `pci::find`) and maps its BAR0.
+        /// Takes pvpanic-pci at `bdf` (found by `pci::find`; its IDs are
+        /// checked again here) and maps its BAR0.
         pub fn probe_pci(bdf: Bdf) -> Option<Self> {
-            let bar = match pci::map_memory_bar(bdf, 0) {
+            if !pci::has_ids(bdf, PCI_VENDOR, PCI_DEVICE) {
+                defmt::warn!("{}: not a pvpanic-pci device", bdf);
+                return None;
+            }
+            // SAFETY: `bdf` is pvpanic-pci (IDs checked above), a type-0
+            // function whose one BAR is the memory BAR0.
+            let bar = match unsafe { pci::map_memory_bar(bdf, 0) } {
                 Ok(bar) => bar,
                 Err(e) => {
                     defmt::warn!("pvpanic-pci at {}: BAR0 unusable: {}", bdf, e);
@@ -55,68 +82,76 @@ mod hw {
                 }
             };
             let base = bar.address;
-            // SAFETY: BAR0 of pvpanic-pci is a byte-wide register, identity
-            // mapped by the boot page tables (0-4 GiB); reading it returns
-            // the capability byte.
+            // SAFETY: BAR0 of pvpanic-pci, a byte-wide register whose
+            // memory decoding map_memory_bar enabled, inside the identity
+            // map (checked by map_memory_bar); reading it returns the
+            // capability byte.
             let events = unsafe { core::ptr::read_volatile(base as *const u8) };
-            Some(Pvpanic::Pci { base, events })
+            let device = Pvpanic(Device::Pci { base, events });
+            PROBED_PCI.store(device.to_raw(), Ordering::Relaxed);
+            Some(device)
         }
 
         pub fn name(&self) -> &'static str {
-            match self {
-                Pvpanic::Isa { .. } => "pvpanic-isa",
-                Pvpanic::Pci { .. } => "pvpanic-pci",
+            match self.0 {
+                Device::Isa { .. } => "pvpanic-isa",
+                Device::Pci { .. } => "pvpanic-pci",
             }
         }
 
         /// The I/O port or MMIO address the device answers at.
         pub fn address(&self) -> u64 {
-            match *self {
-                Pvpanic::Isa { port, .. } => u64::from(port),
-                Pvpanic::Pci { base, .. } => base,
+            match self.0 {
+                Device::Isa { port, .. } => u64::from(port),
+                Device::Pci { base, .. } => base,
             }
         }
 
         pub fn events(&self) -> u8 {
-            match *self {
-                Pvpanic::Isa { events, .. } | Pvpanic::Pci { events, .. } => events,
+            match self.0 {
+                Device::Isa { events, .. } | Device::Pci { events, .. } => events,
             }
         }
 
         /// Packs the device into one word (0 = none), so that interrupt
         /// and panic handlers can find it without touching shared state.
         pub fn to_raw(&self) -> u64 {
-            let kind = match self {
-                Pvpanic::Isa { .. } => 0,
-                Pvpanic::Pci { .. } => 1 << 62,
+            let kind = match self.0 {
+                Device::Isa { .. } => 0,
+                Device::Pci { .. } => 1 << 62,
             };
             1 << 63 | kind | u64::from(self.events()) << 48 | (self.address() & 0xffff_ffff_ffff)
         }
 
-        /// Unpacks [`Self::to_raw`].
+        /// Unpacks [`Self::to_raw`]: only the word of a device a probe
+        /// found (anything else is `None`).
         pub fn from_raw(raw: u64) -> Option<Self> {
-            if raw >> 63 == 0 {
+            if raw >> 63 == 0
+                || (raw != PROBED_ISA.load(Ordering::Relaxed) && raw != PROBED_PCI.load(Ordering::Relaxed))
+            {
                 return None;
             }
             let events = (raw >> 48) as u8;
             let address = raw & 0xffff_ffff_ffff;
-            Some(if raw & 1 << 62 == 0 {
-                Pvpanic::Isa { port: address as u16, events }
+            Some(Pvpanic(if raw & 1 << 62 == 0 {
+                Device::Isa { port: address as u16, events }
             } else {
-                Pvpanic::Pci { base: address, events }
-            })
+                Device::Pci { base: address, events }
+            }))
         }
 
         /// Reports one event. Only one bit is ever written: QEMU acts on the
         /// first bit it recognises.
         pub fn fire(&self, event: PvEvent) {
-            match *self {
-                // SAFETY: writing one event bit to pvpanic is the device's
-                // purpose; QEMU turns it into a QMP event.
-                Pvpanic::Isa { port, .. } => unsafe { Port::<u8>::new(port).write(event.bit()) },
-                // SAFETY: as above, through the mapped BAR0 (byte access:
-                // a wider one would be split and could fire twice).
-                Pvpanic::Pci { base, .. } => unsafe { core::ptr::write_volatile(base as *mut u8, event.bit()) },
+            match self.0 {
+                // SAFETY: pvpanic's port, by `probe_isa`'s contract (only
+                // the probes make a `Pvpanic`); writing one event bit is the
+                // device's purpose: QEMU turns it into a QMP event.
+                Device::Isa { port, .. } => unsafe { Port::<u8>::new(port).write(event.bit()) },
+                // SAFETY: as above, through BAR0 as mapped by the probe,
+                // inside the identity map (byte access: a wider one would
+                // be split and could fire twice).
+                Device::Pci { base, .. } => unsafe { core::ptr::write_volatile(base as *mut u8, event.bit()) },
             }
         }
     }

@@ -237,17 +237,42 @@ pub use hw::{PciEsbBus, probe};
 mod hw {
     use super::*;
     use crate::pci::{self, Bdf};
+    use core::mem::size_of;
 
-    /// The device's PCI configuration space and its mapped BAR0.
+    /// The bytes of BAR0 the driver uses (TIMER1, TIMER2, the reload
+    /// register): QEMU's BAR0 is exactly this big.
+    const MMIO_SIZE: usize = 16;
+
+    /// The device's PCI configuration space and its mapped BAR0. Only
+    /// `probe` makes one (`size` is private), so `bdf` is an i6300esb and
+    /// `base` its mapped BAR0; the accessors reach nothing else.
     pub struct PciEsbBus {
         pub bdf: Bdf,
         pub base: usize,
+        /// BAR0's size, at least `MMIO_SIZE` (private: only `probe` makes one).
+        size: usize,
     }
 
-    /// Takes the device at `bdf` (found by `pci::find`) and maps BAR0.
+    /// Takes the device at `bdf` (found by `pci::find`; its IDs are checked
+    /// again here) and maps BAR0.
     pub fn probe(bdf: Bdf) -> Option<I6300Esb<PciEsbBus>> {
-        match pci::map_memory_bar(bdf, 0) {
-            Ok(bar) => Some(I6300Esb::new(PciEsbBus { bdf, base: bar.address as usize })),
+        if !pci::has_ids(bdf, PCI_VENDOR, PCI_DEVICE) {
+            defmt::warn!("{}: not an i6300esb", bdf);
+            return None;
+        }
+        // SAFETY: `bdf` is an i6300esb (IDs checked above), a type-0
+        // function whose one BAR is the memory BAR0.
+        match unsafe { pci::map_memory_bar(bdf, 0) } {
+            Ok(bar) if bar.size < MMIO_SIZE as u64 => {
+                defmt::warn!(
+                    "i6300esb at {}: BAR0 is {=u64} bytes, the registers need {=usize}: not used",
+                    bdf,
+                    bar.size,
+                    MMIO_SIZE
+                );
+                None
+            }
+            Ok(bar) => Some(I6300Esb::new(PciEsbBus { bdf, base: bar.address as usize, size: bar.size as usize })),
             Err(e) => {
                 defmt::warn!("i6300esb at {}: BAR0 unusable: {}", bdf, e);
                 None
@@ -255,38 +280,65 @@ mod hw {
         }
     }
 
+    impl PciEsbBus {
+        /// The address of the BAR0 register at `offset`, if a `T` there is
+        /// aligned and inside the registers the driver uses.
+        fn register<T>(&self, offset: usize) -> Option<*mut T> {
+            let fits = offset.is_multiple_of(size_of::<T>()) && offset + size_of::<T>() <= MMIO_SIZE.min(self.size);
+            fits.then(|| (self.base + offset) as *mut T)
+        }
+    }
+
+    // Configuration writes go only to the watchdog's own registers (config
+    // 0x60, 16-bit; lock 0x68, 8-bit), MMIO only to BAR0's first 16 bytes:
+    // anything else is ignored (the driver never asks for it).
     impl EsbBus for PciEsbBus {
         fn config_read8(&mut self, offset: u8) -> u8 {
             pci::read8(self.bdf, offset)
         }
 
         fn config_write8(&mut self, offset: u8, value: u8) {
-            pci::write8(self.bdf, offset, value)
+            if offset == LOCK_REG {
+                // SAFETY: the lock register of an i6300esb (see the type):
+                // it starts, stops and locks the watchdog, and maps nothing.
+                unsafe { pci::write8(self.bdf, offset, value) }
+            }
         }
 
         fn config_write16(&mut self, offset: u8, value: u16) {
-            pci::write16(self.bdf, offset, value)
+            if offset == CONFIG_REG {
+                // SAFETY: the config register of an i6300esb: prescaler and
+                // expiry action; it maps nothing.
+                unsafe { pci::write16(self.bdf, offset, value) }
+            }
         }
 
         fn mmio_read16(&mut self, offset: usize) -> u16 {
-            // SAFETY: BAR0 of the i6300esb (16 bytes), identity mapped
-            // (0-4 GiB); the driver only reads the reload register's flags.
-            unsafe { core::ptr::read_volatile((self.base + offset) as *const u16) }
+            // SAFETY: a register of the i6300esb's BAR0, which `probe`
+            // mapped inside the identity map (0-4 GiB), aligned
+            // (`register`); the driver only reads the reload register's flags.
+            self.register(offset).map_or(0, |register| unsafe { core::ptr::read_volatile(register) })
         }
 
         fn mmio_write8(&mut self, offset: usize, value: u8) {
-            // SAFETY: as above; byte writes are the unlock sequence.
-            unsafe { core::ptr::write_volatile((self.base + offset) as *mut u8, value) }
+            if let Some(register) = self.register(offset) {
+                // SAFETY: as above; byte writes are the unlock sequence.
+                unsafe { core::ptr::write_volatile(register, value) }
+            }
         }
 
         fn mmio_write16(&mut self, offset: usize, value: u16) {
-            // SAFETY: as above; the 16-bit write is the pet.
-            unsafe { core::ptr::write_volatile((self.base + offset) as *mut u16, value) }
+            if let Some(register) = self.register(offset) {
+                // SAFETY: as above; the 16-bit write is the pet.
+                unsafe { core::ptr::write_volatile(register, value) }
+            }
         }
 
         fn mmio_write32(&mut self, offset: usize, value: u32) {
-            // SAFETY: as above; 32-bit writes are the timer preloads.
-            unsafe { core::ptr::write_volatile((self.base + offset) as *mut u32, value) }
+            if let Some(register) = self.register(offset) {
+                // SAFETY: as above; 32-bit writes are the timer preloads.
+                unsafe { core::ptr::write_volatile(register, value) }
+            }
         }
     }
 }

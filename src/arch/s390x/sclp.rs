@@ -6,6 +6,7 @@
 //! turns them back into bytes and decodes them as on x86_64.
 
 use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// SCLP command: write event data.
 const WRITE_EVENT_DATA: u64 = 0x0076_0005;
@@ -22,9 +23,12 @@ pub const PREFIX: &[u8] = b"D:";
 /// is above the first 8 KiB and below 2 GiB as SCLP requires.
 #[repr(C, align(4096))]
 struct Sccb(UnsafeCell<[u8; 4096]>);
-// SAFETY: used only by the console, which the logger serialises.
+// SAFETY: used only through the one `Console` (see `OPENED`), by
+// `write_event`, which takes it `&mut`.
 unsafe impl Sync for Sccb {}
 static SCCB: Sccb = Sccb(UnsafeCell::new([0; 4096]));
+/// The console has been handed out: there is only one, as there is one SCCB.
+static OPENED: AtomicBool = AtomicBool::new(false);
 
 /// The console, with the line being filled.
 pub struct Console {
@@ -32,8 +36,12 @@ pub struct Console {
 }
 
 impl Console {
-    /// The SCLP console exists on every s390-ccw-virtio machine.
+    /// The SCLP console exists on every s390-ccw-virtio machine. The first
+    /// call gets it; later ones get `None` (it owns the one SCCB).
     pub fn open() -> Option<Self> {
+        if OPENED.swap(true, Ordering::AcqRel) {
+            return None;
+        }
         Some(Console { line: heapless::Vec::new() })
     }
 
@@ -56,16 +64,23 @@ impl Console {
 
     fn flush(&mut self) {
         if !self.line.is_empty() {
-            write_event(&[PREFIX, &self.line, b"\n"]);
+            self.write_event();
             self.line.clear();
         }
+    }
+
+    /// Sends the line as one ASCII console event, through the SCCB that
+    /// this console (the only one) owns.
+    fn write_event(&mut self) {
+        // SAFETY: only the one `Console` uses the SCCB, here, and it is
+        // borrowed mutably for the whole call: no other reference exists.
+        let sccb = unsafe { &mut *SCCB.0.get() };
+        send(sccb, &[PREFIX, &self.line, b"\n"]);
     }
 }
 
 /// Sends the concatenated parts as one ASCII console event.
-fn write_event(parts: &[&[u8]]) {
-    // SAFETY: the logger serialises console use; the SCCB is ours alone.
-    let sccb = unsafe { &mut *SCCB.0.get() };
+fn send(sccb: &mut [u8; 4096], parts: &[&[u8]]) {
     let mut len = HEADER;
     for part in parts {
         sccb[len..len + part.len()].copy_from_slice(part);

@@ -2,11 +2,11 @@
 //! double-fault stack), MSR writes that survive a #GP, and the faults the
 //! script can cause on purpose.
 
-use super::interrupts::{self, FIXUP_RIP};
-use crate::hyperv::GeneralProtection;
+use super::interrupts;
+use crate::hyperv::{self, GeneralProtection};
 use core::arch::asm;
 use core::cell::UnsafeCell;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
 use x86_64::instructions::tables::load_tss;
@@ -39,7 +39,9 @@ struct Tables {
 struct Stack([u8; 8192]);
 
 struct Cell<T>(UnsafeCell<T>);
-// SAFETY: single CPU; written only by `init` before interrupts can use them.
+// SAFETY: single CPU; these statics are private to this module and written
+// only by the one call of `init` that `INITIALISED` lets through, before the
+// CPU uses them (afterwards only the CPU reads them).
 unsafe impl<T> Sync for Cell<T> {}
 
 static TABLES: Cell<Tables> =
@@ -47,6 +49,18 @@ static TABLES: Cell<Tables> =
 /// Zero-initialised, so in `.bss` rather than in the image.
 static GUARD_PT: Cell<PageTable> = Cell(UnsafeCell::new(PageTable([0; 512])));
 static DOUBLE_FAULT_STACK: Cell<Stack> = Cell(UnsafeCell::new(Stack([0; 8192])));
+/// `init` has run (it runs once).
+static INITIALISED: AtomicBool = AtomicBool::new(false);
+
+/// Where a #GP resumes while `try_wrmsr` has armed it; 0 = a #GP is a
+/// crash. Private: only `try_wrmsr`'s own fix-up label is ever stored.
+static FIXUP_RIP: AtomicU64 = AtomicU64::new(0);
+
+/// For the #GP handler: the armed fix-up address, if any (disarmed by
+/// taking it).
+pub fn take_gp_fixup() -> Option<u64> {
+    Some(FIXUP_RIP.swap(0, Ordering::Relaxed)).filter(|&rip| rip != 0)
+}
 
 /// The stack guard page's address.
 pub fn stack_guard() -> u64 {
@@ -54,10 +68,15 @@ pub fn stack_guard() -> u64 {
 }
 
 /// Loads a GDT with a TSS (IST 1 = the double-fault stack) and unmaps the
-/// page below the stack.
+/// page below the stack. Only the first call does anything: the tables
+/// are never changed once the CPU uses them.
 pub fn init() {
-    // SAFETY: called once at start-up on the only CPU, before the IDT can
-    // use the TSS; nothing else references these statics yet.
+    if INITIALISED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    // SAFETY: the swap above lets exactly one call get here; the GDT and
+    // TSS are not loaded yet (the CPU still uses the boot GDT), and nothing
+    // else in the agent can name these private statics.
     let tables = unsafe { &mut *TABLES.0.get() };
     let ist_top = DOUBLE_FAULT_STACK.0.get() as u64 + core::mem::size_of::<Stack>() as u64;
     tables.tss.interrupt_stack_table[usize::from(DOUBLE_FAULT_IST - 1)] = VirtAddr::new(ist_top);
@@ -80,7 +99,7 @@ pub fn init() {
     // mapped like before, except the guard itself.
     let guard = stack_guard();
     let region = guard & !0x1f_ffff;
-    // SAFETY: as above.
+    // SAFETY: as for TABLES: one call, and the table is not in use yet.
     let guard_pt = unsafe { &mut *GUARD_PT.0.get() };
     for (i, entry) in guard_pt.0.iter_mut().enumerate() {
         let page = region + i as u64 * 4096;
@@ -104,11 +123,17 @@ pub fn cpuid(leaf: u32) -> [u32; 4] {
 
 /// `wrmsr` that reports a #GP instead of crashing: the #GP handler resumes
 /// at the fix-up label when `FIXUP_RIP` is armed.
-pub fn try_wrmsr(msr: u32, value: u64) -> Result<(), GeneralProtection> {
+///
+/// # Safety
+///
+/// Writing `value` to `msr` must not change anything the agent's memory
+/// safety rests on (paging, segments, EFER, the APIC base, …): e.g. the
+/// Hyper-V crash MSRs, which only report a crash.
+unsafe fn try_wrmsr(msr: u32, value: u64) -> Result<(), GeneralProtection> {
     let faulted: u32;
-    // SAFETY: the caller writes an MSR the hypervisor advertised; should it
-    // raise #GP anyway, the handler resumes at label 2 instead. The fix-up
-    // address is armed only around the one instruction.
+    // SAFETY: the MSR write itself is harmless by this function's
+    // contract; should it raise #GP, the handler resumes at label 2
+    // instead. The fix-up address is armed only around the one instruction.
     unsafe {
         asm!(
             "lea {tmp}, [rip + 2f]",
@@ -140,8 +165,15 @@ impl crate::hyperv::CpuAccess for Cpu {
         cpuid(leaf)
     }
 
+    /// Writes only the Hyper-V crash MSRs (P0..P4, CRASH_CTL); any other
+    /// MSR is refused, as if it raised #GP, without being written.
     fn wrmsr(&mut self, msr: u32, value: u64) -> Result<(), GeneralProtection> {
-        try_wrmsr(msr, value)
+        if !(hyperv::MSR_CRASH_P0..=hyperv::MSR_CRASH_CTL).contains(&msr) {
+            return Err(GeneralProtection);
+        }
+        // SAFETY: a crash MSR (checked above): writing it only reports a
+        // crash to the hypervisor.
+        unsafe { try_wrmsr(msr, value) }
     }
 }
 
@@ -172,8 +204,10 @@ pub fn divide_error() -> ! {
 
 /// `fault:stack-overflow`: recurse into the guard page. The #PF cannot be
 /// delivered on the overflowed stack, so the CPU raises #DF, which runs on
-/// its own IST stack.
+/// its own IST stack. `init` first (a no-op if done), so that the guard
+/// page is unmapped: without it the recursion would run on into `.bss`.
 pub fn stack_overflow() -> ! {
+    init();
     #[allow(unconditional_recursion)]
     #[inline(never)]
     fn recurse(depth: u64) -> u64 {
@@ -184,11 +218,7 @@ pub fn stack_overflow() -> ! {
     unreachable!("the recursion only ends in a double fault")
 }
 
-/// `fault:triple`: an empty IDT, then a breakpoint: #BP cannot be
-/// delivered, nor the #GP nor the #DF that follow: the CPU shuts down, which
-/// QEMU turns into a reset.
+/// `fault:triple`: see `interrupts::triple_fault`.
 pub fn triple_fault() -> ! {
-    interrupts::load_empty();
-    // SAFETY: the int3 triple-faults the CPU on purpose.
-    unsafe { asm!("int3", "2: jmp 2b", options(noreturn)) }
+    interrupts::triple_fault()
 }

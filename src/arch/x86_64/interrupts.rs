@@ -4,7 +4,7 @@
 
 use core::arch::naked_asm;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 use x86_64::VirtAddr;
 use x86_64::instructions::tables::lidt;
 use x86_64::structures::DescriptorTablePointer;
@@ -22,10 +22,6 @@ pub const PAGE_FAULT: u8 = 14;
 pub const TIMER: u8 = 0x40;
 /// The local APIC's spurious-interrupt vector.
 pub const SPURIOUS: u8 = 0xff;
-
-/// Where a #GP resumes when an instruction that may fault armed it
-/// (`cpu::try_wrmsr`); 0 = a #GP is a crash.
-pub static FIXUP_RIP: AtomicU64 = AtomicU64::new(0);
 
 /// The registers the common entry saves, then what the CPU pushed.
 #[repr(C)]
@@ -88,10 +84,13 @@ impl Gate {
 #[repr(C, align(16))]
 struct Idt(UnsafeCell<[Gate; 256]>);
 
-// SAFETY: written once by `init` on the only CPU before interrupts can arrive.
+// SAFETY: written only by the one call of `init` that `INSTALLED` lets
+// through, before the table is loaded; afterwards only the CPU reads it.
 unsafe impl Sync for Idt {}
 
 static IDT: Idt = Idt(UnsafeCell::new([Gate::MISSING; 256]));
+/// `init` has run (it runs once).
+static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 /// The exception and NMI handlers the agent supplies.
 pub struct Handlers {
@@ -100,15 +99,25 @@ pub struct Handlers {
 }
 
 struct HandlerCell(UnsafeCell<Option<Handlers>>);
-// SAFETY: set once by `init` before the IDT is loaded; read-only afterwards.
+// SAFETY: written only by the one call of `init` that `INSTALLED` lets
+// through, before the IDT is loaded (so before `dispatch` can read it);
+// read-only afterwards.
 unsafe impl Sync for HandlerCell {}
 static HANDLERS: HandlerCell = HandlerCell(UnsafeCell::new(None));
 
 /// Installs the IDT: vectors 0–31 (exceptions), the local APIC timer and
 /// the APIC's spurious vector. Other vectors stay absent (never enabled).
+/// Sets up the CPU's tables first (`cpu::init`: the double-fault gate
+/// needs the TSS's IST stack). Only the first call does anything: the IDT
+/// and the handlers are never changed once the CPU uses them.
 pub fn init(handlers: Handlers) {
-    // SAFETY: called once, on the only CPU, before the IDT is loaded; no
-    // other reference to these statics exists yet.
+    super::cpu::init();
+    if INSTALLED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    // SAFETY: the swap above lets exactly one call get here, and it runs
+    // before the IDT is loaded: nothing else (neither the CPU nor
+    // `dispatch`) uses these statics yet, and no other reference exists.
     let gates = unsafe {
         *HANDLERS.0.get() = Some(handlers);
         &mut *IDT.0.get()
@@ -128,12 +137,17 @@ pub fn init(handlers: Handlers) {
     unsafe { lidt(&pointer) };
 }
 
-/// Loads an IDT with no entries (for `fault:triple`).
-pub fn load_empty() {
+/// `fault:triple`: loads an IDT with no entries, then a breakpoint: #BP
+/// cannot be delivered, nor the #GP nor the #DF that follow: the CPU shuts
+/// down, which QEMU turns into a reset.
+pub fn triple_fault() -> ! {
     let pointer = DescriptorTablePointer { limit: 0, base: VirtAddr::new(0) };
-    // SAFETY: deliberately leaves the CPU without exception handlers; the
-    // only caller triple-faults right after.
-    unsafe { lidt(&pointer) };
+    // SAFETY: leaves the CPU without handlers on purpose; the int3 right
+    // after (nothing runs in between) shuts it down, and nothing returns.
+    unsafe {
+        lidt(&pointer);
+        core::arch::asm!("int3", "2: jmp 2b", options(noreturn))
+    }
 }
 
 /// Called by the common entry with the saved frame.
@@ -141,20 +155,24 @@ extern "C" fn dispatch(frame: &mut Frame) {
     // SAFETY: HANDLERS was set before the IDT was loaded and is never
     // written again.
     let Some(handlers) = (unsafe { &*HANDLERS.0.get() }) else { return };
-    if frame.vector == u64::from(GENERAL_PROTECTION) {
-        let fixup = FIXUP_RIP.swap(0, Ordering::Relaxed);
-        if fixup != 0 {
-            frame.rip = fixup;
-            return;
-        }
+    if frame.vector == u64::from(GENERAL_PROTECTION)
+        && let Some(fixup) = super::cpu::take_gp_fixup()
+    {
+        frame.rip = fixup;
+        return;
     }
     if frame.vector == u64::from(TIMER) {
         super::apic::end_of_interrupt();
     } else if frame.vector == u64::from(SPURIOUS) {
         // A spurious interrupt needs no end-of-interrupt.
     } else if frame.vector == u64::from(NMI) {
+        // Returns to the interrupted code: if that was logging, the
+        // handler's lines are dropped (and counted) by the logger.
         (handlers.nmi)();
     } else {
+        // SAFETY: the exception handler returns `!`: the interrupted code
+        // (and any handler it interrupted) never runs again.
+        unsafe { crate::log::abandon_interrupted_frame() };
         (handlers.exception)(frame);
     }
 }

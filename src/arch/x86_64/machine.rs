@@ -66,7 +66,9 @@ impl X86 {
         let machine = X86 {
             boot,
             script_file,
-            pvpanic_isa: isa_port.and_then(Pvpanic::probe_isa),
+            // SAFETY: the port QEMU published for pvpanic, or the default
+            // on a machine without fw_cfg (see `isa_port` above).
+            pvpanic_isa: isa_port.and_then(|port| unsafe { Pvpanic::probe_isa(port) }),
             pvpanic_pci: pvpanic_pci.and_then(Pvpanic::probe_pci),
             debug_exit: DebugExit::probe(),
             ib700: Ib700::new(ib700::IsaPorts),
@@ -426,7 +428,9 @@ pub fn end_after_panic(first: bool) -> ! {
     }
     if REPORT_PVPANIC.load(Ordering::Relaxed) == 0 && !HAS_DEBUG_EXIT.load(Ordering::Relaxed) {
         // A panic before the devices were found: look for them now.
-        if let Some(device) = Pvpanic::probe_isa(pvpanic::ISA_DEFAULT_PORT) {
+        // SAFETY: pvpanic's default port: QEMU's x86 machines put nothing
+        // else at 0x505, so this is pvpanic or an unassigned port.
+        if let Some(device) = unsafe { Pvpanic::probe_isa(pvpanic::ISA_DEFAULT_PORT) } {
             REPORT_PVPANIC.store(device.to_raw(), Ordering::Relaxed);
         }
         HAS_DEBUG_EXIT.store(DebugExit::probe().is_some(), Ordering::Relaxed);
