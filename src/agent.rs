@@ -37,6 +37,9 @@ pub enum DeviceError {
 pub trait Machine {
     /// For the first log line, e.g. "x86_64, PVH boot".
     const DESCRIPTION: &'static str;
+    /// The fault that raises this architecture's invalid-opcode exception
+    /// (for `fault:internal-exception`).
+    const INVALID_OPCODE: Fault;
     type Clock: Clock;
     /// 1 on the first boot in this QEMU process, 2 after a reset, …
     fn boot_number(&mut self) -> u8;
@@ -54,6 +57,13 @@ pub trait Machine {
     fn clock(&mut self) -> &mut Self::Clock;
     /// Ends with one of the documented error exits.
     fn fail(&mut self, why: ErrorExit) -> !;
+    /// Called once, right before the first step runs. Until then a panic or
+    /// CPU exception of the agent (while loading, parsing or checking the
+    /// script) is an internal error and must end in the documented error
+    /// exit, never in an event the script could have asked for (pvpanic,
+    /// Hyper-V, a wait at a user address). From here on the agent's own
+    /// faults are reported as crashes.
+    fn start_steps(&mut self);
     /// Idles forever without a crash event.
     fn halt(&mut self) -> !;
 }
@@ -99,15 +109,14 @@ fn log_device_error(number: usize, step: &Step<'_>, e: DeviceError) {
 /// The agent's main loop.
 pub fn run<M: Machine>(machine: &mut M) -> ! {
     let boot = machine.boot_number();
-    info!("pvagent {=str} ({=str}), boot {=u8}", crate::VERSION, M::DESCRIPTION, boot);
+    info!("pvagent {=str} build {=str} ({=str}), boot {=u8}", crate::VERSION, crate::BUILD_ID, M::DESCRIPTION, boot);
     machine.log_inventory();
 
     let mut buf = [0u8; script::MAX_SCRIPT_LEN + 1];
     let (source, len) = machine.load_script(&mut buf);
     let text = &buf[..len.min(buf.len())];
     if len > script::MAX_SCRIPT_LEN {
-        let kind = script::ErrorKind::ScriptTooLong { len };
-        error!("{}", defmt::Display2Format(&script::ScriptError { step: 0, offset: 0, kind }));
+        error!("{}", defmt::Display2Format(&script::ScriptError::too_long(text, len)));
         machine.fail(ErrorExit::Script);
     }
     if script::is_blank_bytes(text) {
@@ -125,6 +134,19 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
 
     // Every step's devices are checked before the first one runs.
     for (i, step) in script.iter().enumerate() {
+        // The two internal-error faults fire here, in the middle of the
+        // checks: they prove that the agent's own faults before the first
+        // step end in its error exits, never in an event.
+        match step.action {
+            Action::Fault(Fault::InternalPanic) => {
+                panic!("fault:internal-panic: a panic while checking step {} (before any step ran)", i + 1)
+            }
+            Action::Fault(Fault::InternalException) => {
+                info!("fault:internal-exception: raising an exception while checking step {=usize}", i + 1);
+                machine.run(&Action::Fault(M::INVALID_OPCODE));
+            }
+            _ => {}
+        }
         if let Err(e) = machine.check(&step.action) {
             log_device_error(i + 1, step, e);
             machine.fail(ErrorExit::Device);
@@ -137,6 +159,7 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
         machine.clock().now_us();
     }
 
+    machine.start_steps();
     for (i, step) in script.iter().enumerate() {
         info!("step {=usize}: {=str}", i + 1, step.text);
         match step.action {
@@ -185,6 +208,10 @@ pub fn report_panic(info: &core::panic::PanicInfo<'_>) -> ! {
     use core::sync::atomic::{AtomicBool, Ordering};
     static PANICKING: AtomicBool = AtomicBool::new(false);
     let first = !PANICKING.swap(true, Ordering::Relaxed);
+    // SAFETY: the panic handler never returns (it ends in `-> !`, and the
+    // images abort on panic), so the code it interrupted, which may have
+    // had a log line open, never runs again.
+    unsafe { crate::log::abandon_interrupted_frame() };
     if first {
         error!("panic: {}", defmt::Display2Format(info));
     }

@@ -29,3 +29,23 @@ pub mod log;
 
 /// The agent's version, as logged at boot.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The build id (16 hex digits, from build.rs: a hash of what shapes the
+/// image), logged in the agent's first line.
+pub const BUILD_ID: &str = env!("PVAGENT_BUILD_ID");
+
+/// The same id as a symbol, so the host decoder can read it from the ELF and
+/// refuse a log that another build wrote.
+#[cfg(image)]
+#[used]
+#[unsafe(no_mangle)]
+pub static PVAGENT_BUILD_ID: [u8; 16] = {
+    let src = BUILD_ID.as_bytes();
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        out[i] = src[i];
+        i += 1;
+    }
+    out
+};

@@ -154,10 +154,16 @@ pub enum Fault {
     Operation,
     /// s390x `specification`: a branch to an odd address (code 6).
     Specification,
+    /// `internal-panic`: a Rust panic while the script is being checked,
+    /// before any step runs: the agent's internal-error path (no event).
+    InternalPanic,
+    /// `internal-exception`: the architecture's invalid-opcode exception
+    /// while the script is being checked, before any step runs.
+    InternalException,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 11] = [
         Fault::InvalidOpcode,
         Fault::GeneralProtection,
         Fault::PageFault,
@@ -167,6 +173,8 @@ impl Fault {
         Fault::Triple,
         Fault::Operation,
         Fault::Specification,
+        Fault::InternalPanic,
+        Fault::InternalException,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -180,6 +188,8 @@ impl Fault {
             Fault::Triple => "triple",
             Fault::Operation => "operation",
             Fault::Specification => "specification",
+            Fault::InternalPanic => "internal-panic",
+            Fault::InternalException => "internal-exception",
         }
     }
 }
@@ -327,7 +337,7 @@ impl fmt::Display for ScriptError<'_> {
             ErrorKind::ZeroInterval => write!(f, "'every=' must be longer than 0"),
             ErrorKind::UnknownFault(k) => write!(
                 f,
-                "unknown fault '{k}' (x86_64: ud, gp, pf, de, stack-overflow, triple; s390x: operation, specification; both: rust-panic)"
+                "unknown fault '{k}' (x86_64: ud, gp, pf, de, stack-overflow, triple; s390x: operation, specification; both: rust-panic, internal-panic, internal-exception)"
             ),
             ErrorKind::Diag288Timeout(d) => {
                 write!(f, "diag288 timeouts are whole seconds, at least 15s; '{d}' is not one")
@@ -435,7 +445,11 @@ impl ScriptError<'static> {
     /// The script is `len` bytes long (`bytes` holds at least its first
     /// [`MAX_SCRIPT_LEN`]): the error names the step where the limit falls.
     pub fn too_long(bytes: &[u8], len: usize) -> Self {
-        ScriptError { step: step_at(bytes, MAX_SCRIPT_LEN), offset: MAX_SCRIPT_LEN, kind: ErrorKind::ScriptTooLong { len } }
+        ScriptError {
+            step: step_at(bytes, MAX_SCRIPT_LEN),
+            offset: MAX_SCRIPT_LEN,
+            kind: ErrorKind::ScriptTooLong { len },
+        }
     }
 }
 
@@ -452,7 +466,11 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Script<'_>, ScriptError<'_>> {
     match core::str::from_utf8(bytes) {
         Ok(text) => parse(text),
         // Unreachable after the ASCII check, and still an error, never a panic.
-        Err(e) => Err(ScriptError { step: step_at(bytes, e.valid_up_to()), offset: e.valid_up_to(), kind: ErrorKind::NotAscii }),
+        Err(e) => Err(ScriptError {
+            step: step_at(bytes, e.valid_up_to()),
+            offset: e.valid_up_to(),
+            kind: ErrorKind::NotAscii,
+        }),
     }
 }
 
@@ -712,7 +730,10 @@ fn parse_esb_arm<'a>(verb: &'a str, args: &'a str, at: usize) -> StepResult<'a> 
     }
     // Flags alone (`i6300esb.arm:no-reboot`) leave no stage: refused, never indexed.
     let Some(&stage1) = stages.first() else {
-        return Err((at, ErrorKind::MissingArgument { verb, what: "a first-stage timeout before its flags, e.g. 300ms,no-reboot" }));
+        return Err((
+            at,
+            ErrorKind::MissingArgument { verb, what: "a first-stage timeout before its flags, e.g. 300ms,no-reboot" },
+        ));
     };
     let stage2 = stages.get(1).copied().unwrap_or(stage1);
     match i6300esb::Settings::new(stage1, stage2, reboot, free_run) {
@@ -1284,7 +1305,10 @@ mod tests {
         #[test]
         fn whitespace_around_steps_changes_nothing() {
             let config = ProptestConfig { cases: 20_000, failure_persistence: None, ..ProptestConfig::default() };
-            let steps = proptest::collection::vec((whitespace(), proptest::sample::select(VALID_STEPS), whitespace()), 1..=MAX_STEPS);
+            let steps = proptest::collection::vec(
+                (whitespace(), proptest::sample::select(VALID_STEPS), whitespace()),
+                1..=MAX_STEPS,
+            );
             proptest!(config, |(steps in steps)| {
                 let plain: StdVec<&str> = steps.iter().map(|(_, step, _)| *step).collect();
                 let plain = plain.join(";");

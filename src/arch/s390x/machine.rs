@@ -71,6 +71,7 @@ impl S390 {
 
 impl Machine for S390 {
     const DESCRIPTION: &'static str = "s390x, s390-ccw-virtio -kernel";
+    const INVALID_OPCODE: Fault = Fault::Operation;
     type Clock = Tod;
 
     fn boot_number(&mut self) -> u8 {
@@ -169,6 +170,12 @@ impl Machine for S390 {
         fail(why)
     }
 
+    /// Nothing changes on s390x: the agent's own panics and program checks
+    /// end in a disabled wait in its reserved range (0xbad0000..=0xbadffff)
+    /// before and after the first step alike; a script cannot choose those
+    /// addresses.
+    fn start_steps(&mut self) {}
+
     fn halt(&mut self) -> ! {
         super::halt()
     }
@@ -184,6 +191,10 @@ fn fail(why: ErrorExit) -> ! {
 /// Called by the program-check stub (not for fixed-up diag288 calls).
 #[unsafe(no_mangle)]
 extern "C" fn pvagent_program_check() -> ! {
+    // SAFETY: this handler never returns (it ends in a disabled wait), so
+    // the interrupted code, which may have had a log line open, never runs
+    // again.
+    unsafe { crate::log::abandon_interrupted_frame() };
     let code = lowcore::read_u16(lowcore::PROGRAM_CODE);
     let (mask, address) = lowcore::read_psw(lowcore::PROGRAM_OLD_PSW);
     let name = match code & 0xff {

@@ -8,7 +8,7 @@ use crate::hyperv::{self, Probe, Unavailable};
 use crate::pvpanic::{self, Pvpanic};
 use crate::script::{Action, Fault, PvDevice, PvEvent};
 use crate::watchdog::{self, I6300Esb, Ib700, Model, Watchdog, i6300esb, ib700};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use defmt::{error, info, warn};
 
 /// Everything the agent found on the machine.
@@ -25,10 +25,11 @@ pub struct X86 {
     clock: Option<Tsc>,
 }
 
-/// The device that interrupt and panic handlers report through (packed by
-/// [`Pvpanic::to_raw`]; 0 = none), and whether isa-debug-exit exists.
+/// The device that interrupt and panic handlers report the agent's own
+/// faults through (packed by [`Pvpanic::to_raw`]; 0 = none). It stays 0
+/// until the first step starts ([`Machine::start_steps`]): a fault before
+/// that is an internal error and ends in isa-debug-exit, never in pvpanic.
 static REPORT_PVPANIC: AtomicU64 = AtomicU64::new(0);
-static HAS_DEBUG_EXIT: AtomicBool = AtomicBool::new(false);
 
 impl X86 {
     /// Sets up the CPU (GDT, IDT, stack guard) and probes every device.
@@ -63,7 +64,7 @@ impl X86 {
             (pvpanic::PCI_VENDOR, pvpanic::PCI_DEVICE),
             (i6300esb::PCI_VENDOR, i6300esb::PCI_DEVICE),
         ]);
-        let machine = X86 {
+        X86 {
             boot,
             script_file,
             // SAFETY: the port QEMU published for pvpanic, or the default
@@ -75,12 +76,7 @@ impl X86 {
             i6300esb: esb.and_then(i6300esb::probe),
             fw_cfg,
             clock: None,
-        };
-        if let Some(device) = machine.pvpanic(PvDevice::Any) {
-            REPORT_PVPANIC.store(device.to_raw(), Ordering::Relaxed);
         }
-        HAS_DEBUG_EXIT.store(machine.debug_exit.is_some(), Ordering::Relaxed);
-        machine
     }
 
     /// The pvpanic device a step addresses: ISA first for `pvpanic.*`.
@@ -148,6 +144,7 @@ impl X86 {
 
 impl Machine for X86 {
     const DESCRIPTION: &'static str = "x86_64";
+    const INVALID_OPCODE: Fault = Fault::InvalidOpcode;
     type Clock = Tsc;
 
     fn boot_number(&mut self) -> u8 {
@@ -281,7 +278,13 @@ impl Machine for X86 {
                     Fault::DivideError => cpu::divide_error(),
                     Fault::StackOverflow => cpu::stack_overflow(),
                     Fault::Triple => cpu::triple_fault(),
-                    Fault::RustPanic | Fault::Operation | Fault::Specification => {}
+                    // RustPanic and the internal faults run in the agent;
+                    // the s390x faults are refused by check().
+                    Fault::RustPanic
+                    | Fault::InternalPanic
+                    | Fault::InternalException
+                    | Fault::Operation
+                    | Fault::Specification => {}
                 }
             }
             // Shared steps run in the agent; s390 steps are refused by check().
@@ -322,6 +325,12 @@ impl Machine for X86 {
 
     fn halt(&mut self) -> ! {
         super::halt()
+    }
+
+    fn start_steps(&mut self) {
+        if let Some(device) = self.pvpanic(PvDevice::Any) {
+            REPORT_PVPANIC.store(device.to_raw(), Ordering::Relaxed);
+        }
     }
 }
 
@@ -367,16 +376,21 @@ fn report_device(event: PvEvent) -> Option<Pvpanic> {
     Pvpanic::from_raw(REPORT_PVPANIC.load(Ordering::Relaxed)).filter(|d| pvpanic::advertises(d.events(), event))
 }
 
-/// Reports a crash of the agent: pvpanic `panicked` when a device is there,
-/// else the documented isa-debug-exit code, else halt.
+/// Reports a crash of the agent: once steps run, pvpanic `panicked` when a
+/// device is there; before the first step (an internal error) and without
+/// a device, the documented isa-debug-exit code, else halt.
 fn report_crash(why: ErrorExit) -> ! {
     if let Some(device) = report_device(PvEvent::Panicked) {
         error!("reporting it through {=str} panicked", device.name());
         device.fire(PvEvent::Panicked);
         super::halt();
     }
-    let debug_exit = if HAS_DEBUG_EXIT.load(Ordering::Relaxed) { DebugExit::probe() } else { None };
-    fail(debug_exit, why)
+    if REPORT_PVPANIC.load(Ordering::Relaxed) == 0 {
+        error!("an internal error of the agent (no step has run, or no pvpanic to report it through)");
+    }
+    // Probing reads port 0xf4 only: harmless, and right even when the fault
+    // came before the devices were found.
+    fail(DebugExit::probe(), why)
 }
 
 fn on_nmi() {
@@ -419,21 +433,12 @@ fn on_exception(frame: &interrupts::Frame) -> ! {
     report_crash(ErrorExit::Fault)
 }
 
-/// Ends the agent after a panic (logged by `agent::report_panic`):
-/// through pvpanic, else isa-debug-exit, else halt. A panic inside that
-/// (`first` false) halts, so the device probes below cannot recurse.
+/// Ends the agent after a panic (logged by `agent::report_panic`): through
+/// pvpanic once steps run, else isa-debug-exit, else halt. A panic inside
+/// that (`first` false) halts, so the device probes cannot recurse.
 pub fn end_after_panic(first: bool) -> ! {
     if !first {
         super::halt();
-    }
-    if REPORT_PVPANIC.load(Ordering::Relaxed) == 0 && !HAS_DEBUG_EXIT.load(Ordering::Relaxed) {
-        // A panic before the devices were found: look for them now.
-        // SAFETY: pvpanic's default port: QEMU's x86 machines put nothing
-        // else at 0x505, so this is pvpanic or an unassigned port.
-        if let Some(device) = unsafe { Pvpanic::probe_isa(pvpanic::ISA_DEFAULT_PORT) } {
-            REPORT_PVPANIC.store(device.to_raw(), Ordering::Relaxed);
-        }
-        HAS_DEBUG_EXIT.store(DebugExit::probe().is_some(), Ordering::Relaxed);
     }
     report_crash(ErrorExit::Panic)
 }
