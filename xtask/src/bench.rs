@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use crate::qemu::{QemuProcess, QmpListener, describe_status, find_binary};
 use crate::qmp::{self, Message, Polled, Qmp, QmpEvent};
-use crate::util::{escape_qemu_opt, glob_match, parse_duration, shell_join, unix_micros};
+use crate::util::{escape_qemu_opt, glob_match, shell_join, unix_micros};
 use crate::{agent, artifacts, rom};
 
 /// Script the x86 agent runs (fw_cfg `opt/pvagent/script`).
@@ -71,7 +71,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub s390_image: Option<PathBuf>,
     /// Limit of one boot
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::util::parse_timeout)]
     pub timeout: Duration,
 }
 
@@ -531,10 +531,7 @@ fn select(patterns: &[String]) -> Result<Vec<&'static Board>> {
 /// as every other xtask command, `images::build`).
 fn image(root: &Path, arch: Arch, given: Option<&Path>, no_build: bool) -> Result<PathBuf> {
     if let Some(p) = given {
-        if !p.is_file() {
-            bail!("image {} does not exist", p.display());
-        }
-        return Ok(p.to_path_buf());
+        return crate::util::image_file(p.to_path_buf()).map_err(anyhow::Error::msg);
     }
     if no_build {
         let path = crate::images::image_path(root, arch);

@@ -149,9 +149,7 @@ pub fn split_env(value: &std::ffi::OsStr) -> Vec<PathBuf> {
 pub fn resolve(root: &Path, given: &[PathBuf], arches: &BTreeSet<Arch>) -> Result<BTreeMap<Arch, PathBuf>> {
     let mut out = BTreeMap::new();
     for p in given {
-        if !p.is_file() {
-            bail!("image {} does not exist", p.display());
-        }
+        crate::util::image_file(p.clone()).map_err(anyhow::Error::msg)?;
         let a = arch_of_file(p)?;
         if let Some(other) = out.insert(a, p.clone()) {
             bail!("two {a} images given: {} and {}", other.display(), p.display());
