@@ -1,4 +1,10 @@
 //! QEMU's fw_cfg interface (x86 I/O ports): the file directory and files.
+//!
+//! What fw_cfg hands the agent is untrusted input (a `-fw_cfg` file of any
+//! size, a directory whose count says anything). The logic that turns those
+//! bytes into entries and lengths is pure ([`walk_directory`],
+//! [`file_read_len`]), unit-tested and fuzzed on the host; the device half
+//! ([`FwCfg`], x86_64 images only) only moves bytes.
 
 /// Selector register (16-bit write).
 pub const SELECTOR_PORT: u16 = 0x510;
@@ -41,6 +47,66 @@ pub struct FileEntry {
     pub size: u32,
     pub select: u16,
     name: [u8; 56],
+}
+
+/// Key of the first file: the directory's entries select keys from here up.
+pub const FILE_KEY_FIRST: u16 = 0x0020;
+/// Keys are 14 bits wide (the top two are QEMU's write and arch flags).
+pub const KEY_LIMIT: u16 = 0x4000;
+/// Most files a directory can list: one per key from [`FILE_KEY_FIRST`] to
+/// the key limit. A directory that announces more (corrupt or hostile) is
+/// read up to this many entries, so a count near `u32::MAX` cannot keep the
+/// agent reading for hours.
+pub const MAX_FILES: u32 = (KEY_LIMIT - FILE_KEY_FIRST) as u32;
+/// Entries fetched per read of the directory.
+pub const ENTRIES_PER_READ: usize = 16;
+
+/// What a walk of the directory saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Directory {
+    /// The count at the start of the directory.
+    pub announced: u32,
+    /// The entries read and handed out: `announced`, at most [`MAX_FILES`].
+    pub read: u32,
+}
+
+impl Directory {
+    /// The directory announced more entries than fw_cfg can have.
+    pub fn is_clamped(&self) -> bool {
+        self.read < self.announced
+    }
+}
+
+/// Walks the file directory: a big-endian u32 count, then that many
+/// 64-byte entries. `read` fills its buffer with the directory item's next
+/// bytes (QEMU reads zeros past an item's end); `f` sees every entry in
+/// order. At most [`MAX_FILES`] entries are read, [`ENTRIES_PER_READ`] per
+/// call of `read`.
+pub fn walk_directory(mut read: impl FnMut(&mut [u8]), mut f: impl FnMut(&FileEntry)) -> Directory {
+    let mut count = [0; 4];
+    read(&mut count);
+    let announced = u32::from_be_bytes(count);
+    let total = announced.min(MAX_FILES);
+    let mut chunk = [0u8; DIR_ENTRY_LEN * ENTRIES_PER_READ];
+    let mut left = total as usize;
+    while left > 0 {
+        let n = left.min(ENTRIES_PER_READ);
+        let bytes = &mut chunk[..n * DIR_ENTRY_LEN];
+        read(bytes);
+        let (entries, _) = bytes.as_chunks::<DIR_ENTRY_LEN>();
+        for raw in entries {
+            f(&FileEntry::parse(raw));
+        }
+        left -= n;
+    }
+    Directory { announced, read: total }
+}
+
+/// How many bytes of a file of `size` bytes are read into a buffer of
+/// `capacity` bytes: all of it when it fits, else the buffer's worth (the
+/// caller compares with `size` to tell a file that did not fit).
+pub fn file_read_len(size: u32, capacity: usize) -> usize {
+    usize::try_from(size).map_or(capacity, |size| size.min(capacity))
 }
 
 impl FileEntry {
@@ -131,9 +197,13 @@ mod hw {
 
         /// One DMA read; false if QEMU reported an error.
         fn read_dma(&mut self, key: Option<u16>, buf: &mut [u8]) -> bool {
+            // A length the descriptor cannot hold goes through the data port.
+            let Ok(length) = u32::try_from(buf.len()) else {
+                return false;
+            };
             let access = DmaAccess {
                 control: dma_read_control(key).to_be(),
-                length: (buf.len() as u32).to_be(),
+                length: length.to_be(),
                 address: (buf.as_mut_ptr() as u64).to_be(),
             };
             let address = &raw const access as u64;
@@ -153,26 +223,17 @@ mod hw {
             u32::from_be(control) & DMA_ERROR == 0
         }
 
-        /// Calls `f` for every file in the directory.
-        pub fn for_each_file(&mut self, mut f: impl FnMut(&FileEntry)) {
-            let mut count = [0; 4];
-            self.read(Some(KEY_FILE_DIR), &mut count);
-            let mut left = u32::from_be_bytes(count) as usize;
-            // Sixteen entries per read.
-            let mut chunk = [0u8; DIR_ENTRY_LEN * 16];
-            while left > 0 {
-                let n = left.min(16);
-                self.read(None, &mut chunk[..n * DIR_ENTRY_LEN]);
-                for raw in chunk[..n * DIR_ENTRY_LEN].chunks_exact(DIR_ENTRY_LEN) {
-                    f(&FileEntry::parse(raw.try_into().expect("64-byte chunk")));
-                }
-                left -= n;
-            }
+        /// Calls `f` for every file in the directory (at most
+        /// [`MAX_FILES`], see [`walk_directory`]).
+        pub fn for_each_file(&mut self, f: impl FnMut(&FileEntry)) -> Directory {
+            let mut key = Some(KEY_FILE_DIR);
+            walk_directory(|buf| self.read(key.take(), buf), f)
         }
 
-        /// Reads the start of a file into `buf`; returns the bytes read.
+        /// Reads the start of a file into `buf`; returns the bytes read
+        /// (fewer than `file.size` when the file does not fit).
         pub fn read_file(&mut self, file: &FileEntry, buf: &mut [u8]) -> usize {
-            let len = buf.len().min(file.size as usize);
+            let len = file_read_len(file.size, buf.len());
             self.read(Some(file.select), &mut buf[..len]);
             len
         }
@@ -201,6 +262,107 @@ mod tests {
     fn dma_control_words() {
         assert_eq!(dma_read_control(Some(KEY_FILE_DIR)), 0x0019_000a);
         assert_eq!(dma_read_control(None), 0x0000_0002);
+    }
+
+    /// A directory item as QEMU serves it: its bytes, then zeros; counts
+    /// the reads.
+    struct Item {
+        bytes: Vec<u8>,
+        at: usize,
+        reads: usize,
+    }
+
+    impl Item {
+        fn new(bytes: Vec<u8>) -> Self {
+            Item { bytes, at: 0, reads: 0 }
+        }
+
+        fn read(&mut self, buf: &mut [u8]) {
+            self.reads += 1;
+            for b in buf {
+                *b = self.bytes.get(self.at).copied().unwrap_or(0);
+                self.at += 1;
+            }
+        }
+    }
+
+    fn entry_bytes(name: &str, size: u32, select: u16) -> Vec<u8> {
+        let mut raw = vec![0u8; DIR_ENTRY_LEN];
+        raw[..4].copy_from_slice(&size.to_be_bytes());
+        raw[4..6].copy_from_slice(&select.to_be_bytes());
+        raw[8..8 + name.len()].copy_from_slice(name.as_bytes());
+        raw
+    }
+
+    fn directory(count: u32, names: &[&str]) -> Vec<u8> {
+        let mut bytes = count.to_be_bytes().to_vec();
+        for (i, name) in names.iter().enumerate() {
+            bytes.extend(entry_bytes(name, 10 + i as u32, FILE_KEY_FIRST + i as u16));
+        }
+        bytes
+    }
+
+    #[test]
+    fn walks_every_entry_in_order_across_reads() {
+        let names: Vec<String> = (0..ENTRIES_PER_READ + 1).map(|i| format!("opt/f{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut item = Item::new(directory(refs.len() as u32, &refs));
+        let mut seen = Vec::new();
+        let dir = walk_directory(|b| item.read(b), |e| seen.push((e.name().to_vec(), e.size, e.select)));
+        assert_eq!(dir, Directory { announced: 17, read: 17 });
+        assert!(!dir.is_clamped());
+        // The count, then 16 entries, then 1.
+        assert_eq!(item.reads, 3);
+        assert_eq!(seen.len(), 17);
+        assert_eq!(seen[0], (b"opt/f0".to_vec(), 10, 0x20));
+        assert_eq!(seen[16], (b"opt/f16".to_vec(), 26, 0x30));
+    }
+
+    #[test]
+    fn an_empty_directory_reads_only_its_count() {
+        let mut item = Item::new(directory(0, &[SCRIPT_FILE]));
+        let mut calls = 0;
+        let dir = walk_directory(|b| item.read(b), |_| calls += 1);
+        assert_eq!((dir.read, calls, item.reads), (0, 0, 1));
+    }
+
+    #[test]
+    fn a_huge_count_is_clamped_to_what_fw_cfg_can_hold() {
+        let mut item = Item::new(directory(u32::MAX, &[SCRIPT_FILE]));
+        let mut count = 0u32;
+        let mut first = None;
+        let dir = walk_directory(
+            |b| item.read(b),
+            |e| {
+                count += 1;
+                first.get_or_insert(*e);
+            },
+        );
+        assert_eq!(dir, Directory { announced: u32::MAX, read: MAX_FILES });
+        assert!(dir.is_clamped());
+        assert_eq!(count, MAX_FILES);
+        assert_eq!(MAX_FILES, 0x3fe0);
+        assert_eq!(item.reads, 1 + (MAX_FILES as usize).div_ceil(ENTRIES_PER_READ));
+        assert!(first.is_some_and(|e| e.is(SCRIPT_FILE)));
+    }
+
+    #[test]
+    fn a_short_directory_reads_zeros_past_its_end() {
+        // Announces 3 entries, holds 1: the other two read as empty names.
+        let mut item = Item::new(directory(3, &[PVPANIC_PORT_FILE]));
+        let mut names = Vec::new();
+        walk_directory(|b| item.read(b), |e| names.push(e.name().to_vec()));
+        assert_eq!(names, vec![PVPANIC_PORT_FILE.as_bytes().to_vec(), vec![], vec![]]);
+    }
+
+    #[test]
+    fn file_reads_are_bounded_by_the_buffer() {
+        assert_eq!(file_read_len(17, 1025), 17);
+        assert_eq!(file_read_len(1025, 1025), 1025);
+        assert_eq!(file_read_len(1026, 1025), 1025);
+        assert_eq!(file_read_len(u32::MAX, 2), 2);
+        assert_eq!(file_read_len(5, 0), 0);
+        assert_eq!(file_read_len(0, 16), 0);
     }
 
     #[test]
