@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod bench;
 pub mod config;
 pub mod defmt_log;
+pub mod fuzz;
 pub mod images;
 pub mod matcher;
 pub mod nested;

@@ -49,7 +49,15 @@ enum Cmd {
         /// a log of `D:` text lines, s390x]
         #[arg(long)]
         elf: Option<PathBuf>,
+        /// Decode even a log that another build wrote (its build id differs from the image's): the
+        /// text may be wrong
+        #[arg(long)]
+        any_build: bool,
     },
+    /// Fuzz the parsers of untrusted input (cargo-fuzz on the nightly pinned in fuzz/; installs both
+    /// when missing): script, fw_cfg, decode, qmp
+    #[command(after_help = "Examples:\n  cargo xtask fuzz --time 60s\n  cargo xtask fuzz script --time 10m")]
+    Fuzz(xtask::fuzz::FuzzArgs),
     /// Set up prerequisites, build the images, then `cargo test --workspace` (incl. the e2e harness)
     Test {
         /// Arguments passed to the test binaries (after `--`), e.g. `-- q35::`
@@ -134,6 +142,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let root = agent::workspace_root();
     match cli.cmd {
+        Cmd::Fuzz(args) => {
+            let clean = xtask::fuzz::run(&root, &args)?;
+            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Cmd::Bench(args) => {
             xtask::bench::run(&root, &args)?;
             Ok(ExitCode::SUCCESS)
@@ -152,13 +164,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Decode { serial, elf } => {
+        Cmd::Decode { serial, elf, any_build } => {
             let elf = elf.unwrap_or_else(|| {
                 // s390x's SCLP console carries the frames as `D:<hex>` lines.
-                let text = std::fs::read(&serial).unwrap_or_default().trim_ascii_start().starts_with(b"D:");
+                let text = xtask::defmt_log::is_text_log(&serial);
                 images::image_path(&root, if text { images::Arch::S390x } else { images::Arch::X86_64 })
             });
-            let lines = xtask::defmt_log::decode_file(&serial, &elf)?;
+            let lines = xtask::defmt_log::decode_command(&serial, &elf, any_build)?;
             let mut out = std::io::stdout().lock();
             for l in lines {
                 writeln!(out, "{l}")?;
