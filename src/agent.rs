@@ -2,18 +2,13 @@
 //! it and the devices every step needs, then run it. Each architecture
 //! supplies a [`Machine`]: its devices, its clock and its way to end.
 
+use crate::Arch;
+use crate::clock::{Clock, wait_us};
 use crate::exit::ErrorExit;
-use crate::script::{self, Action, Fault, PvDevice, PvEvent, Step};
+use crate::pvpanic::{PvDevice, PvEvent};
+use crate::script::{self, Action, Fault, Step};
 use crate::watchdog::Model;
 use defmt::{error, info};
-
-/// A monotonic clock.
-pub trait Clock {
-    /// Microseconds since an arbitrary start.
-    fn now_us(&mut self) -> u64;
-    /// Waits `us` microseconds.
-    fn sleep_us(&mut self, us: u64);
-}
 
 /// Why a step cannot run on this machine; found before the first step runs.
 #[derive(Clone, Copy)]
@@ -29,12 +24,15 @@ pub enum DeviceError {
     NoWatchdog(Model),
     /// The Hyper-V crash MSRs are unavailable (the reason) and there is no fallback.
     NoHyperV(&'static str),
-    /// The verb exists, but not on this architecture.
-    NotOnThisArchitecture,
+    /// The verb exists, but only on this other architecture (decided by
+    /// the agent from [`Action::arch`], never by a machine).
+    OtherArchitecture(Arch),
 }
 
 /// What an architecture provides to the agent.
 pub trait Machine {
+    /// Which steps exist here: those whose [`Action::arch`] is this or none.
+    const ARCH: Arch;
     /// For the first log line, e.g. "x86_64, PVH boot".
     const DESCRIPTION: &'static str;
     /// The fault that raises this architecture's invalid-opcode exception
@@ -48,9 +46,11 @@ pub trait Machine {
     /// Copies the script into `buf`; returns where it came from and its
     /// length (a length beyond `buf` means it did not fit).
     fn load_script(&mut self, buf: &mut [u8]) -> (&'static str, usize);
-    /// Checks that the devices `action` needs are there.
+    /// Checks that the devices `action` needs are there. Only asked about
+    /// steps of this architecture (or of every one).
     fn check(&mut self, action: &Action<'_>) -> Result<(), DeviceError>;
-    /// Runs a step that needs the machine's devices.
+    /// Runs a step that needs the machine's devices (steps of this
+    /// architecture; the agent runs the shared ones itself).
     fn run(&mut self, action: &Action<'_>);
     /// Feeds a watchdog (for `feed:`).
     fn feed(&mut self, model: Model);
@@ -100,8 +100,8 @@ fn log_device_error(number: usize, step: &Step<'_>, e: DeviceError) {
             "step {=usize} ({=str}): the Hyper-V crash MSRs are unavailable: {=str} (hv.crash-or-pvpanic would fall back to pvpanic instead)",
             n, t, reason
         ),
-        DeviceError::NotOnThisArchitecture => {
-            error!("step {=usize} ({=str}): not available on this architecture", n, t)
+        DeviceError::OtherArchitecture(arch) => {
+            error!("step {=usize} ({=str}): not available on this architecture ({=str} only)", n, t, arch.name())
         }
     }
 }
@@ -116,7 +116,7 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
     let (source, len) = machine.load_script(&mut buf);
     let text = &buf[..len.min(buf.len())];
     if len > script::MAX_SCRIPT_LEN {
-        error!("{}", defmt::Display2Format(&script::ScriptError::too_long(text, len)));
+        error!("{}", script::ScriptError::too_long(text, len));
         machine.fail(ErrorExit::Script);
     }
     if script::is_blank_bytes(text) {
@@ -126,7 +126,7 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
     let script = match script::parse_bytes(text) {
         Ok(script) => script,
         Err(e) => {
-            error!("{}", defmt::Display2Format(&e));
+            error!("{}", e);
             machine.fail(ErrorExit::Script)
         }
     };
@@ -137,17 +137,23 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
         // The two internal-error faults fire here, in the middle of the
         // checks: they prove that the agent's own faults before the first
         // step end in its error exits, never in an event.
-        match step.action {
-            Action::Fault(Fault::InternalPanic) => {
-                panic!("fault:internal-panic: a panic while checking step {} (before any step ran)", i + 1)
-            }
-            Action::Fault(Fault::InternalException) => {
-                info!("fault:internal-exception: raising an exception while checking step {=usize}", i + 1);
-                machine.run(&Action::Fault(M::INVALID_OPCODE));
-            }
-            _ => {}
+        if matches!(step.action, Action::Fault(Fault::InternalPanic)) {
+            // The panic message is static (no `core::fmt` in the image);
+            // the step number goes in the line before it.
+            error!("fault:internal-panic: a panic while checking step {=usize} (before any step ran)", i + 1);
+            panic!("fault:internal-panic: a panic while checking the script, before any step ran");
         }
-        if let Err(e) = machine.check(&step.action) {
+        if matches!(step.action, Action::Fault(Fault::InternalException)) {
+            info!("fault:internal-exception: raising an exception while checking step {=usize}", i + 1);
+            machine.run(&Action::Fault(M::INVALID_OPCODE));
+        }
+        // Whether the verb exists here is the step's own property, decided
+        // once, here; the machine only checks its devices.
+        let checked = match step.action.arch() {
+            Some(arch) if arch != M::ARCH => Err(DeviceError::OtherArchitecture(arch)),
+            Some(_) | None => machine.check(&step.action),
+        };
+        if let Err(e) = checked {
             log_device_error(i + 1, step, e);
             machine.fail(ErrorExit::Device);
         }
@@ -163,7 +169,7 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
     for (i, step) in script.iter().enumerate() {
         info!("step {=usize}: {=str}", i + 1, step.text);
         match step.action {
-            Action::Sleep(us) => machine.clock().sleep_us(us),
+            Action::Sleep(us) => wait_us(machine.clock(), us),
             Action::Log(text) => info!("log: {=str}", text),
             Action::Halt => {
                 info!("halting");
@@ -176,7 +182,29 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
             Action::FirstBoot => {}
             Action::FeedFor { model, every_us, for_us } => feed_for(machine, model, every_us, for_us),
             Action::Fault(Fault::RustPanic) => panic!("fault:rust-panic requested by the script"),
-            ref action => machine.run(action),
+            // Fired while the script was checked: never reached.
+            Action::Fault(Fault::InternalPanic | Fault::InternalException) => {}
+            // The machine's steps (of this architecture: the checks refused
+            // the others).
+            Action::Pvpanic(..)
+            | Action::Exit(_)
+            | Action::WatchdogArm(_)
+            | Action::WatchdogFeed(_)
+            | Action::WatchdogStop(_)
+            | Action::HvCrash { .. }
+            | Action::HvProbe
+            | Action::S390DisabledWait { .. }
+            | Action::S390Shutdown
+            | Action::Fault(
+                Fault::InvalidOpcode
+                | Fault::GeneralProtection
+                | Fault::PageFault
+                | Fault::DivideError
+                | Fault::StackOverflow
+                | Fault::Triple
+                | Fault::Operation
+                | Fault::Specification,
+            ) => machine.run(&step.action),
         }
     }
     info!("script finished: halting");
@@ -196,7 +224,7 @@ fn feed_for<M: Machine>(machine: &mut M, model: Model, every_us: u64, for_us: u6
             break;
         }
         let elapsed = machine.clock().now_us() - start;
-        machine.clock().sleep_us(next.saturating_sub(elapsed));
+        wait_us(machine.clock(), next.saturating_sub(elapsed));
     }
     let last = machine.clock().now_us() - start;
     info!("{=str}: fed {=u64} times, the last at {=u64}us", model.name(), feeds, last);
@@ -204,6 +232,11 @@ fn feed_for<M: Machine>(machine: &mut M, model: Model, every_us: u64, for_us: u6
 
 /// The panic handler's body: logs the panic (once; a panic while handling
 /// one is not logged again) and lets the architecture end the agent.
+///
+/// The line holds the message when it is a plain string (every panic the
+/// agent raises on purpose) and always the location, without `core::fmt`:
+/// a formatted message (from `core`, e.g. an index out of bounds) is not
+/// rendered, its location says which.
 pub fn report_panic(info: &core::panic::PanicInfo<'_>) -> ! {
     use core::sync::atomic::{AtomicBool, Ordering};
     static PANICKING: AtomicBool = AtomicBool::new(false);
@@ -213,7 +246,13 @@ pub fn report_panic(info: &core::panic::PanicInfo<'_>) -> ! {
     // had a log line open, never runs again.
     unsafe { crate::log::abandon_interrupted_frame() };
     if first {
-        error!("panic: {}", defmt::Display2Format(info));
+        let message = info.message().as_str().unwrap_or("(a formatted message, not rendered in the image)");
+        match info.location() {
+            Some(at) => {
+                error!("panic: {=str} (at {=str}:{=u32}:{=u32})", message, at.file(), at.line(), at.column())
+            }
+            None => error!("panic: {=str}", message),
+        }
     }
     crate::arch::end_after_panic(first)
 }

@@ -25,9 +25,17 @@ pub enum ErrorExit {
 }
 
 impl ErrorExit {
+    /// Every error exit (the host tool explains each).
+    pub const ALL: [ErrorExit; 4] = [ErrorExit::Script, ErrorExit::Device, ErrorExit::Panic, ErrorExit::Fault];
+
     /// The value written to the device.
     pub const fn code(self) -> u8 {
         self as u8
+    }
+
+    /// QEMU's exit status after the agent writes [`Self::code`].
+    pub const fn qemu_status(self) -> u8 {
+        qemu_status(self.code())
     }
 }
 
@@ -108,6 +116,8 @@ mod tests {
 
     #[test]
     fn statuses_are_odd_and_documented() {
+        let statuses = ErrorExit::ALL.map(ErrorExit::qemu_status);
+        assert_eq!(statuses, [225, 227, 229, 231]);
         assert_eq!(qemu_status(ErrorExit::Script.code()), 225);
         assert_eq!(qemu_status(ErrorExit::Device.code()), 227);
         assert_eq!(qemu_status(ErrorExit::Panic.code()), 229);

@@ -54,7 +54,7 @@ pub struct Probe {
 /// The first check that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unavailable {
-    /// CPUID.1:ECX[31] is clear: no hypervisor at all.
+    /// CPUID.1:ECX bit 31 is clear: no hypervisor at all.
     NoHypervisor,
     /// The interface signature is not "Hv#1" (QEMU only exposes the Hyper-V
     /// leaves with an `hv-*` CPU flag, and only under KVM with Hyper-V).

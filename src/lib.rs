@@ -3,20 +3,21 @@
 //!
 //! The crate is split in two kinds of module:
 //! - pure logic (the script parser, fw_cfg directory entries, PCI BAR
-//!   decoding, exit codes): compiled and unit-tested on the host;
+//!   decoding, exit codes, pvpanic events, s390x PSW bits, watchdog
+//!   arithmetic): compiled and unit-tested on the host;
 //! - hardware access, one small typed module per device, compiled only into
 //!   the image (`cfg(image)`, set by build.rs for the bare-metal targets).
 //!   `unsafe` lives there only.
 #![cfg_attr(not(test), no_std)]
 
 pub mod boot_count;
-#[cfg(all(image, target_arch = "x86_64"))]
-pub mod cmos;
+pub mod clock;
 pub mod exit;
 pub mod fw_cfg;
 pub mod hyperv;
 pub mod pci;
 pub mod pvpanic;
+pub mod s390_psw;
 pub mod script;
 pub mod watchdog;
 
@@ -26,6 +27,26 @@ pub mod agent;
 pub mod arch;
 #[cfg(image)]
 pub mod log;
+
+/// The architectures the agent runs on. Whether a step exists on one is a
+/// property of the step ([`script::Action::arch`]), decided before any
+/// step runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(image, derive(defmt::Format))]
+pub enum Arch {
+    X86_64,
+    S390x,
+}
+
+impl Arch {
+    /// As the README and the logs name it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::S390x => "s390x",
+        }
+    }
+}
 
 /// The agent's version, as logged at boot.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

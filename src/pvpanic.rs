@@ -1,6 +1,68 @@
 //! QEMU's pvpanic device, ISA (`-device pvpanic`) and PCI (`-device pvpanic-pci`).
+//!
+//! The events, the device choice of a step and the capability byte are
+//! pure (host-tested); the device half (`Pvpanic`, x86_64 images only)
+//! probes and writes.
 
-use crate::script::PvEvent;
+/// One pvpanic event, by the bit QEMU's device uses for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(image, derive(defmt::Format))]
+pub enum PvEvent {
+    Panicked,
+    CrashLoaded,
+    Shutdown,
+}
+
+impl PvEvent {
+    pub const ALL: [PvEvent; 3] = [PvEvent::Panicked, PvEvent::CrashLoaded, PvEvent::Shutdown];
+
+    /// The bit written to the device (and advertised in its capability byte).
+    pub const fn bit(self) -> u8 {
+        match self {
+            PvEvent::Panicked => 0x01,
+            PvEvent::CrashLoaded => 0x02,
+            PvEvent::Shutdown => 0x04,
+        }
+    }
+
+    /// The name used in scripts and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PvEvent::Panicked => "panicked",
+            PvEvent::CrashLoaded => "crashloaded",
+            PvEvent::Shutdown => "shutdown",
+        }
+    }
+
+    /// The event a script names (`pvpanic.<name>`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        PvEvent::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
+
+/// Which pvpanic device a step addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(image, derive(defmt::Format))]
+pub enum PvDevice {
+    /// `pvpanic.<event>`: the ISA device if present, else the PCI one.
+    Any,
+    /// `pvpanic-isa.<event>`.
+    Isa,
+    /// `pvpanic-pci.<event>`.
+    Pci,
+}
+
+impl PvDevice {
+    /// The device a script names (the part of the verb before the dot).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "pvpanic" => Some(PvDevice::Any),
+            "pvpanic-isa" => Some(PvDevice::Isa),
+            "pvpanic-pci" => Some(PvDevice::Pci),
+            _ => None,
+        }
+    }
+}
 
 /// Default I/O port of the ISA device (QEMU publishes the real one in the
 /// fw_cfg file `etc/pvpanic-port`).
@@ -166,6 +228,16 @@ mod tests {
         assert_eq!(isa_capabilities(0xff), None);
         assert_eq!(isa_capabilities(0x07), Some(7));
         assert_eq!(isa_capabilities(0x01), Some(1));
+    }
+
+    #[test]
+    fn names() {
+        for event in PvEvent::ALL {
+            assert_eq!(PvEvent::from_name(event.name()), Some(event));
+        }
+        assert_eq!(PvEvent::from_name("explode"), None);
+        assert_eq!(PvDevice::from_name("pvpanic-pci"), Some(PvDevice::Pci));
+        assert_eq!(PvDevice::from_name("pvpanic-mmio"), None);
     }
 
     #[test]

@@ -11,9 +11,12 @@
 //! script before the agent runs any step, so a script with an error anywhere
 //! never fires an event.
 
+use crate::Arch;
+use crate::s390_psw as psw;
 use crate::watchdog::{self, Model, diag288, i6300esb, ib700};
-use core::fmt;
 use heapless::Vec;
+
+pub use crate::pvpanic::{PvDevice, PvEvent};
 
 /// Longest script the agent accepts, in bytes.
 pub const MAX_SCRIPT_LEN: usize = 1024;
@@ -28,51 +31,6 @@ pub const MAX_DURATION_US: u64 = 1_000_000_000_000;
 /// Highest code a script may pass to `exit:`; the codes above it are the
 /// agent's own error exits (see [`crate::exit`]).
 pub const MAX_USER_EXIT_CODE: u64 = 0x6f;
-
-/// One pvpanic event, by the bit QEMU's device uses for it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(image, derive(defmt::Format))]
-pub enum PvEvent {
-    Panicked,
-    CrashLoaded,
-    Shutdown,
-}
-
-impl PvEvent {
-    /// The bit written to the device (and advertised in its capability byte).
-    pub const fn bit(self) -> u8 {
-        match self {
-            PvEvent::Panicked => 0x01,
-            PvEvent::CrashLoaded => 0x02,
-            PvEvent::Shutdown => 0x04,
-        }
-    }
-
-    /// The name used in scripts and logs.
-    pub const fn name(self) -> &'static str {
-        match self {
-            PvEvent::Panicked => "panicked",
-            PvEvent::CrashLoaded => "crashloaded",
-            PvEvent::Shutdown => "shutdown",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<Self> {
-        [PvEvent::Panicked, PvEvent::CrashLoaded, PvEvent::Shutdown].into_iter().find(|e| e.name() == name)
-    }
-}
-
-/// Which pvpanic device a step addresses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(image, derive(defmt::Format))]
-pub enum PvDevice {
-    /// `pvpanic.<event>`: the ISA device if present, else the PCI one.
-    Any,
-    /// `pvpanic-isa.<event>`.
-    Isa,
-    /// `pvpanic-pci.<event>`.
-    Pci,
-}
 
 /// What one step does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,21 +73,6 @@ pub enum Action<'a> {
     },
     /// s390x: the special wait PSW QEMU turns into a guest shutdown.
     S390Shutdown,
-}
-
-/// s390x PSW mask bits.
-pub mod psw {
-    pub const WAIT: u64 = 0x0002_0000_0000_0000;
-    pub const IO: u64 = 0x0200_0000_0000_0000;
-    pub const EXT: u64 = 0x0100_0000_0000_0000;
-    pub const MCHECK: u64 = 0x0004_0000_0000_0000;
-    pub const EA: u64 = 0x0000_0001_0000_0000;
-    pub const BA: u64 = 0x0000_0000_8000_0000;
-    /// The default mask of `s390.disabled-wait`: wait, 64-bit addressing.
-    pub const DISABLED_WAIT: u64 = WAIT | EA | BA;
-    /// Addresses whose low 12 bits are all ones are QEMU's "special"
-    /// (shutdown) wait.
-    pub const SPECIAL_WAIT_LOW_BITS: u64 = 0xfff;
 }
 
 /// The faults `fault:<kind>` causes.
@@ -192,17 +135,53 @@ impl Fault {
             Fault::InternalException => "internal-exception",
         }
     }
+
+    /// The one architecture the fault exists on (`None`: every one).
+    pub const fn arch(self) -> Option<Arch> {
+        match self {
+            Fault::InvalidOpcode
+            | Fault::GeneralProtection
+            | Fault::PageFault
+            | Fault::DivideError
+            | Fault::StackOverflow
+            | Fault::Triple => Some(Arch::X86_64),
+            Fault::Operation | Fault::Specification => Some(Arch::S390x),
+            Fault::RustPanic | Fault::InternalPanic | Fault::InternalException => None,
+        }
+    }
 }
 
 impl Action<'_> {
     /// The watchdog a step uses, if any.
-    pub fn watchdog(&self) -> Option<Model> {
+    pub const fn watchdog(&self) -> Option<Model> {
         match *self {
-            Action::WatchdogArm(watchdog::Timeout::Ib700(_)) => Some(Model::Ib700),
-            Action::WatchdogArm(watchdog::Timeout::I6300Esb(_)) => Some(Model::I6300Esb),
-            Action::WatchdogArm(watchdog::Timeout::Diag288(_)) => Some(Model::Diag288),
+            Action::WatchdogArm(timeout) => Some(timeout.model()),
             Action::WatchdogFeed(m) | Action::WatchdogStop(m) | Action::FeedFor { model: m, .. } => Some(m),
-            _ => None,
+            Action::Pvpanic(..)
+            | Action::Sleep(_)
+            | Action::Exit(_)
+            | Action::Log(_)
+            | Action::Halt
+            | Action::FirstBoot
+            | Action::Fault(_)
+            | Action::HvCrash { .. }
+            | Action::HvProbe
+            | Action::S390DisabledWait { .. }
+            | Action::S390Shutdown => None,
+        }
+    }
+
+    /// The one architecture the step exists on (`None`: every one). The
+    /// agent refuses a step of another architecture from this alone,
+    /// before any step runs and before any machine looks at it.
+    pub const fn arch(&self) -> Option<Arch> {
+        match *self {
+            Action::Pvpanic(..) | Action::Exit(_) | Action::HvCrash { .. } | Action::HvProbe => Some(Arch::X86_64),
+            Action::S390DisabledWait { .. } | Action::S390Shutdown => Some(Arch::S390x),
+            Action::WatchdogArm(timeout) => Some(timeout.model().arch()),
+            Action::WatchdogFeed(m) | Action::WatchdogStop(m) | Action::FeedFor { model: m, .. } => Some(m.arch()),
+            Action::Fault(fault) => fault.arch(),
+            Action::Sleep(_) | Action::Log(_) | Action::Halt | Action::FirstBoot => None,
         }
     }
 }
@@ -289,80 +268,110 @@ pub struct ScriptError<'a> {
     pub kind: ErrorKind<'a>,
 }
 
-impl fmt::Display for ScriptError<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "script error: step {} at byte {}: ", self.step, self.offset)?;
-        match self.kind {
-            ErrorKind::ScriptTooLong { len } => {
-                write!(f, "script is {len} bytes, the limit is {MAX_SCRIPT_LEN}")
-            }
-            ErrorKind::NotAscii => write!(f, "script contains a non-ASCII byte"),
-            ErrorKind::TooManySteps => write!(f, "more than {MAX_STEPS} steps"),
-            ErrorKind::EmptyStep => write!(f, "empty step (two ';' in a row, or a trailing ';')"),
-            ErrorKind::StepTooLong { len } => {
-                write!(f, "step is {len} bytes, the limit is {MAX_STEP_LEN}")
-            }
-            ErrorKind::UnknownVerb(v) => write!(f, "unknown verb '{v}' (see the README for the verbs)"),
-            ErrorKind::TrailingGarbage(t) => write!(f, "unexpected text '{t}' after the verb"),
-            ErrorKind::MissingArgument { verb, what } => write!(f, "'{verb}' needs {what}"),
-            ErrorKind::UnexpectedArgument { verb } => write!(f, "'{verb}' takes no argument"),
-            ErrorKind::TooManyArguments { verb, max } => {
-                write!(f, "'{verb}' takes at most {max} argument(s)")
-            }
-            ErrorKind::BadNumber(n) => {
-                write!(f, "bad number '{n}' (decimal, or hex with 0x)")
-            }
-            ErrorKind::BadDurationUnit(d) => {
-                write!(f, "bad unit in duration '{d}' (use us, ms or s)")
-            }
-            ErrorKind::MissingDurationUnit(d) => {
-                write!(f, "duration '{d}' has no unit (use us, ms or s)")
-            }
+/// The message of every error, written once. It expands into `Display`
+/// (host builds: tests, the fuzz targets) and `defmt::Format` (the images,
+/// which carry no `core::fmt`): both read the same format strings, since
+/// they use only `{}` and hints like `{:#x}` that `core::write!` and
+/// `defmt::write!` understand alike.
+macro_rules! error_message {
+    (error $error:expr, $f:expr, $write:ident) => {
+        $write!($f, "script error: step {} at byte {}: {}", $error.step, $error.offset, $error.kind)
+    };
+    (kind $kind:expr, $f:expr, $write:ident) => {
+        match *$kind {
+            ErrorKind::ScriptTooLong { len } => $write!($f, "script is {} bytes, the limit is {}", len, MAX_SCRIPT_LEN),
+            ErrorKind::NotAscii => $write!($f, "script contains a non-ASCII byte"),
+            ErrorKind::TooManySteps => $write!($f, "more than {} steps", MAX_STEPS),
+            ErrorKind::EmptyStep => $write!($f, "empty step (two ';' in a row, or a trailing ';')"),
+            ErrorKind::StepTooLong { len } => $write!($f, "step is {} bytes, the limit is {}", len, MAX_STEP_LEN),
+            ErrorKind::UnknownVerb(v) => $write!($f, "unknown verb '{}' (see the README for the verbs)", v),
+            ErrorKind::TrailingGarbage(t) => $write!($f, "unexpected text '{}' after the verb", t),
+            ErrorKind::MissingArgument { verb, what } => $write!($f, "'{}' needs {}", verb, what),
+            ErrorKind::UnexpectedArgument { verb } => $write!($f, "'{}' takes no argument", verb),
+            ErrorKind::TooManyArguments { verb, max } => $write!($f, "'{}' takes at most {} argument(s)", verb, max),
+            ErrorKind::BadNumber(n) => $write!($f, "bad number '{}' (decimal, or hex with 0x)", n),
+            ErrorKind::BadDurationUnit(d) => $write!($f, "bad unit in duration '{}' (use us, ms or s)", d),
+            ErrorKind::MissingDurationUnit(d) => $write!($f, "duration '{}' has no unit (use us, ms or s)", d),
             ErrorKind::DurationTooLong(d) => {
-                write!(f, "duration '{d}' is too long (the limit is {}s)", MAX_DURATION_US / 1_000_000)
+                $write!($f, "duration '{}' is too long (the limit is {}s)", d, MAX_DURATION_US / 1_000_000)
             }
             ErrorKind::Ib700Timeout(d) => {
-                write!(f, "ib700 cannot time out after '{d}': its timeouts are 0s, 2s, 4s, ... 30s")
+                $write!($f, "ib700 cannot time out after '{}': its timeouts are 0s, 2s, 4s, ... 30s", d)
             }
             ErrorKind::EsbTooLong(d) => {
-                write!(f, "i6300esb stages of '{d}' exceed its range (about 1030s a stage)")
+                $write!($f, "i6300esb stages of '{}' exceed its range (about 1030s a stage)", d)
             }
-            ErrorKind::EsbUnrepresentable(d) => write!(
-                f,
-                "i6300esb cannot represent stages '{d}' within 0.5% with one prescaler (1MHz: 0.96us units up to 1.0066s; 1kHz: 983.04us units)"
+            ErrorKind::EsbUnrepresentable(d) => $write!(
+                $f,
+                "i6300esb cannot represent stages '{}' within 0.5% with one prescaler (1MHz: 0.96us units up to 1.0066s; 1kHz: 983.04us units)",
+                d
             ),
-            ErrorKind::UnknownFlag { verb, flag } => write!(f, "'{verb}' has no option '{flag}'"),
-            ErrorKind::UnknownDevice(d) => write!(f, "unknown watchdog '{d}' (ib700 or i6300esb)"),
-            ErrorKind::NeedsKey { verb, key } => write!(f, "'{verb}' needs exactly one '{key}=<duration>'"),
-            ErrorKind::ZeroInterval => write!(f, "'every=' must be longer than 0"),
-            ErrorKind::UnknownFault(k) => write!(
-                f,
-                "unknown fault '{k}' (x86_64: ud, gp, pf, de, stack-overflow, triple; s390x: operation, specification; both: rust-panic, internal-panic, internal-exception)"
+            ErrorKind::UnknownFlag { verb, flag } => $write!($f, "'{}' has no option '{}'", verb, flag),
+            ErrorKind::UnknownDevice(d) => $write!($f, "unknown watchdog '{}' (ib700 or i6300esb)", d),
+            ErrorKind::NeedsKey { verb, key } => $write!($f, "'{}' needs exactly one '{}=<duration>'", verb, key),
+            ErrorKind::ZeroInterval => $write!($f, "'every=' must be longer than 0"),
+            ErrorKind::UnknownFault(k) => $write!(
+                $f,
+                "unknown fault '{}' (x86_64: ud, gp, pf, de, stack-overflow, triple; s390x: operation, specification; both: rust-panic, internal-panic, internal-exception)",
+                k
             ),
             ErrorKind::Diag288Timeout(d) => {
-                write!(f, "diag288 timeouts are whole seconds, at least 15s; '{d}' is not one")
+                $write!($f, "diag288 timeouts are whole seconds, at least 15s; '{}' is not one", d)
             }
-            ErrorKind::NotDisabledWait(m) => write!(
-                f,
-                "PSW mask {m:#018x} is not a disabled wait (needs the wait bit 0x0002000000000000, and no I/O, external or machine-check bit)"
+            ErrorKind::NotDisabledWait(m) => $write!(
+                $f,
+                "PSW mask {:#018x} is not a disabled wait (needs the wait bit 0x0002000000000000, and no I/O, external or machine-check bit)",
+                m
             ),
             ErrorKind::ReservedWaitAddress(a) => {
-                write!(f, "wait address {a:#x} is in the agent's own range 0xbad0000..=0xbadffff (its error exits)")
+                $write!($f, "wait address {:#x} is in the agent's own range 0xbad0000..=0xbadffff (its error exits)", a)
             }
             ErrorKind::SpecialWaitAddress(a) => {
-                write!(f, "wait address {a:#x} ends in 0xfff: that is QEMU's shutdown wait (use s390.shutdown)")
+                $write!($f, "wait address {:#x} ends in 0xfff: that is QEMU's shutdown wait (use s390.shutdown)", a)
             }
             ErrorKind::AddressTooWide { address, mask } => {
-                write!(f, "address {address:#x} does not fit the addressing mode of mask {mask:#018x}")
+                $write!($f, "address {:#x} does not fit the addressing mode of mask {:#018x}", address, mask)
             }
             ErrorKind::WrongArgumentCount { verb, expected } => {
-                write!(f, "'{verb}' takes exactly {expected} arguments")
+                $write!($f, "'{}' takes exactly {} arguments", verb, expected)
             }
-            ErrorKind::ExitCodeOutOfRange(c) => write!(
-                f,
-                "exit code {c} out of range (0..={MAX_USER_EXIT_CODE}; higher values are the agent's own error codes)"
+            ErrorKind::ExitCodeOutOfRange(c) => $write!(
+                $f,
+                "exit code {} out of range (0..={}; higher values are the agent's own error codes)",
+                c,
+                MAX_USER_EXIT_CODE
             ),
         }
+    };
+}
+
+#[cfg(not(image))]
+impl core::fmt::Display for ScriptError<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        error_message!(error self, f, write)
+    }
+}
+
+#[cfg(not(image))]
+impl core::fmt::Display for ErrorKind<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        error_message!(kind self, f, write)
+    }
+}
+
+#[cfg(image)]
+impl defmt::Format for ScriptError<'_> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        use defmt::write;
+        error_message!(error self, f, write)
+    }
+}
+
+#[cfg(image)]
+impl defmt::Format for ErrorKind<'_> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        use defmt::write;
+        error_message!(kind self, f, write)
     }
 }
 
@@ -370,12 +379,44 @@ fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
+// The parser never indexes a `str` (`&s[a..b]`, `split_at`) nor uses
+// `core`'s char searcher (`find`, `split`, `split_once` on a char): their
+// failure paths panic with a formatted message, which would pull
+// `core::fmt` into the images. It cuts with `str::get` instead, at ASCII
+// bytes, which are always character boundaries: the `None` cases are
+// unreachable, and still no panic.
+
 /// Returns the trimmed sub-slice and its offset in `s`.
 fn trim_with_offset(s: &str) -> (&str, usize) {
     let bytes = s.as_bytes();
     let start = bytes.iter().position(|&b| !is_space(b)).unwrap_or(bytes.len());
     let end = bytes.iter().rposition(|&b| !is_space(b)).map_or(start, |p| p + 1);
-    (&s[start..end], start)
+    (s.get(start..end).unwrap_or_default(), start)
+}
+
+/// `s` before and after the first `sep` (an ASCII byte).
+fn split_once_at(s: &str, sep: u8) -> Option<(&str, &str)> {
+    let at = s.bytes().position(|b| b == sep)?;
+    Some((s.get(..at)?, s.get(at + 1..)?))
+}
+
+/// `s` split at every `sep` (an ASCII byte), like `str::split`.
+fn split_at_every(s: &str, sep: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    core::iter::from_fn(move || {
+        let current = rest?;
+        let (piece, tail) = match split_once_at(current, sep) {
+            Some((piece, tail)) => (piece, Some(tail)),
+            None => (current, None),
+        };
+        rest = tail;
+        Some(piece)
+    })
+}
+
+/// Nothing but whitespace as `str::trim` sees it (for ASCII text).
+fn is_blank_arg(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'\t'..=b'\r' | b' '))
 }
 
 /// True when the script holds nothing but whitespace (the "no script" case).
@@ -412,13 +453,14 @@ pub enum DurationError {
 /// Parses `<number><unit>` into microseconds.
 pub fn parse_duration_us(s: &str) -> Result<u64, DurationError> {
     let unit_at = if s.starts_with("0x") || s.starts_with("0X") {
-        2 + s[2..].bytes().position(|b| !b.is_ascii_hexdigit()).unwrap_or(s.len() - 2)
+        2 + s.bytes().skip(2).position(|b| !b.is_ascii_hexdigit()).unwrap_or(s.len() - 2)
     } else {
         s.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(s.len())
     };
     // A hex number swallows the 's' of nothing, but "0x10s" is fine: 's' is
     // not a hex digit. "0x1ms" is ambiguous-free for the same reason.
-    let (num, unit) = s.split_at(unit_at);
+    // Every byte before `unit_at` is ASCII, so the cut is a boundary.
+    let (num, unit) = s.split_at_checked(unit_at).ok_or(DurationError::BadNumber)?;
     let value = parse_number(num).ok_or(DurationError::BadNumber)?;
     let scale = match unit {
         "us" => 1,
@@ -485,7 +527,7 @@ pub fn parse(text: &str) -> Result<Script<'_>, ScriptError<'_>> {
     }
     let mut script = Script::new();
     let mut offset = 0;
-    for (index, raw) in text.split(';').enumerate() {
+    for (index, raw) in split_at_every(text, b';').enumerate() {
         let (step_text, lead) = trim_with_offset(raw);
         let step_offset = offset + lead;
         offset += raw.len() + 1;
@@ -505,19 +547,19 @@ pub fn parse(text: &str) -> Result<Script<'_>, ScriptError<'_>> {
 
 /// Parses one trimmed, non-empty step; errors carry an offset relative to it.
 fn parse_step(step: &str) -> Result<Action<'_>, (usize, ErrorKind<'_>)> {
-    let (verb, args, args_at) = match step.find(':') {
-        Some(colon) => (&step[..colon], Some(&step[colon + 1..]), colon + 1),
+    let (verb, args, args_at) = match split_once_at(step, b':') {
+        Some((verb, args)) => (verb, Some(args), verb.len() + 1),
         None => (step, None, step.len()),
     };
     // A verb is one word; whatever follows a space is garbage.
-    let verb_len = verb.bytes().position(is_space).unwrap_or(verb.len());
-    if verb_len < verb.len() {
-        let (rest, lead) = trim_with_offset(&verb[verb_len..]);
+    if let Some(verb_len) = verb.bytes().position(is_space) {
+        let (rest, lead) = trim_with_offset(verb.get(verb_len..).unwrap_or_default());
         let end = match args {
             Some(_) => step.len(),
             None => verb_len + lead + rest.len(),
         };
-        return Err((verb_len + lead, ErrorKind::TrailingGarbage(&step[verb_len + lead..end])));
+        let garbage = step.get(verb_len + lead..end).unwrap_or_default();
+        return Err((verb_len + lead, ErrorKind::TrailingGarbage(garbage)));
     }
     let no_args = || match args {
         Some(_) => Err((args_at, ErrorKind::UnexpectedArgument { verb })),
@@ -525,18 +567,12 @@ fn parse_step(step: &str) -> Result<Action<'_>, (usize, ErrorKind<'_>)> {
     };
     let one_arg = |what| match args {
         None => Err((step.len(), ErrorKind::MissingArgument { verb, what })),
-        Some(a) if a.trim().is_empty() => Err((args_at, ErrorKind::MissingArgument { verb, what })),
+        Some(a) if is_blank_arg(a) => Err((args_at, ErrorKind::MissingArgument { verb, what })),
         Some(a) => Ok(a),
     };
 
-    if let Some((device_name, event)) = verb.split_once('.') {
-        let device = match device_name {
-            "pvpanic" => Some(PvDevice::Any),
-            "pvpanic-isa" => Some(PvDevice::Isa),
-            "pvpanic-pci" => Some(PvDevice::Pci),
-            _ => None,
-        };
-        if let (Some(device), Some(event)) = (device, PvEvent::from_name(event)) {
+    if let Some((device_name, event)) = split_once_at(verb, b'.') {
+        if let (Some(device), Some(event)) = (PvDevice::from_name(device_name), PvEvent::from_name(event)) {
             no_args()?;
             return Ok(Action::Pvpanic(device, event));
         }
@@ -588,7 +624,7 @@ type StepResult<'a> = Result<Action<'a>, (usize, ErrorKind<'a>)>;
 /// Splits an argument list on commas, with each argument's offset.
 fn split_args(args: &str, at: usize) -> impl Iterator<Item = (&str, usize)> {
     let mut offset = at;
-    args.split(',').map(move |raw| {
+    split_at_every(args, b',').map(move |raw| {
         let (arg, lead) = trim_with_offset(raw);
         let here = offset + lead;
         offset += raw.len() + 1;
@@ -617,7 +653,7 @@ fn parse_watchdog<'a>(
         "feed" => no_args(Action::WatchdogFeed(model)),
         "stop" => no_args(Action::WatchdogStop(model)),
         "arm" => {
-            let Some(args) = args.filter(|a| !a.trim().is_empty()) else {
+            let Some(args) = args.filter(|a| !is_blank_arg(a)) else {
                 return Err((end, ErrorKind::MissingArgument { verb, what: "a timeout, e.g. 2s" }));
             };
             match model {
@@ -649,14 +685,14 @@ fn parse_s390<'a>(op: &'a str, verb: &'a str, args: Option<&'a str>, args_at: us
         },
         "disabled-wait" => {
             let what = "an address, e.g. 0x12340";
-            let args = args.filter(|a| !a.trim().is_empty()).ok_or((end, ErrorKind::MissingArgument { verb, what }))?;
+            let args = args.filter(|a| !is_blank_arg(a)).ok_or((end, ErrorKind::MissingArgument { verb, what }))?;
             let mut parts = split_args(args, args_at);
             let (addr, addr_at) = parts.next().unwrap_or(("", args_at));
             let address = parse_number(addr).ok_or((addr_at, ErrorKind::BadNumber(addr)))?;
             let mask = match parts.next() {
                 Some((m, at)) => {
                     let mask = parse_number(m).ok_or((at, ErrorKind::BadNumber(m)))?;
-                    if mask & psw::WAIT == 0 || mask & (psw::IO | psw::EXT | psw::MCHECK) != 0 {
+                    if !psw::is_disabled_wait(mask) {
                         return Err((at, ErrorKind::NotDisabledWait(mask)));
                     }
                     mask
@@ -669,15 +705,10 @@ fn parse_s390<'a>(op: &'a str, verb: &'a str, args: Option<&'a str>, args_at: us
             if crate::exit::is_reserved_wait_address(address) {
                 return Err((addr_at, ErrorKind::ReservedWaitAddress(address)));
             }
-            if address & psw::SPECIAL_WAIT_LOW_BITS == psw::SPECIAL_WAIT_LOW_BITS {
+            if psw::is_special_wait_address(address) {
                 return Err((addr_at, ErrorKind::SpecialWaitAddress(address)));
             }
-            let limit = match (mask & psw::EA != 0, mask & psw::BA != 0) {
-                (true, true) => u64::MAX,
-                (false, true) => 0x7fff_ffff,
-                _ => 0x00ff_ffff,
-            };
-            if address > limit {
+            if address > psw::address_limit(mask) {
                 return Err((addr_at, ErrorKind::AddressTooWide { address, mask }));
             }
             Ok(Action::S390DisabledWait { address, mask })
@@ -750,7 +781,7 @@ fn parse_feed<'a>(verb: &'a str, args: &'a str, at: usize) -> StepResult<'a> {
     let model = Model::from_name(device).ok_or((device_at, ErrorKind::UnknownDevice(device)))?;
     let (mut every, mut total) = (None, None);
     for (arg, offset) in parts {
-        let (slot, value) = match arg.split_once('=') {
+        let (slot, value) = match split_once_at(arg, b'=') {
             Some(("every", v)) => (&mut every, v),
             Some(("for", v)) => (&mut total, v),
             _ => return Err((offset, ErrorKind::UnknownFlag { verb, flag: arg })),
@@ -771,7 +802,7 @@ fn parse_feed<'a>(verb: &'a str, args: &'a str, at: usize) -> StepResult<'a> {
 
 /// Checks that an argument list holds exactly one argument and returns it.
 fn single<'a>(verb: &'a str, args: &'a str, at: usize) -> Result<&'a str, (usize, ErrorKind<'a>)> {
-    match args.find(',') {
+    match args.bytes().position(|b| b == b',') {
         Some(comma) => Err((at + comma, ErrorKind::TooManyArguments { verb, max: 1 })),
         None => Ok(args),
     }
@@ -1036,6 +1067,72 @@ mod tests {
         assert_eq!(
             actions("fault:operation; fault:specification"),
             [Action::Fault(Fault::Operation), Action::Fault(Fault::Specification)]
+        );
+    }
+
+    #[test]
+    fn every_step_knows_its_architecture() {
+        use crate::Arch::{S390x, X86_64};
+        let cases = [
+            ("pvpanic.panicked", Some(X86_64)),
+            ("pvpanic-pci.shutdown", Some(X86_64)),
+            ("exit:1", Some(X86_64)),
+            ("hv.probe", Some(X86_64)),
+            ("hv.crash-or-pvpanic:1,2,3,4,5", Some(X86_64)),
+            ("ib700.arm:2s", Some(X86_64)),
+            ("i6300esb.stop", Some(X86_64)),
+            ("feed:i6300esb,every=1s,for=2s", Some(X86_64)),
+            ("fault:ud", Some(X86_64)),
+            ("fault:stack-overflow", Some(X86_64)),
+            ("fault:triple", Some(X86_64)),
+            ("s390.disabled-wait:0x12340", Some(S390x)),
+            ("s390.shutdown", Some(S390x)),
+            ("diag288.arm:15s", Some(S390x)),
+            ("diag288.feed", Some(S390x)),
+            ("feed:diag288,every=5s,for=20s", Some(S390x)),
+            ("fault:operation", Some(S390x)),
+            ("fault:specification", Some(S390x)),
+            ("sleep:1ms", None),
+            ("log:x", None),
+            ("halt", None),
+            ("first-boot", None),
+            ("fault:rust-panic", None),
+            ("fault:internal-panic", None),
+            ("fault:internal-exception", None),
+        ];
+        for (step, arch) in cases {
+            assert_eq!(actions(step)[0].arch(), arch, "{step}");
+        }
+        for fault in Fault::ALL {
+            let step = std::format!("fault:{}", fault.name());
+            assert_eq!(actions(&step)[0].arch(), fault.arch(), "{step}");
+        }
+    }
+
+    /// The messages are the same table for the log (defmt) and the host
+    /// (Display); a few, rendered here, with their number formats.
+    #[test]
+    fn error_messages() {
+        let text = |script: &str| error(script).to_string();
+        assert_eq!(
+            text("s390.disabled-wait:0x1000,0x0302000180000000"),
+            "script error: step 1 at byte 26: PSW mask 0x0302000180000000 is not a disabled wait (needs the wait bit 0x0002000000000000, and no I/O, external or machine-check bit)"
+        );
+        assert_eq!(
+            text("halt; s390.disabled-wait:0x80000000,0x0002000080000000"),
+            "script error: step 2 at byte 25: address 0x80000000 does not fit the addressing mode of mask 0x0002000080000000"
+        );
+        assert_eq!(
+            text("sleep:1000001s"),
+            "script error: step 1 at byte 6: duration '1000001s' is too long (the limit is 1000000s)"
+        );
+        assert_eq!(
+            text("exit:0x70"),
+            "script error: step 1 at byte 5: exit code 112 out of range (0..=111; higher values are the agent's own error codes)"
+        );
+        assert_eq!(
+            ScriptError::too_long(&[b'x'; MAX_SCRIPT_LEN + 1], 1025).to_string(),
+            "script error: step 1 at byte 1024: script is 1025 bytes, the limit is 1024"
         );
     }
 

@@ -28,6 +28,14 @@ impl Model {
     pub fn from_name(name: &str) -> Option<Self> {
         [Model::Ib700, Model::I6300Esb, Model::Diag288].into_iter().find(|m| m.name() == name)
     }
+
+    /// The architecture the device exists on.
+    pub const fn arch(self) -> crate::Arch {
+        match self {
+            Model::Ib700 | Model::I6300Esb => crate::Arch::X86_64,
+            Model::Diag288 => crate::Arch::S390x,
+        }
+    }
 }
 
 /// How a watchdog is armed; computed (and checked) when the script is parsed.
@@ -36,6 +44,17 @@ pub enum Timeout {
     Ib700(ib700::Timeout),
     I6300Esb(i6300esb::Settings),
     Diag288(diag288::Timeout),
+}
+
+impl Timeout {
+    /// The watchdog the timeout is for.
+    pub const fn model(self) -> Model {
+        match self {
+            Timeout::Ib700(_) => Model::Ib700,
+            Timeout::I6300Esb(_) => Model::I6300Esb,
+            Timeout::Diag288(_) => Model::Diag288,
+        }
+    }
 }
 
 /// What every watchdog driver offers.

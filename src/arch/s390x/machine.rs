@@ -1,9 +1,11 @@
 //! The s390x machine: SCLP console, diag288, wait PSWs.
 
 use super::{load_wait_psw, lowcore, tod::Tod};
+use crate::Arch;
 use crate::agent::{DeviceError, Machine};
 use crate::exit::{self, ErrorExit};
-use crate::script::{Action, Fault, psw};
+use crate::s390_psw as psw;
+use crate::script::{Action, Fault};
 use crate::watchdog::{self, Diag288, Model, Watchdog, diag288};
 use defmt::{error, info, warn};
 
@@ -67,9 +69,20 @@ impl S390 {
         let diag288 = &mut self.diag288;
         *self.diag288_present.get_or_insert_with(|| diag288.probe())
     }
+
+    /// The watchdog a step uses is there.
+    fn need_watchdog(&mut self, model: Model) -> Result<(), DeviceError> {
+        let present = match model {
+            Model::Diag288 => self.probe_diag288(),
+            // x86's: the agent refuses them from `Action::arch`.
+            Model::Ib700 | Model::I6300Esb => true,
+        };
+        if present { Ok(()) } else { Err(DeviceError::NoWatchdog(model)) }
+    }
 }
 
 impl Machine for S390 {
+    const ARCH: Arch = Arch::S390x;
     const DESCRIPTION: &'static str = "s390x, s390-ccw-virtio -kernel";
     const INVALID_OPCODE: Fault = Fault::Operation;
     type Clock = Tod;
@@ -95,23 +108,29 @@ impl Machine for S390 {
         // the CPU started.
         let area = unsafe { &pvagent_cmdline };
         let len = area.iter().position(|&b| b == 0).unwrap_or(area.len());
-        let copied = len.min(buf.len());
-        buf[..copied].copy_from_slice(&area[..copied]);
+        for (to, &from) in buf.iter_mut().zip(area.iter().take(len)) {
+            *to = from;
+        }
         ("the command line (-append)", len)
     }
 
     fn check(&mut self, action: &Action<'_>) -> Result<(), DeviceError> {
         match *action {
-            Action::S390DisabledWait { .. } | Action::S390Shutdown => Ok(()),
-            Action::Fault(Fault::Operation | Fault::Specification | Fault::RustPanic) => Ok(()),
-            Action::Pvpanic(..) | Action::Exit(_) | Action::HvCrash { .. } | Action::HvProbe | Action::Fault(_) => {
-                Err(DeviceError::NotOnThisArchitecture)
+            Action::WatchdogArm(timeout) => self.need_watchdog(timeout.model()),
+            Action::WatchdogFeed(model) | Action::WatchdogStop(model) | Action::FeedFor { model, .. } => {
+                self.need_watchdog(model)
             }
-            _ => match action.watchdog() {
-                Some(Model::Diag288) if !self.probe_diag288() => Err(DeviceError::NoWatchdog(Model::Diag288)),
-                Some(Model::Diag288) | None => Ok(()),
-                Some(_) => Err(DeviceError::NotOnThisArchitecture),
-            },
+            // No device needed (the faults are the CPU's own).
+            Action::S390DisabledWait { .. }
+            | Action::S390Shutdown
+            | Action::Sleep(_)
+            | Action::Log(_)
+            | Action::Halt
+            | Action::FirstBoot
+            | Action::Fault(_) => Ok(()),
+            // x86_64's steps: the agent refuses them from `Action::arch`
+            // before asking; there is nothing of theirs to check here.
+            Action::Pvpanic(..) | Action::Exit(_) | Action::HvCrash { .. } | Action::HvProbe => Ok(()),
         }
     }
 
@@ -133,7 +152,7 @@ impl Machine for S390 {
                     self.fail(ErrorExit::Device);
                 }
             }
-            Action::WatchdogFeed(Model::Diag288) => self.feed(Model::Diag288),
+            Action::WatchdogFeed(model) => self.feed(model),
             Action::WatchdogStop(Model::Diag288) => {
                 self.diag288.stop();
             }
@@ -149,16 +168,41 @@ impl Machine for S390 {
                 // exception on purpose; the handler ends the CPU.
                 unsafe { core::arch::asm!("larl %r1, 1f", "la %r1, 1(%r1)", "br %r1", "1: j 1b", options(noreturn)) }
             }
-            _ => {}
+            // Run by the agent itself, never passed here.
+            Action::Sleep(_)
+            | Action::Log(_)
+            | Action::Halt
+            | Action::FirstBoot
+            | Action::FeedFor { .. }
+            | Action::Fault(Fault::RustPanic | Fault::InternalPanic | Fault::InternalException) => {}
+            // x86_64's: refused before any step runs (`Action::arch`).
+            Action::Pvpanic(..)
+            | Action::Exit(_)
+            | Action::HvCrash { .. }
+            | Action::HvProbe
+            | Action::WatchdogArm(watchdog::Timeout::Ib700(_) | watchdog::Timeout::I6300Esb(_))
+            | Action::WatchdogStop(Model::Ib700 | Model::I6300Esb)
+            | Action::Fault(
+                Fault::InvalidOpcode
+                | Fault::GeneralProtection
+                | Fault::PageFault
+                | Fault::DivideError
+                | Fault::StackOverflow
+                | Fault::Triple,
+            ) => {}
         }
     }
 
     fn feed(&mut self, model: Model) {
-        if model == Model::Diag288 {
-            self.diag288.feed();
-            if self.diag288.refused {
-                warn!("diag288: QEMU refused the feed");
+        match model {
+            Model::Diag288 => {
+                self.diag288.feed();
+                if self.diag288.refused {
+                    warn!("diag288: QEMU refused the feed");
+                }
             }
+            // x86's: refused before any step runs.
+            Model::Ib700 | Model::I6300Esb => {}
         }
     }
 

@@ -11,7 +11,7 @@ mod tod;
 pub use machine::end_after_panic;
 pub use sclp::Console;
 
-use crate::script::psw;
+use crate::s390_psw as psw;
 
 /// Called by the entry stub on the agent's own stack.
 #[unsafe(no_mangle)]

@@ -75,16 +75,19 @@ impl Console {
         // SAFETY: only the one `Console` uses the SCCB, here, and it is
         // borrowed mutably for the whole call: no other reference exists.
         let sccb = unsafe { &mut *SCCB.0.get() };
-        send(sccb, &[PREFIX, &self.line, b"\n"]);
+        send(sccb, &self.line);
     }
 }
 
-/// Sends the concatenated parts as one ASCII console event.
-fn send(sccb: &mut [u8; 4096], parts: &[&[u8]]) {
+/// Sends `D:<line>\n` as one ASCII console event.
+fn send(sccb: &mut [u8; 4096], line: &[u8]) {
+    // Byte by byte: the line (at most LINE bytes) always fits the page,
+    // and no slice length can mismatch (a panic path, with `core::fmt`).
     let mut len = HEADER;
-    for part in parts {
-        sccb[len..len + part.len()].copy_from_slice(part);
-        len += part.len();
+    let body = PREFIX.iter().chain(line).chain(b"\n");
+    for (slot, &byte) in sccb.iter_mut().skip(HEADER).zip(body) {
+        *slot = byte;
+        len += 1;
     }
     sccb[0..2].copy_from_slice(&(len as u16).to_be_bytes());
     sccb[2..8].fill(0); // function code, control mask, response code

@@ -1,7 +1,7 @@
 //! The TOD clock (bit 51 = 1 µs). Sleeps wait enabled for the clock
 //! comparator, so a sleeping guest costs the host no CPU.
 
-use crate::script::psw;
+use crate::s390_psw as psw;
 
 /// CR0 bits: AFP registers, clock-comparator subclass.
 const CR0_AFP: u64 = 0x40000;
@@ -23,11 +23,30 @@ fn load_cr0(value: u64) {
     unsafe { core::arch::asm!("lctlg %c0, %c0, 0({p})", p = in(reg_addr) &raw const value) };
 }
 
-impl crate::agent::Clock for Tod {
+impl crate::clock::Clock for Tod {
     fn now_us(&mut self) -> u64 {
         stck() >> 12
     }
+}
 
+/// The agent's waits (`sleep:`, `feed:`'s pacing), through embedded-hal.
+impl embedded_hal::delay::DelayNs for Tod {
+    fn delay_ns(&mut self, ns: u32) {
+        self.sleep_us(u64::from(ns).div_ceil(1_000));
+    }
+
+    fn delay_us(&mut self, us: u32) {
+        self.sleep_us(u64::from(us));
+    }
+
+    fn delay_ms(&mut self, ms: u32) {
+        self.sleep_us(u64::from(ms) * 1_000);
+    }
+}
+
+impl Tod {
+    /// Waits, enabled for the clock comparator alone, until the TOD clock
+    /// reaches now + `us`.
     fn sleep_us(&mut self, us: u64) {
         let target = stck().saturating_add(us.saturating_mul(1 << 12));
         while stck() < target {

@@ -1,12 +1,13 @@
 //! The x86_64 machine: its devices, found at boot, and how the agent ends.
 
 use super::{cpu, interrupts, pvh::Boot, tsc::Tsc};
+use crate::Arch;
 use crate::agent::{DeviceError, Machine, yes_no};
 use crate::exit::{DebugExit, ErrorExit};
 use crate::fw_cfg::{self, FileEntry, FwCfg};
 use crate::hyperv::{self, Probe, Unavailable};
-use crate::pvpanic::{self, Pvpanic};
-use crate::script::{Action, Fault, PvDevice, PvEvent};
+use crate::pvpanic::{self, PvDevice, PvEvent, Pvpanic};
+use crate::script::{Action, Fault};
 use crate::watchdog::{self, I6300Esb, Ib700, Model, Watchdog, i6300esb, ib700};
 use core::sync::atomic::{AtomicU64, Ordering};
 use defmt::{error, info, warn};
@@ -105,8 +106,21 @@ impl X86 {
         match model {
             Model::Ib700 => self.ib700.stop(),
             Model::I6300Esb => self.i6300esb.as_mut().is_some_and(Watchdog::stop),
+            // s390x's: refused before any step runs.
             Model::Diag288 => false,
         }
+    }
+
+    /// The watchdog a step uses is there.
+    fn need_watchdog(&self, model: Model) -> Result<(), DeviceError> {
+        let present = match model {
+            // Write-only ports: it cannot be detected, only used.
+            Model::Ib700 => true,
+            Model::I6300Esb => self.i6300esb.is_some(),
+            // s390x's: the agent refuses it from `Action::arch`.
+            Model::Diag288 => true,
+        };
+        if present { Ok(()) } else { Err(DeviceError::NoWatchdog(model)) }
     }
 
     /// Runs `hv.crash` / `hv.crash-or-pvpanic`; returns if the vCPU goes on
@@ -143,12 +157,13 @@ impl X86 {
 }
 
 impl Machine for X86 {
+    const ARCH: Arch = Arch::X86_64;
     const DESCRIPTION: &'static str = "x86_64";
     const INVALID_OPCODE: Fault = Fault::InvalidOpcode;
     type Clock = Tsc;
 
     fn boot_number(&mut self) -> u8 {
-        crate::cmos::count_boot()
+        super::cmos::count_boot()
     }
 
     fn log_inventory(&mut self) {
@@ -209,20 +224,26 @@ impl Machine for X86 {
     fn check(&mut self, action: &Action<'_>) -> Result<(), DeviceError> {
         match *action {
             Action::Pvpanic(which, event) => self.pvpanic_with(which, event).map(|_| ()),
-            Action::Exit(_) if self.debug_exit.is_none() => Err(DeviceError::NoDebugExit),
+            Action::Exit(_) => self.debug_exit.as_ref().map(|_| ()).ok_or(DeviceError::NoDebugExit),
             Action::HvCrash { fallback, .. } => match Probe::read(&mut cpu::Cpu).check() {
                 Ok(()) => Ok(()),
                 Err(_) if fallback => self.pvpanic_with(PvDevice::Any, PvEvent::Panicked).map(|_| ()),
                 Err(why) => Err(DeviceError::NoHyperV(unavailable_reason(why))),
             },
-            Action::S390DisabledWait { .. }
-            | Action::S390Shutdown
-            | Action::Fault(Fault::Operation | Fault::Specification) => Err(DeviceError::NotOnThisArchitecture),
-            _ => match action.watchdog() {
-                Some(Model::I6300Esb) if self.i6300esb.is_none() => Err(DeviceError::NoWatchdog(Model::I6300Esb)),
-                Some(Model::Diag288) => Err(DeviceError::NotOnThisArchitecture),
-                _ => Ok(()),
-            },
+            Action::WatchdogArm(timeout) => self.need_watchdog(timeout.model()),
+            Action::WatchdogFeed(model) | Action::WatchdogStop(model) | Action::FeedFor { model, .. } => {
+                self.need_watchdog(model)
+            }
+            // No device needed (the faults are the CPU's own).
+            Action::HvProbe
+            | Action::Sleep(_)
+            | Action::Log(_)
+            | Action::Halt
+            | Action::FirstBoot
+            | Action::Fault(_) => Ok(()),
+            // s390x's steps: the agent refuses them from `Action::arch`
+            // before asking; there is nothing of theirs to check here.
+            Action::S390DisabledWait { .. } | Action::S390Shutdown => Ok(()),
         }
     }
 
@@ -264,8 +285,10 @@ impl Machine for X86 {
                 }
             }
             Action::WatchdogFeed(model) => self.feed(model),
-            Action::WatchdogStop(model) if !self.stop(model) => {
-                warn!("{=str}: locked, it cannot be stopped", model.name());
+            Action::WatchdogStop(model) => {
+                if !self.stop(model) {
+                    warn!("{=str}: locked, it cannot be stopped", model.name());
+                }
             }
             Action::HvProbe => log_probe(&Probe::read(&mut cpu::Cpu)),
             Action::HvCrash { args, fallback } => self.hv_crash(args, fallback),
@@ -278,17 +301,18 @@ impl Machine for X86 {
                     Fault::DivideError => cpu::divide_error(),
                     Fault::StackOverflow => cpu::stack_overflow(),
                     Fault::Triple => cpu::triple_fault(),
-                    // RustPanic and the internal faults run in the agent;
-                    // the s390x faults are refused by check().
-                    Fault::RustPanic
-                    | Fault::InternalPanic
-                    | Fault::InternalException
-                    | Fault::Operation
-                    | Fault::Specification => {}
+                    // Run by the agent itself, never passed here.
+                    Fault::RustPanic | Fault::InternalPanic | Fault::InternalException => {}
+                    // s390x's: refused before any step runs (`Action::arch`).
+                    Fault::Operation | Fault::Specification => {}
                 }
             }
-            // Shared steps run in the agent; s390 steps are refused by check().
-            _ => {}
+            // Run by the agent itself, never passed here.
+            Action::Sleep(_) | Action::Log(_) | Action::Halt | Action::FirstBoot | Action::FeedFor { .. } => {}
+            // s390x's: refused before any step runs (`Action::arch`).
+            Action::WatchdogArm(watchdog::Timeout::Diag288(_))
+            | Action::S390DisabledWait { .. }
+            | Action::S390Shutdown => {}
         }
     }
 
@@ -296,6 +320,7 @@ impl Machine for X86 {
         match model {
             Model::Ib700 => self.ib700.feed(),
             Model::I6300Esb => self.i6300esb.as_mut().map_or((), Watchdog::feed),
+            // s390x's: refused before any step runs.
             Model::Diag288 => {}
         }
     }

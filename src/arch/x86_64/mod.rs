@@ -3,6 +3,7 @@
 
 mod apic;
 mod boot;
+mod cmos;
 pub mod cpu;
 pub mod interrupts;
 mod machine;

@@ -127,12 +127,29 @@ impl Tsc {
     }
 }
 
-impl crate::agent::Clock for Tsc {
+impl crate::clock::Clock for Tsc {
     /// Microseconds since the TSC's reset.
     fn now_us(&mut self) -> u64 {
         (u128::from(rdtsc()) * 1_000 / u128::from(self.ticks_per_ms)) as u64
     }
+}
 
+/// The agent's waits (`sleep:`, `feed:`'s pacing), through embedded-hal.
+impl embedded_hal::delay::DelayNs for Tsc {
+    fn delay_ns(&mut self, ns: u32) {
+        self.sleep_us(u64::from(ns).div_ceil(1_000));
+    }
+
+    fn delay_us(&mut self, us: u32) {
+        self.sleep_us(u64::from(us));
+    }
+
+    fn delay_ms(&mut self, ms: u32) {
+        self.sleep_us(u64::from(ms) * 1_000);
+    }
+}
+
+impl Tsc {
     /// Halts until the APIC timer fires, as often as needed; the TSC
     /// decides when the sleep is over.
     fn sleep_us(&mut self, us: u64) {
@@ -159,11 +176,5 @@ impl crate::agent::Clock for Tsc {
             x86_64::instructions::interrupts::disable();
         }
         apic::stop();
-    }
-}
-
-impl embedded_hal::delay::DelayNs for Tsc {
-    fn delay_ns(&mut self, ns: u32) {
-        crate::agent::Clock::sleep_us(self, u64::from(ns).div_ceil(1_000));
     }
 }
