@@ -5,71 +5,33 @@
 //! boards the `-bios` ROM made from it, see [`crate::rom`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 
-use crate::agent::{PACKAGE, target_dir};
 use crate::config::{Board, Boot};
 use crate::defmt_log::LogTable;
+use crate::util::target_dir;
 
-/// A guest architecture the agent is built for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Arch {
-    X86_64,
-    S390x,
-}
+pub use crate::arch::Arch;
+
+/// Cargo package of the agent (its image has the same name).
+pub const PACKAGE: &str = "pvagent";
 
 impl Arch {
-    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::S390x];
-
-    /// The name boards use (`arch = "…"`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64",
-            Arch::S390x => "s390x",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Arch> {
-        Arch::ALL.into_iter().find(|a| a.name() == s)
-    }
-
-    /// The Rust target that builds the image (see `.cargo/config.toml`).
-    pub fn target(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64-unknown-none",
-            Arch::S390x => "s390x-unknown-linux-gnu",
-        }
-    }
-
-    /// The board's architecture (validated by the board parser).
+    /// The board's architecture. Infallible since boards carry an [`Arch`];
+    /// kept for callers that still expect a `Result`.
     pub fn of(board: &Board) -> Result<Arch> {
-        Arch::parse(&board.arch).with_context(|| format!("board {}: unknown arch \"{}\"", board.name, board.arch))
-    }
-
-    /// ELF `e_machine` → architecture.
-    fn from_elf_machine(machine: u16) -> Option<Arch> {
-        match machine {
-            62 => Some(Arch::X86_64), // EM_X86_64
-            22 => Some(Arch::S390x),  // EM_S390
-            _ => None,
-        }
+        Ok(board.arch)
     }
 }
 
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The architectures of `boards`, each once.
+/// The architectures of `boards`, each once (never an error since boards
+/// carry an [`Arch`]; a `Result` for the callers' `?`).
 pub fn arches<'a>(boards: impl IntoIterator<Item = &'a Board>) -> Result<BTreeSet<Arch>> {
-    boards.into_iter().map(Arch::of).collect()
+    Ok(boards.into_iter().map(|b| b.arch).collect())
 }
 
 /// Where `cargo build --release -p pvagent --target <arch's target>` puts the image.
@@ -201,12 +163,12 @@ impl Images {
 
     /// The image for `board`'s architecture.
     pub fn for_board(&self, board: &Board) -> Result<&AgentImage> {
-        let arch = Arch::of(board)?;
+        let arch = board.arch;
         self.images.get(&arch).with_context(|| {
             format!(
                 "no {arch} agent image for board {} (have: {})",
                 board.name,
-                self.images.keys().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+                self.images.keys().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
             )
         })
     }
@@ -259,12 +221,7 @@ mod tests {
     }
 
     #[test]
-    fn names_and_targets() {
-        for a in Arch::ALL {
-            assert_eq!(Arch::parse(a.name()), Some(a));
-        }
-        assert_eq!(Arch::S390x.target(), "s390x-unknown-linux-gnu");
-        assert_eq!(Arch::parse("mips"), None);
+    fn image_env_splits_like_path() {
         let v = split_env(std::ffi::OsStr::new("/a/x86:/b/s390::"));
         assert_eq!(v, vec![PathBuf::from("/a/x86"), PathBuf::from("/b/s390")]);
     }

@@ -7,10 +7,13 @@
 
 pub mod admission;
 pub mod agent;
+pub mod arch;
 pub mod artifacts;
 pub mod bench;
+pub mod cases;
 pub mod config;
 pub mod defmt_log;
+pub mod error;
 pub mod fuzz;
 pub mod images;
 pub mod matcher;

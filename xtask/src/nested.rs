@@ -419,13 +419,7 @@ fn is_kernel_line(line: &str) -> bool {
 
 /// Finds `binary` in PATH (or checks it if it contains a `/`).
 pub fn find_in_path(binary: &str) -> Option<PathBuf> {
-    let exec = |p: &Path| fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
-    if binary.contains('/') {
-        let p = PathBuf::from(binary);
-        return exec(&p).then_some(p);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(binary)).find(|p| exec(p))
+    crate::util::find_program(binary)
 }
 
 fn is_root() -> bool {

@@ -444,14 +444,7 @@ pub fn describe_status(st: ExitStatus) -> String {
 
 /// Finds `binary` in `PATH` (or checks it directly if it contains a `/`).
 pub fn find_binary(binary: &str) -> Option<PathBuf> {
-    if binary.contains('/') {
-        let p = PathBuf::from(binary);
-        return p.is_file().then_some(p);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(binary))
-        .find(|p| std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
+    crate::util::find_program(binary)
 }
 
 static VERSIONS: Mutex<Option<HashMap<String, Result<Version, String>>>> = Mutex::new(None);

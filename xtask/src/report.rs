@@ -180,88 +180,52 @@ pub fn to_json(results: &[CaseResult], qemu: &BTreeMap<String, String>, stats: R
     })
 }
 
-fn xml_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&apos;"),
-            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\t' | '\r') => o.push(' '),
-            c => o.push(c),
-        }
-    }
-    o
-}
-
-/// The `<system-out>` of a test case: its timing notes, if any.
-fn junit_system_out(r: &CaseResult) -> String {
-    if r.timing.is_empty() {
-        return String::new();
-    }
-    let notes: Vec<String> = r.timing.iter().map(|t| xml_escape(&t.note())).collect();
-    format!("      <system-out>{}</system-out>\n", notes.join("\n"))
-}
-
-/// A JUnit XML document (one testsuite per board); `wall` is the whole
-/// run's wall time (cases may overlap, so it is not their sum).
+/// A JUnit XML document (one testsuite per board, the cases in table
+/// order); `wall` is the whole run's wall time (cases may overlap, so it is
+/// not their sum). A failure's message is the reason, its text the events
+/// and the artifact directory; a skipped case's message is the reason; the
+/// timing notes are a case's `<system-out>`.
 pub fn junit(results: &[CaseResult], wall: std::time::Duration) -> String {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    use std::time::Duration;
+
+    let wall_of = |r: &CaseResult| Duration::from_millis(u64::try_from(r.wall_ms).unwrap_or(u64::MAX));
     let mut boards: BTreeMap<&str, Vec<&CaseResult>> = BTreeMap::new();
     for r in results {
         boards.entry(&r.board).or_default().push(r);
     }
-    let (_, f, s) = counts(results);
-    let total_s = wall.as_secs_f64();
-    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let _ = writeln!(
-        x,
-        "<testsuites name=\"pvagent\" tests=\"{}\" failures=\"{f}\" skipped=\"{s}\" time=\"{total_s:.3}\">",
-        results.len()
-    );
+    let mut report = Report::new("pvagent");
+    report.set_time(wall);
     for (board, rs) in boards {
-        let (_, bf, bs) = counts(&rs.iter().map(|r| (*r).clone()).collect::<Vec<_>>());
-        let t: f64 = rs.iter().map(|r| r.wall_ms as f64 / 1000.0).sum();
-        let _ = writeln!(
-            x,
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{bf}\" skipped=\"{bs}\" time=\"{t:.3}\">",
-            xml_escape(board),
-            rs.len()
-        );
+        let mut suite = TestSuite::new(board);
+        suite.set_time(rs.iter().map(|r| wall_of(r)).sum());
         for r in rs {
-            let _ = write!(
-                x,
-                "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
-                xml_escape(board),
-                xml_escape(&r.id),
-                r.wall_ms as f64 / 1000.0
-            );
-            let out = junit_system_out(r);
-            match &r.verdict {
-                Verdict::Pass if out.is_empty() => x.push_str("/>\n"),
-                Verdict::Pass => {
-                    let _ = write!(x, ">\n{out}    </testcase>\n");
-                }
+            let status = match &r.verdict {
+                Verdict::Pass => TestCaseStatus::success(),
                 Verdict::Fail(reason) => {
                     let dir = r.artifact_dir.as_deref().map(|d| d.display().to_string()).unwrap_or_default();
-                    let _ = writeln!(
-                        x,
-                        ">\n      <failure message=\"{}\">events: {}\nartifacts: {}</failure>\n{out}    </testcase>",
-                        xml_escape(reason),
-                        xml_escape(&r.events_summary()),
-                        xml_escape(&dir)
-                    );
+                    let mut st = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    st.set_message(reason.as_str())
+                        .set_description(format!("events: {}\nartifacts: {dir}", r.events_summary()));
+                    st
                 }
                 Verdict::Skipped(reason) => {
-                    let _ = writeln!(x, ">\n      <skipped message=\"{}\"/>\n    </testcase>", xml_escape(reason));
+                    let mut st = TestCaseStatus::skipped();
+                    st.set_message(reason.as_str());
+                    st
                 }
+            };
+            let mut case = TestCase::new(r.id.as_str(), status);
+            case.set_classname(board).set_time(wall_of(r));
+            if !r.timing.is_empty() && !matches!(r.verdict, Verdict::Skipped(_)) {
+                case.set_system_out(r.timing.iter().map(|t| t.note()).collect::<Vec<_>>().join("\n"));
             }
+            suite.add_test_case(case);
         }
-        x.push_str("  </testsuite>\n");
+        report.add_test_suite(suite);
     }
-    x.push_str("</testsuites>\n");
-    x
+    // Serializing into memory fails only on an I/O error of the writer.
+    report.to_string().unwrap_or_else(|e| format!("<!-- JUnit serialization failed: {e} -->\n"))
 }
 
 #[cfg(test)]
@@ -297,9 +261,38 @@ mod tests {
         assert!(s.ends_with("1 passed, 1 failed, 2 skipped"), "{s}");
         assert!(s.contains("skipped (2): needs QEMU ≥ 9.1, have 7.2.0"), "{s}");
         let j = junit(&rs, std::time::Duration::from_millis(2500));
-        assert!(j.contains("tests=\"4\" failures=\"1\" skipped=\"2\" time=\"2.500\""), "{j}");
+        assert!(j.contains("tests=\"4\" skipped=\"2\" failures=\"1\" errors=\"0\" time=\"2.500\""), "{j}");
         assert!(j.contains("bad &lt;thing&gt;"), "{j}");
         assert!(j.contains("<testsuite name=\"q35\""), "{j}");
+        // What a CI reads back: messages, the failure's text, timing notes.
+        let mut timed = res("q35", "t", Verdict::Pass);
+        timed.timing = vec![crate::timing::TimingResult {
+            from: "GUEST_CRASHLOADED".into(),
+            to: "WATCHDOG".into(),
+            expect_ms: Some(200.0),
+            tolerance_ms: Some(30.0),
+            min_ms: Some(170.0),
+            max_ms: Some(230.0),
+            measured_ms: Some(201.1),
+            ok: true,
+            problem: None,
+        }];
+        let back =
+            quick_junit::Report::deserialize_from_str(&junit(&[rs[1].clone(), timed], Default::default())).unwrap();
+        let case = |suite: usize| &back.test_suites[suite].test_cases[0];
+        assert_eq!((back.test_suites[0].name.as_str(), case(0).name.as_str()), ("pc", "b"));
+        assert_eq!(case(0).classname.as_ref().map(|c| c.as_str()), Some("pc"));
+        match &case(0).status {
+            quick_junit::TestCaseStatus::NonSuccess { message, description, .. } => {
+                assert_eq!(message.as_ref().map(|m| m.as_str()), Some("bad <thing>"));
+                assert_eq!(description.as_ref().map(|d| d.as_str()), Some("events: -\nartifacts: /runs/x"));
+            }
+            s => panic!("{s:?}"),
+        }
+        assert_eq!(
+            case(1).system_out.as_ref().map(|o| o.as_str()),
+            Some("timing GUEST_CRASHLOADED→WATCHDOG 200ms → 201.1ms (±30ms)")
+        );
         let w = widths(rs.iter().map(|r| (r.board.as_str(), r.id.clone())));
         let line = row(&rs[1], w);
         assert!(line.contains("FAIL") && line.contains("reason: bad <thing>") && line.contains("artifacts:"), "{line}");

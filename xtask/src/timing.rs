@@ -4,10 +4,17 @@
 //! when the event is created. That is what is measured here, never the time
 //! the host tool read the event: a `WATCHDOG` held back by QEMU's 1 s rate
 //! limit arrives up to a second late but keeps its original timestamp.
+//!
+//! Here too: the validation of a row's `timing` entries
+//! ([`validate_timing`]).
 
 use std::fmt;
 use std::time::Duration;
 
+use serde::Deserialize;
+
+use crate::error::{ConfigError, Place};
+use crate::matcher::{ExpectEntry, WATCHED_EVENTS};
 use crate::util::parse_duration;
 
 /// `NAME` or `NAME#N`: the N-th (1-based) watched event called NAME, in
@@ -172,6 +179,147 @@ impl TimingResult {
         let verdict = if self.measured_ms.is_none() { "" } else { verdict };
         format!("timing {}→{} {} → {got}{tol}{verdict}", self.from, self.to, self.requested())
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimingDef {
+    from: String,
+    to: String,
+    expect: Option<String>,
+    tolerance: Option<String>,
+    min: Option<String>,
+    max: Option<String>,
+}
+
+/// How many events called `event` a passing run can have: the sum of the
+/// `max` of its `expect` entries; `None` = unbounded (the event is ignored).
+/// Timing counts the RESUME answering the runner's `cont` as `RESUME#1`.
+fn capacity(event: &str, expect: &[ExpectEntry], ignore: &[String]) -> Option<u32> {
+    if ignore.iter().any(|i| i == event) {
+        return None;
+    }
+    let cont = u32::from(event == "RESUME");
+    Some(cont + expect.iter().filter(|e| e.event == event).map(|e| e.max).sum::<u32>())
+}
+
+const TIMING_FIX: &str = "write { from = \"EVENT[#N]\", to = \"EVENT[#N]\", expect = \"500ms\", tolerance = \"5%+20ms\" } \
+     (tolerance optional, default 5%+20ms), or min = \"…\" and/or max = \"…\" instead of expect";
+
+/// Validates a row's `timing` entries (`row` is the scenario's place)
+/// against its validated `expect` and `ignore`: every event reference must
+/// be an event a passing run has. The valid checks are returned, the errors
+/// pushed to `errors`.
+pub fn validate_timing(
+    row: &Place,
+    defs: Vec<toml::Value>,
+    expect: &[ExpectEntry],
+    ignore: &[String],
+    errors: &mut Vec<ConfigError>,
+) -> Vec<TimingCheck> {
+    let mut out = Vec::new();
+    for (i, v) in defs.into_iter().enumerate() {
+        let at = row.within(format!("field `timing` entry {}", i + 1));
+        let d: TimingDef = match at.deserialize(v, TIMING_FIX) {
+            Ok(d) => d,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let before = errors.len();
+        let mut event_ref = |key: &str, text: &str| -> Option<EventRef> {
+            let at = at.within(format!("`{key}`"));
+            let r = match EventRef::parse(text) {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(at.error(e, TIMING_FIX));
+                    return None;
+                }
+            };
+            if !WATCHED_EVENTS.contains(&r.event.as_str()) {
+                errors.push(at.error(
+                    format!("`{}` is not a watched event", r.event),
+                    format!("use one of: {}", WATCHED_EVENTS.join(", ")),
+                ));
+                return None;
+            }
+            match capacity(&r.event, expect, ignore) {
+                Some(0) => {
+                    errors.push(at.error(
+                        format!("`{}` is neither in `expect` nor in `ignore`, so a passing run never has it", r.event),
+                        "refer to an expected event",
+                    ));
+                    None
+                }
+                Some(n) if r.occurrence > n => {
+                    errors.push(at.error(
+                        format!(
+                            "`{r}` asks for occurrence {} but `expect` allows at most {n} {}",
+                            r.occurrence, r.event
+                        ),
+                        format!("use an occurrence from 1 to {n}"),
+                    ));
+                    None
+                }
+                _ => Some(r),
+            }
+        };
+        let from = event_ref("from", &d.from);
+        let to = event_ref("to", &d.to);
+        let mut dur = |key: &str, v: &Option<String>| -> Option<Duration> {
+            let s = v.as_ref()?;
+            match parse_duration(s) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    errors.push(at.within(format!("`{key}`")).error(e, "write e.g. \"500ms\" or \"2s\""));
+                    None
+                }
+            }
+        };
+        let (expect_d, min, max) = (dur("expect", &d.expect), dur("min", &d.min), dur("max", &d.max));
+        let bound = match (&d.expect, &d.min, &d.max) {
+            (Some(_), None, None) => {
+                let tolerance = match d.tolerance.as_deref().map(Tolerance::parse).transpose() {
+                    Ok(t) => t.unwrap_or(DEFAULT_TOLERANCE),
+                    Err(e) => {
+                        errors.push(at.within("`tolerance`").error(e, TIMING_FIX));
+                        DEFAULT_TOLERANCE
+                    }
+                };
+                expect_d.map(|expect| Bound::Around { expect, tolerance })
+            }
+            (None, lo, hi) if lo.is_some() || hi.is_some() => {
+                if d.tolerance.is_some() {
+                    errors.push(
+                        at.error("`tolerance` only goes with `expect`", "remove it, or use expect instead of min/max"),
+                    );
+                }
+                if let (Some(a), Some(b)) = (min, max)
+                    && a > b
+                {
+                    errors.push(at.error("`min` is greater than `max`", "swap them"));
+                }
+                Some(Bound::Range { min, max })
+            }
+            _ => {
+                errors.push(at.error(
+                    "needs either `expect` (with an optional `tolerance`) or `min`/`max`, not both or neither",
+                    TIMING_FIX,
+                ));
+                None
+            }
+        };
+        if let (Some(f), Some(t)) = (&from, &to)
+            && f == t
+        {
+            errors.push(at.error("`from` and `to` are the same event", "measure between two events"));
+        }
+        if let (Some(from), Some(to), Some(bound), true) = (from, to, bound, errors.len() == before) {
+            out.push(TimingCheck { from, to, bound });
+        }
+    }
+    out
 }
 
 /// A timestamped event as the runner saw it (timestamp order).

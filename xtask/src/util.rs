@@ -1,7 +1,8 @@
-//! Small pure helpers: QEMU option escaping, shell quoting, globs, durations,
-//! versions, timestamps.
+//! Small helpers: QEMU option escaping, shell quoting, globs, durations,
+//! versions, timestamps; where cargo builds and where programs are found.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Escapes a value for QEMU's `key=value,key=value` option syntax: every `,`
@@ -95,7 +96,7 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
 /// Checks that `path` can be an agent image: an existing, non-empty regular
 /// file. The error says what the path is instead (missing, a directory, a
 /// device, …) and what is expected.
-pub fn image_file(path: std::path::PathBuf) -> Result<std::path::PathBuf, String> {
+pub fn image_file(path: PathBuf) -> Result<PathBuf, String> {
     use std::os::unix::fs::FileTypeExt;
     const EXPECTED: &str =
         "an image is the agent's ELF file, e.g. target/x86_64-unknown-none/release/pvagent (cargo xtask build)";
@@ -127,6 +128,25 @@ pub fn image_file(path: std::path::PathBuf) -> Result<std::path::PathBuf, String
         "not a regular file"
     };
     Err(format!("{shown} is {what}, not an image file; {EXPECTED}"))
+}
+
+/// Finds the executable `program` in `PATH`, or checks it directly if it
+/// contains a `/` (relative to the current directory). The one PATH lookup
+/// of the tool.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    which::which(program).ok()
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR` respected; relative values
+/// are relative to the workspace root, where cargo is run).
+pub fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let p = PathBuf::from(d);
+            if p.is_absolute() { p } else { root.join(p) }
+        }
+        _ => root.join("target"),
+    }
 }
 
 /// The name of a signal (`SIGKILL`), for messages; `None` for numbers
@@ -344,6 +364,19 @@ mod tests {
         assert!(image_file(empty.clone()).unwrap_err().contains("is an empty file"));
         std::fs::write(&empty, b"\x7fELF").unwrap();
         assert_eq!(image_file(empty.clone()), Ok(empty));
+    }
+
+    #[test]
+    fn programs_are_found_in_path_or_by_path() {
+        let sh = find_program("sh").expect("sh in PATH");
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
+        assert_eq!(find_program(&sh.display().to_string()), Some(sh));
+        assert_eq!(find_program("pvagent-no-such-program"), None);
+        let tmp = tempfile::tempdir().unwrap();
+        let plain = tmp.path().join("not-executable");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        assert_eq!(find_program(&plain.display().to_string()), None);
+        assert_eq!(find_program(&tmp.path().display().to_string()), None, "a directory is no program");
     }
 
     #[test]

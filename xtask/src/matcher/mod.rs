@@ -2,11 +2,14 @@
 //!
 //! The expect list is a sequence of entries, each matching `min..=max`
 //! consecutive events. It is simulated as a small NFA so that ambiguous lists
-//! (`RESET ×1..2` followed by `RESET`) are handled exactly.
+//! (`RESET ×1..2` followed by `RESET`) are handled exactly. The entries
+//! themselves and their validation: [`expect`].
 
 use serde_json::Value;
 
-use crate::config::{ExpectEntry, Expected};
+pub mod expect;
+
+pub use expect::{ExpectEntry, Expected, WATCHED_EVENTS};
 
 /// Parses an integer spelled in decimal (optionally negative) or `0x` hex.
 fn parse_int_str(s: &str) -> Option<i128> {

@@ -1,0 +1,823 @@
+//! `scenarios.toml`: the `[variants.NAME]` tables and the `[[scenario]]`
+//! rows (a row naming a `[scripts.LIST]` becomes one row per entry), checked
+//! against the boards. The `expect` entries are validated by
+//! [`crate::matcher::expect`], the `timing` entries by [`crate::timing`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::board::{Board, NAME_FIX, ScriptVia, board_subset, expand_board_list, valid_name};
+use super::scripts::{self, ScriptEntry, nul_problem};
+use crate::error::{ConfigError, Place};
+use crate::matcher::expect::{ExpectEntry, validate_expect, validate_ignore};
+use crate::timing::{TimingCheck, validate_timing};
+use crate::util::{Version, parse_duration};
+
+/// QEMU `RunState` values (`query-status` → `status`).
+pub const RUN_STATES: &[&str] = &[
+    "debug",
+    "inmigrate",
+    "internal-error",
+    "io-error",
+    "paused",
+    "postmigrate",
+    "prelaunch",
+    "finish-migrate",
+    "restore-vm",
+    "running",
+    "save-vm",
+    "shutdown",
+    "suspended",
+    "watchdog",
+    "guest-panicked",
+    "colo",
+];
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(300);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VariantDef {
+    #[serde(default)]
+    description: String,
+    args: Vec<String>,
+    min_qemu: Option<String>,
+    boards: Option<Vec<String>>,
+}
+
+/// A named set of extra QEMU arguments; a scenario runs once per variant.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    pub name: String,
+    pub description: String,
+    pub args: Vec<String>,
+    pub min_qemu: Option<Version>,
+    /// Boards the variant exists on (`@group`s expanded); `None`: all. A row
+    /// runs the variant on the boards in both lists.
+    pub boards: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioDef {
+    name: String,
+    #[serde(default)]
+    description: String,
+    script: Option<String>,
+    script_via: Option<ScriptVia>,
+    boards: Option<Vec<String>>,
+    #[serde(default)]
+    variants: Vec<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    min_qemu: Option<String>,
+    #[serde(default)]
+    qmp_before_cont: Vec<toml::Value>,
+    timeout: Option<String>,
+    settle: Option<String>,
+    #[serde(default)]
+    expect: Vec<toml::Value>,
+    #[serde(default)]
+    ignore: Vec<String>,
+    end: toml::Value,
+    #[serde(default)]
+    log_contains: Vec<String>,
+    #[serde(default)]
+    stderr_contains: Vec<String>,
+    #[serde(default)]
+    timing: Vec<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QmpCommandDef {
+    execute: String,
+    arguments: Option<toml::Table>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndDef {
+    exit: Option<i64>,
+    status: Option<String>,
+}
+
+/// How a run must end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// QEMU exits by itself with this status.
+    Exit(i32),
+    /// QEMU stays up; `query-status` reports this run state.
+    Status(String),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Exit(c) => write!(f, "exit {c}"),
+            End::Status(s) => write!(f, "status {s}"),
+        }
+    }
+}
+
+/// A QMP command sent between `qmp_capabilities` and `cont`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QmpCommand {
+    pub execute: String,
+    pub arguments: Option<serde_json::Value>,
+}
+
+/// One validated `[[scenario]]` row.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    /// `None`: the agent gets no script at all.
+    pub script: Option<String>,
+    /// `None`: each board's default (see `Case::script_via`).
+    pub script_via: Option<ScriptVia>,
+    pub boards: Vec<String>,
+    pub variants: Vec<String>,
+    pub args: Vec<String>,
+    pub min_qemu: Option<Version>,
+    pub qmp_before_cont: Vec<QmpCommand>,
+    pub timeout: Duration,
+    pub settle: Duration,
+    pub expect: Vec<ExpectEntry>,
+    pub ignore: Vec<String>,
+    pub end: End,
+    pub log_contains: Vec<String>,
+    /// Substrings QEMU's stderr must contain.
+    pub stderr_contains: Vec<String>,
+    /// Timing assertions between matched events.
+    pub timing: Vec<TimingCheck>,
+    /// From a `[scripts]` entry's `boards`: the row runs only on those of
+    /// its boards (applied when its groups are expanded).
+    pub only_boards: Option<Vec<String>>,
+}
+
+/// The whole validated table.
+#[derive(Clone, Debug)]
+pub struct Scenarios {
+    pub variants: BTreeMap<String, Variant>,
+    pub scenarios: Vec<Arc<Scenario>>,
+}
+
+fn toml_to_json(v: &toml::Value) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    Ok(match v {
+        toml::Value::String(s) => J::String(s.clone()),
+        toml::Value::Integer(i) => J::from(*i),
+        toml::Value::Boolean(b) => J::Bool(*b),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(J::Number)
+            .ok_or_else(|| format!("float {f} cannot be sent as JSON"))?,
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(a) => J::Array(a.iter().map(toml_to_json).collect::<Result<_, _>>()?),
+        toml::Value::Table(t) => {
+            J::Object(t.iter().map(|(k, v)| Ok((k.clone(), toml_to_json(v)?))).collect::<Result<_, String>>()?)
+        }
+    })
+}
+
+fn one_of(list: &[&str]) -> String {
+    list.join(", ")
+}
+
+/// Parses and validates `scenarios.toml` against the known boards; every
+/// error is collected.
+pub fn parse(file: &Path, text: &str, boards: &[Board]) -> Result<Scenarios, Vec<ConfigError>> {
+    let at = Place::new(file.display().to_string());
+    let doc = at.parse_toml(text).map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    for key in doc.keys() {
+        if key != "variants" && key != "scenario" && key != "scripts" {
+            errors.push(at.error(
+                format!("unknown top-level key `{key}`"),
+                "the file holds only [variants.NAME] and [scripts.NAME] tables and [[scenario]] rows",
+            ));
+        }
+    }
+    let variants = parse_variants(&at, doc.get("variants"), boards, &mut errors);
+    let lists = scripts::parse_lists(&at, doc.get("scripts"), boards, &mut errors);
+
+    let rows: Vec<toml::Value> = match doc.get("scenario") {
+        None => Vec::new(),
+        Some(toml::Value::Array(a)) => a.clone(),
+        Some(_) => {
+            errors.push(
+                at.error("`scenario` must be an array of tables", "write each scenario as a [[scenario]] section"),
+            );
+            Vec::new()
+        }
+    };
+    let board_names: Vec<&str> = boards.iter().map(|b| b.name.as_str()).collect();
+    // Names of all defined variants, valid or not (a broken variant is
+    // reported once, not again at every scenario that uses it).
+    let variant_names: Vec<&str> = match doc.get("variants") {
+        Some(toml::Value::Table(t)) => t.keys().map(|s| s.as_str()).collect(),
+        _ => Vec::new(),
+    };
+    let mut seen = BTreeSet::new();
+    let mut scenarios = Vec::new();
+    for (idx, mut row) in rows.into_iter().enumerate() {
+        let label = row
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map(|n| format!("scenario `{n}`"))
+            .unwrap_or_else(|| format!("scenario #{}", idx + 1));
+        let row_at = at.within(label);
+        let list = match scripts::take_list(&row_at, &mut row, &lists) {
+            Ok(list) => list,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let s = match validate_scenario(&row_at, row, &board_names, &variant_names, list.is_some()) {
+            Ok(s) => s,
+            Err(mut e) => {
+                errors.append(&mut e);
+                continue;
+            }
+        };
+        let expanded = match list {
+            Some(entries) => expand_script_list(&at, &s, entries),
+            None => vec![(row_at, s)],
+        };
+        for (place, mut s) in expanded {
+            let mut board_errors = resolve_scenario_boards(&place, &mut s, boards, &variants);
+            if !board_errors.is_empty() {
+                errors.append(&mut board_errors);
+            } else if !seen.insert(s.name.clone()) {
+                errors.push(place.error("duplicate name", "give every scenario a unique `name`"));
+            } else if !s.boards.is_empty() {
+                scenarios.push(Arc::new(s));
+            }
+        }
+    }
+    if errors.is_empty() { Ok(Scenarios { variants, scenarios }) } else { Err(errors) }
+}
+
+/// The `[variants.NAME]` tables.
+fn parse_variants(
+    file: &Place,
+    value: Option<&toml::Value>,
+    boards: &[Board],
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, Variant> {
+    let mut variants = BTreeMap::new();
+    let table = match value {
+        None => return variants,
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => {
+            errors.push(file.error("`variants` must be a table", "write [variants.NAME] sections"));
+            return variants;
+        }
+    };
+    for (name, v) in table {
+        let at = file.within(format!("variant `{name}`"));
+        if !valid_name(name) {
+            errors.push(at.error("invalid name", NAME_FIX));
+            continue;
+        }
+        let def: VariantDef = match at.deserialize(
+            v.clone(),
+            "a variant has `args = [...]` and optionally `description`, `min_qemu` and `boards`",
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let min_qemu = match def.min_qemu.as_deref().map(Version::parse).transpose() {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(at.field("min_qemu", e, "write e.g. min_qemu = \"9.1\""));
+                continue;
+            }
+        };
+        let vboards = match def.boards.as_deref().map(|l| board_subset(l, boards)).transpose() {
+            Ok(b) => b,
+            Err(p) => {
+                errors.push(at.problem(Some("boards"), p));
+                continue;
+            }
+        };
+        variants.insert(
+            name.clone(),
+            Variant { name: name.clone(), description: def.description, args: def.args, min_qemu, boards: vboards },
+        );
+    }
+    variants
+}
+
+fn validate_scenario(
+    at: &Place,
+    row: toml::Value,
+    board_names: &[&str],
+    variant_names: &[&str],
+    has_script_list: bool,
+) -> Result<Scenario, Vec<ConfigError>> {
+    let def: ScenarioDef = at
+        .deserialize(row, "see the field list at the top of scenarios.toml (required: name, end)")
+        .map_err(|e| vec![e])?;
+    let mut errs = Vec::new();
+    if !valid_name(&def.name) {
+        errs.push(at.field("name", format!("\"{}\" is not a valid name", def.name), NAME_FIX));
+    }
+    let boards = match def.boards {
+        Some(b) => {
+            if b.is_empty() {
+                errs.push(at.field(
+                    "boards",
+                    "is empty",
+                    format!("list boards from: {}, or omit `boards` for all", one_of(board_names)),
+                ));
+            }
+            // `@group` entries are expanded (and checked) by resolve_scenario_boards.
+            for name in b.iter().filter(|n| !n.starts_with('@')) {
+                if !board_names.contains(&name.as_str()) {
+                    errs.push(at.field(
+                        "boards",
+                        format!("unknown board `{name}`"),
+                        format!("use one of: {} (or add boards/{name}.toml)", one_of(board_names)),
+                    ));
+                }
+            }
+            b
+        }
+        None => board_names.iter().map(|s| s.to_string()).collect(),
+    };
+    let mut seen_variants = BTreeSet::new();
+    for v in &def.variants {
+        if !variant_names.contains(&v.as_str()) {
+            errs.push(at.field(
+                "variants",
+                format!("unknown variant `{v}`"),
+                format!("define [variants.{v}] or use one of: {}", one_of(variant_names)),
+            ));
+        }
+        if !seen_variants.insert(v) {
+            errs.push(at.field("variants", format!("variant `{v}` is listed twice"), "list each variant once"));
+        }
+    }
+    let min_qemu = match def.min_qemu.as_deref().map(Version::parse).transpose() {
+        Ok(v) => v,
+        Err(e) => {
+            errs.push(at.field("min_qemu", e, "write e.g. min_qemu = \"9.1\""));
+            None
+        }
+    };
+    let mut dur = |field: &str, v: Option<String>, default: Duration| match v {
+        None => default,
+        Some(s) => match parse_duration(&s) {
+            Ok(d) if d.is_zero() && field == "timeout" => {
+                errs.push(at.field(field, "must be greater than zero", "write e.g. \"10s\""));
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                errs.push(at.field(field, e, "write e.g. \"300ms\" or \"10s\""));
+                default
+            }
+        },
+    };
+    let timeout = dur("timeout", def.timeout, DEFAULT_TIMEOUT);
+    let settle = dur("settle", def.settle, DEFAULT_SETTLE);
+    let qmp_before_cont = validate_qmp_commands(at, def.qmp_before_cont, &mut errs);
+    let expect = validate_expect(at, def.expect, &mut errs);
+    validate_ignore(at, &def.ignore, &expect, &mut errs);
+    let end = validate_end(at, def.end, &mut errs);
+    for (field, list) in [("log_contains", &def.log_contains), ("stderr_contains", &def.stderr_contains)] {
+        if list.iter().any(String::is_empty) {
+            errs.push(at.field(field, "contains an empty string", "remove it"));
+        }
+    }
+    let timing = validate_timing(at, def.timing, &expect, &def.ignore, &mut errs);
+    let script = def.script.filter(|s| !s.trim().is_empty());
+    let script_via = def.script_via;
+    if script.is_none() && !has_script_list && def.script_via.is_some() {
+        errs.push(at.field("script_via", "is set but there is no script", "remove `script_via` or add a `script`"));
+    }
+    if let Some(p) = script.as_deref().and_then(|s| nul_problem(s, script_via)) {
+        errs.push(at.field("script", p, "remove it, or set script_via = \"fw_cfg_file\""));
+    }
+    match (errs.is_empty(), end) {
+        (true, Some(end)) => Ok(Scenario {
+            name: def.name,
+            description: def.description,
+            script,
+            script_via,
+            boards,
+            variants: def.variants,
+            args: def.args,
+            min_qemu,
+            qmp_before_cont,
+            timeout,
+            settle,
+            expect,
+            ignore: def.ignore,
+            end,
+            log_contains: def.log_contains,
+            stderr_contains: def.stderr_contains,
+            timing,
+            only_boards: None,
+        }),
+        _ => Err(errs),
+    }
+}
+
+fn validate_qmp_commands(at: &Place, defs: Vec<toml::Value>, errs: &mut Vec<ConfigError>) -> Vec<QmpCommand> {
+    let mut out = Vec::new();
+    for (i, c) in defs.into_iter().enumerate() {
+        let c: QmpCommandDef = match at
+            .within(format!("field `qmp_before_cont` entry {}", i + 1))
+            .deserialize(c, "write { execute = \"set-action\", arguments = { panic = \"pause\" } }")
+        {
+            Ok(c) => c,
+            Err(e) => {
+                errs.push(e);
+                continue;
+            }
+        };
+        if c.execute.trim().is_empty() {
+            errs.push(at.field(
+                "qmp_before_cont",
+                format!("entry {} has an empty `execute`", i + 1),
+                "name a QMP command",
+            ));
+            continue;
+        }
+        if matches!(c.execute.as_str(), "cont" | "quit" | "qmp_capabilities") {
+            errs.push(at.field(
+                "qmp_before_cont",
+                format!("entry {}: `{}` is sent by the runner itself", i + 1, c.execute),
+                "remove it",
+            ));
+            continue;
+        }
+        let arguments = match c.arguments.map(|t| toml_to_json(&toml::Value::Table(t))) {
+            None => None,
+            Some(Ok(j)) => Some(j),
+            Some(Err(e)) => {
+                errs.push(at.field("qmp_before_cont", e, "use integers, strings and booleans"));
+                None
+            }
+        };
+        out.push(QmpCommand { execute: c.execute, arguments });
+    }
+    out
+}
+
+fn validate_end(at: &Place, value: toml::Value, errs: &mut Vec<ConfigError>) -> Option<End> {
+    let end_fix = "write end = { exit = N } (QEMU's exit status) or end = { status = \"RUNSTATE\" }";
+    match at.deserialize_field::<EndDef>("end", value, end_fix) {
+        Err(e) => {
+            errs.push(e);
+            None
+        }
+        Ok(EndDef { exit: Some(code), status: None }) => {
+            if (0..=255).contains(&code) {
+                Some(End::Exit(code as i32))
+            } else {
+                errs.push(at.field("end", format!("exit status {code} is outside 0..=255"), end_fix));
+                None
+            }
+        }
+        Ok(EndDef { exit: None, status: Some(s) }) => {
+            if RUN_STATES.contains(&s.as_str()) {
+                Some(End::Status(s))
+            } else {
+                errs.push(at.field(
+                    "end",
+                    format!("unknown run state \"{s}\""),
+                    format!("use one of: {}", one_of(RUN_STATES)),
+                ));
+                None
+            }
+        }
+        Ok(_) => {
+            errs.push(at.field("end", "needs exactly one of `exit` and `status`", end_fix));
+            None
+        }
+    }
+}
+
+/// One scenario per list entry, named `<row>.<key>`, each with its place in
+/// `file` for messages. Boards are narrowed after the row's `@group`s are
+/// expanded (in [`resolve_scenario_boards`]), so an entry's `boards` is kept
+/// aside here.
+fn expand_script_list(file: &Place, row: &Scenario, entries: &[ScriptEntry]) -> Vec<(Place, Scenario)> {
+    entries
+        .iter()
+        .map(|e| {
+            let mut s = row.clone();
+            s.name = format!("{}.{}", row.name, e.key);
+            s.script = Some(e.script.clone());
+            s.script_via = e.script_via.or(row.script_via);
+            s.log_contains.extend(e.log_contains.iter().cloned());
+            s.only_boards = e.boards.clone();
+            (file.within(format!("scenario `{}` (from [scripts] entry `{}`)", s.name, e.key)), s)
+        })
+        .collect()
+}
+
+/// Expands the row's board groups and checks that every board of the row
+/// can deliver its script and that each variant runs somewhere.
+fn resolve_scenario_boards(
+    at: &Place,
+    s: &mut Scenario,
+    boards: &[Board],
+    variants: &BTreeMap<String, Variant>,
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    match expand_board_list(&s.boards, boards) {
+        Ok(b) => s.boards = b,
+        Err(p) => return vec![at.problem(Some("boards"), p)],
+    }
+    if let Some(only) = &s.only_boards {
+        s.boards.retain(|b| only.contains(b));
+    }
+    if s.script.is_some() {
+        for name in &s.boards {
+            let Some(b) = boards.iter().find(|b| &b.name == name) else { continue };
+            let via = s.script_via.unwrap_or(b.script_via);
+            if let Some(p) = b.script_via_problem(via) {
+                errors.push(at.field(
+                    "script_via",
+                    format!("board `{name}` cannot take the script through {}: {p}", via.name()),
+                    format!(
+                        "remove `{name}` from `boards`, or {}",
+                        if s.script_via.is_some() { "remove `script_via`" } else { "set `script_via`" }
+                    ),
+                ));
+            }
+        }
+    }
+    for v in &s.variants {
+        if let Some(Variant { boards: Some(vb), .. }) = variants.get(v)
+            && !s.boards.iter().any(|b| vb.contains(b))
+        {
+            errors.push(at.field(
+                "variants",
+                format!("variant `{v}` runs only on {} and so on none of this row's boards", vb.join(", ")),
+                format!("remove `{v}` or add one of those boards"),
+            ));
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::fixtures::{GOOD, GROUPED, LIST, TIMED, err_of, mixed_boards, parse_with};
+    use crate::timing::{Bound, DEFAULT_TOLERANCE, EventRef};
+
+    fn parse(text: &str) -> Result<Scenarios, String> {
+        crate::config::fixtures::parse(text)
+    }
+
+    #[test]
+    fn a_script_list_runs_once_per_entry() {
+        let t = parse(LIST).unwrap();
+        let names: Vec<&str> = t.scenarios.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["m.nul", "m.one", "m.two"]);
+        let two = &t.scenarios[2];
+        assert_eq!(two.script.as_deref(), Some("exit:0x"));
+        assert_eq!(two.log_contains, ["script error", "bad number"]);
+        assert_eq!(two.script_via, None);
+        let nul = &t.scenarios[0];
+        assert_eq!((nul.script.as_deref(), nul.script_via), (Some("halt\0"), Some(ScriptVia::FwCfgFile)));
+    }
+
+    #[test]
+    fn script_list_errors_name_the_problem() {
+        let e = parse(&LIST.replace("scripts = \"bad\"", "scripts = \"worse\"")).unwrap_err();
+        assert!(e.contains("no [scripts.worse] table") && e.contains("use one of: bad"), "{e}");
+        let e = parse(&LIST.replace(", script_via = \"fw_cfg_file\"", "")).unwrap_err();
+        assert!(e.contains("scripts.bad.nul") && e.contains("NUL byte"), "{e}");
+        let e = parse(&LIST.replace("scripts = \"bad\"", "scripts = \"bad\"\nscript = \"halt\"")).unwrap_err();
+        assert!(e.contains("both `script` and `scripts`"), "{e}");
+        let e = parse(&LIST.replace("one = \"bogus\"", "one = \" \"")).unwrap_err();
+        assert!(e.contains("scripts.bad.one") && e.contains("empty"), "{e}");
+        let e = parse(&LIST.replace("one = \"bogus\"", "one = { scrpt = \"x\" }")).unwrap_err();
+        assert!(e.contains("scripts.bad.one") && e.contains("scrpt"), "{e}");
+        // A row made from a list entry is named with the file, like every row.
+        let e = parse(&format!("[[scenario]]\nname = \"m.one\"\nend = {{ exit = 0 }}\n{LIST}")).unwrap_err();
+        assert_eq!(
+            e,
+            "scenarios.toml: scenario `m.one` (from [scripts] entry `one`): duplicate name\n  \
+             fix: give every scenario a unique `name`"
+        );
+        let e = parse(&LIST.replace("nul = {", "nul = { boards = [\"@none\"],")).unwrap_err();
+        assert!(e.starts_with("scenarios.toml: scripts.bad.nul: field `boards`: unknown board group `@none`"), "{e}");
+    }
+
+    #[test]
+    fn good_table() {
+        let t = parse(GOOD).unwrap();
+        let s = &t.scenarios[0];
+        assert_eq!(s.boards, vec!["pc"]);
+        assert_eq!(s.expect[1].min, 0);
+        assert_eq!(s.expect[1].max, 1);
+        assert_eq!((s.expect[2].min, s.expect[2].max), (1, 2));
+        assert_eq!(s.end, End::Status("guest-panicked".into()));
+        assert_eq!(s.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(s.script_via, None);
+        assert_eq!(s.qmp_before_cont[0].arguments, Some(serde_json::json!({"panic": "pause"})));
+    }
+
+    #[test]
+    fn unknown_field_names_scenario_and_field() {
+        let e = err_of("[[scenario]]\nname = \"x\"\nexpcet = []\nend = { exit = 0 }\n");
+        assert!(e.contains("scenario `x`"), "{e}");
+        assert!(e.contains("expcet"), "{e}");
+        assert!(e.contains("fix:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_board_and_variant() {
+        let e = err_of("[[scenario]]\nname = \"x\"\nboards = [\"pcc\"]\nvariants = [\"v\"]\nend = { exit = 0 }\n");
+        assert!(e.contains("unknown board `pcc`") && e.contains("use one of: pc"), "{e}");
+        assert!(e.contains("unknown variant `v`") && e.contains("[variants.v]"), "{e}");
+    }
+
+    #[test]
+    fn bad_event_duration_version_end() {
+        let e = err_of(
+            r#"[[scenario]]
+name = "x"
+timeout = "10h"
+settle = "fast"
+min_qemu = "nine"
+expect = [{ event = "GUEST_PANICED" }]
+end = { status = "crashed" }
+"#,
+        );
+        assert!(e.contains("GUEST_PANICED"), "{e}");
+        assert!(e.contains("`timeout`") && e.contains("unknown unit"), "{e}");
+        assert!(e.contains("`settle`"), "{e}");
+        assert!(e.contains("`min_qemu`"), "{e}");
+        assert!(e.contains("unknown run state \"crashed\""), "{e}");
+    }
+
+    #[test]
+    fn end_needs_exactly_one() {
+        let e = err_of("[[scenario]]\nname = \"x\"\nend = { exit = 0, status = \"running\" }\n");
+        assert!(e.contains("exactly one"), "{e}");
+        let e = err_of("[[scenario]]\nname = \"x\"\nend = { exit = 300 }\n");
+        assert!(e.contains("0..=255"), "{e}");
+        let e = err_of("[[scenario]]\nname = \"x\"\n");
+        assert!(e.contains("end"), "{e}");
+        let e = err_of("[[scenario]]\nname = \"x\"\nend = { exit = 0, code = 1 }\n");
+        assert!(e.starts_with("scenarios.toml: scenario `x`: field `end`: unknown field `code`"), "{e}");
+    }
+
+    #[test]
+    fn timing_entries() {
+        let t = parse(TIMED).unwrap();
+        let s = &t.scenarios[0];
+        assert_eq!(s.stderr_contains, vec!["watchdog: timer fired"]);
+        assert_eq!(s.timing.len(), 4);
+        assert_eq!(
+            s.timing[0].bound,
+            Bound::Around { expect: Duration::from_millis(500), tolerance: DEFAULT_TOLERANCE }
+        );
+        assert_eq!(s.timing[1].to, EventRef { event: "WATCHDOG".into(), occurrence: 2 });
+        assert!(matches!(s.timing[1].bound, Bound::Around { tolerance, .. } if tolerance.percent == 1.0));
+        // An ignored event can occur any number of times.
+        assert_eq!(s.timing[2].to.occurrence, 3);
+        assert_eq!(s.timing[3].bound, Bound::Range { min: None, max: Some(Duration::from_millis(999)) });
+    }
+
+    #[test]
+    fn timing_errors() {
+        let with = |entry: &str| err_of(&TIMED.replace(r#"{ from = "WATCHDOG", to = "STOP#3", min = "1s" },"#, entry));
+        let cases = [
+            (r#"{ from = "WATCHDOG#3", to = "STOP" , min = "1s" },"#, "at most 2 WATCHDOG"),
+            (r#"{ from = "RESET", to = "WATCHDOG", min = "1s" },"#, "neither in `expect` nor in `ignore`"),
+            (r#"{ from = "BOGUS", to = "WATCHDOG", min = "1s" },"#, "not a watched event"),
+            (r#"{ from = "watchdog", to = "STOP", min = "1s" },"#, "not an event reference"),
+            (r#"{ from = "WATCHDOG#0", to = "STOP", min = "1s" },"#, "≥ 1"),
+            (r#"{ from = "WATCHDOG", to = "STOP", expect = "1s", min = "1s" },"#, "not both or neither"),
+            (r#"{ from = "WATCHDOG", to = "STOP" },"#, "not both or neither"),
+            (r#"{ from = "WATCHDOG", to = "STOP", min = "1s", tolerance = "5%" },"#, "only goes with `expect`"),
+            (r#"{ from = "WATCHDOG", to = "STOP", min = "2s", max = "1s" },"#, "greater than `max`"),
+            (r#"{ from = "WATCHDOG", to = "WATCHDOG#1", min = "1s" },"#, "the same event"),
+            (r#"{ from = "WATCHDOG", to = "STOP", expect = "1s", tolerance = "5" },"#, "not a tolerance"),
+            (r#"{ from = "WATCHDOG", to = "STOP", expect = "1h" },"#, "unknown unit"),
+            (r#"{ from = "WATCHDOG", to = "STOP", expect = "1s", tolerence = "5%" },"#, "tolerence"),
+        ];
+        for (entry, want) in cases {
+            let e = with(entry);
+            assert!(e.contains("scenario `t`: field `timing` entry 3") && e.contains(want), "{entry}: {e}");
+            assert!(e.contains("fix:"), "{e}");
+        }
+        let e = with(r#"{ from = "WATCHDOG#3", to = "STOP" , min = "1s" },"#);
+        assert_eq!(
+            e,
+            "scenarios.toml: scenario `t`: field `timing` entry 3: `from`: `WATCHDOG#3` asks for occurrence 3 \
+             but `expect` allows at most 2 WATCHDOG\n  fix: use an occurrence from 1 to 2"
+        );
+        let e = err_of(&TIMED.replace(r#"stderr_contains = ["watchdog: timer fired"]"#, r#"stderr_contains = [""]"#));
+        assert!(e.contains("`stderr_contains`: contains an empty string"), "{e}");
+    }
+
+    #[test]
+    fn min_max_and_ignore_conflicts() {
+        let e = err_of(
+            "[[scenario]]\nname = \"x\"\nexpect = [{ event = \"RESET\", min = 3, max = 2 }]\nend = { exit = 0 }\n",
+        );
+        assert!(e.contains("never match"), "{e}");
+        let e = err_of(
+            "[[scenario]]\nname = \"x\"\nexpect = [{ event = \"STOP\" }]\nignore = [\"STOP\"]\nend = { exit = 0 }\n",
+        );
+        assert!(e.contains("both expected and ignored"), "{e}");
+        let e = err_of(
+            "[[scenario]]\nname = \"x\"\nexpect = [{ event = \"STOP\", data = { x = 1.5 } }]\nend = { exit = 0 }\n",
+        );
+        assert!(e.contains("float"), "{e}");
+    }
+
+    #[test]
+    fn absent_fields() {
+        let t = parse(
+            "[[scenario]]\nname = \"x\"\nexpect = [{ event = \"GUEST_PANICKED\", data = { action = \"pause\" }, \
+             absent = [\"info\"] }]\nend = { exit = 0 }\n",
+        )
+        .unwrap();
+        assert_eq!(t.scenarios[0].expect[0].absent, ["info"]);
+        let e = err_of(
+            "[[scenario]]\nname = \"x\"\nexpect = [{ event = \"GUEST_PANICKED\", data = { info = { arg1 = 1 } }, \
+             absent = [\"info.arg1\"] }]\nend = { exit = 0 }\n",
+        );
+        assert!(e.contains("field `absent`: \"info.arg1\" is also required by `data`") && e.contains("fix:"), "{e}");
+        let e = err_of(
+            "[[scenario]]\nname = \"x\"\nexpect = [{ event = \"GUEST_PANICKED\", absent = [\"info.\"] }]\nend = { exit = 0 }\n",
+        );
+        assert!(e.contains("\"info.\" is not a payload field"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_and_bad_toplevel() {
+        let e =
+            err_of("[[scenario]]\nname = \"x\"\nend = { exit = 0 }\n[[scenario]]\nname = \"x\"\nend = { exit = 0 }\n");
+        assert!(e.contains("duplicate"), "{e}");
+        let e = err_of("[variant.x]\nargs = []\n");
+        assert!(e.contains("unknown top-level key `variant`"), "{e}");
+        let e = err_of("[[scenario]]\nname = \"x\"\nend = { exit = 0 }\n[[scenario\n");
+        assert!(e.contains("invalid TOML"), "{e}");
+    }
+
+    #[test]
+    fn groups_and_variant_boards() {
+        let t = parse_with(GROUPED, &mixed_boards()).unwrap();
+        assert_eq!(t.scenarios[0].boards, vec!["pc", "fast", "micro"]);
+        assert_eq!(t.variants["pci"].boards.as_deref(), Some(&["pc".to_string(), "fast".to_string()][..]));
+    }
+
+    #[test]
+    fn impossible_script_via_and_unknown_groups() {
+        let b = mixed_boards();
+        let parse = |text: &str| parse_with(text, &b);
+        // -append on a firmware-booted board.
+        let e = parse(&GROUPED.replace(r#"boards = ["pc", "micro"]"#, r#"boards = ["pc", "fast"]"#)).unwrap_err();
+        assert!(
+            e.contains("scenario `a`: field `script_via`: board `fast`") && e.contains("-append needs -kernel"),
+            "{e}"
+        );
+        assert!(e.contains("fix: remove `fast` from `boards`"), "{e}");
+        // fw_cfg (the x86 rows' explicit choice) on s390x.
+        let e =
+            parse(&GROUPED.replace("boards = [\"s390\"]", "boards = [\"s390\"]\nscript_via = \"fw_cfg\"")).unwrap_err();
+        assert!(e.contains("board `s390`") && e.contains("no fw_cfg"), "{e}");
+        let e = parse(&GROUPED.replace("@x86", "@x68")).unwrap_err();
+        assert!(e.contains("unknown board group `@x68`") && e.contains("@pci, @x86"), "{e}");
+        let e = parse(&GROUPED.replace("@pci", "@nope")).unwrap_err();
+        assert!(e.contains("variant `pci`: field `boards`") && e.contains("unknown board group"), "{e}");
+        let e = parse(&GROUPED.replace(r#"boards = ["@x86"]"#, r#"boards = ["micro"]"#)).unwrap_err();
+        assert!(e.contains("variant `pci` runs only on pc, fast"), "{e}");
+    }
+
+    #[test]
+    fn timing_from_the_cont_resume() {
+        let row = |t: &str| {
+            format!(
+                "[[scenario]]\nname = \"w\"\nexpect = [{{ event = \"WATCHDOG\" }}]\nend = {{ status = \"running\" }}\n\
+                 timing = [{t}]\n"
+            )
+        };
+        let t = parse(&row(r#"{ from = "RESUME", to = "WATCHDOG", expect = "15s" }"#)).unwrap();
+        assert_eq!(t.scenarios[0].timing[0].from, EventRef { event: "RESUME".into(), occurrence: 1 });
+        let e = err_of(&row(r#"{ from = "RESUME#2", to = "WATCHDOG", expect = "15s" }"#));
+        assert!(e.contains("at most 1 RESUME"), "{e}");
+    }
+}
