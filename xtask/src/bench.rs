@@ -21,16 +21,17 @@ use std::fmt::Write as _;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use object::{Object, ObjectSegment};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::qemu::{QemuProcess, QmpListener, describe_status, find_binary};
-use crate::qmp::{self, Message, Polled, Qmp, QmpEvent};
-use crate::util::{escape_qemu_opt, glob_match, shell_join, unix_micros};
+use crate::qemu::{QmpListener, Session, Start, describe_status, start_session};
+use crate::qemu_cmd::{Delivery, Script};
+use crate::qmp::{self, Message, Polled, QmpEvent};
+use crate::util::{find_program, glob_match, shell_join, unix_micros};
 use crate::{agent, artifacts, rom};
 
 /// Script the x86 agent runs (fw_cfg `opt/pvagent/script`).
@@ -507,7 +508,7 @@ fn select(patterns: &[String]) -> Result<Vec<&'static Board>> {
     }
     let mut chosen = Vec::new();
     for b in BOARDS.iter().filter(|b| patterns.is_empty() || patterns.iter().any(|p| glob_match(p, b.name))) {
-        let missing = if find_binary(binary(b.arch)).is_none() {
+        let missing = if find_program(binary(b.arch)).is_none() {
             Some(format!("{} is not installed", binary(b.arch)))
         } else if let Boot::Kernel { bios: Some(f) } = b.boot {
             (!Path::new(f).is_file()).then(|| format!("{f} does not exist"))
@@ -576,9 +577,9 @@ fn argv(b: &Board, paths: &Paths<'_>, role: Role, floor_rom: Option<&Path>) -> R
     let mut push = |args: &[&str]| v.extend(args.iter().map(|s| s.to_string()));
     match b.arch {
         Arch::X86_64 => {
-            let script = format!("name={},string={}", agent::SCRIPT_FW_CFG_NAME, escape_qemu_opt(X86_SCRIPT));
+            let script = Script { text: X86_SCRIPT.into(), delivery: Delivery::FwCfg }.args();
             push(&["-device", "pvpanic", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
-            push(&["-fw_cfg", &script]);
+            push(&[&script[0], &script[1]]);
             match (role, b.boot) {
                 (Role::Floor, _) => push(&["-bios", &path_arg(floor_rom, "floor ROM")?]),
                 (Role::Agent, Boot::Kernel { bios }) => {
@@ -604,27 +605,28 @@ fn argv(b: &Board, paths: &Paths<'_>, role: Role, floor_rom: Option<&Path>) -> R
 fn boot(argv: &[String], want_event: bool, timeout: Duration, qemus: &mut Vec<QemuInfo>) -> Result<Sample> {
     let listener = QmpListener::new()?;
     let mut full = argv.to_vec();
-    full.extend(listener.qemu_args());
+    full.extend(listener.chardev().qmp_args());
     let errf = tempfile::tempfile().context("creating a temp file for QEMU's stderr")?;
     let mut err_read = errf.try_clone()?;
-    let mut qemu = QemuProcess::spawn(&full, Stdio::from(errf))?;
-    let t0 = unix_micros(qemu.spawned_at);
-    let deadline = qemu.spawned_instant + timeout;
-    let ms = |us: i128| (us - t0) as f64 / 1000.0;
-    let result = (|| -> Result<Sample> {
-        let stream = qmp::accept(&listener.listener, deadline, || match qemu.try_wait()? {
-            Some(st) => bail!("QEMU exited ({}) before connecting to QMP", describe_status(st)),
-            None => Ok(()),
-        })?;
-        let mut q = Qmp::new(stream, None);
-        let greeting = q.greeting(deadline)?;
-        let greeting_ms = ms(unix_micros(SystemTime::now()));
+    let mut process = None;
+    let mut events: Vec<QmpEvent> = Vec::new();
+    let start = Start {
+        argv: &full,
+        listener: &listener,
+        stderr: Stdio::from(errf),
+        limit: timeout,
+        transcript: None,
+        stderr_file: None,
+    };
+    let result = start_session(start, &mut process, &mut |_, e| events.push(e)).and_then(|session| {
+        let qemu = process.as_mut().expect("spawned");
+        let t0 = unix_micros(qemu.spawned_at);
+        let ms = |us: i128| (us - t0) as f64 / 1000.0;
+        let Session { qmp: mut q, greeting, deadline, greeting_at, ready_at } = session;
         if !qemus.iter().any(|i| i.binary == argv[0]) {
             qemus.push(qemu_info(&argv[0], &greeting));
         }
-        let mut events: Vec<QmpEvent> = Vec::new();
-        q.execute("qmp_capabilities", None, deadline, &mut |_, e| events.push(e))?;
-        let ready_ms = ms(unix_micros(SystemTime::now()));
+        let (greeting_ms, ready_ms) = (ms(unix_micros(greeting_at)), ms(unix_micros(ready_at)));
         if !want_event {
             return Ok(Sample { greeting_ms, ready_ms, resume_ms: None, event_ms: None });
         }
@@ -655,8 +657,10 @@ fn boot(argv: &[String], want_event: bool, timeout: Duration, qemus: &mut Vec<Qe
                 }
             }
         }
-    })();
-    let _ = qemu.kill();
+    });
+    if let Some(mut qemu) = process {
+        let _ = qemu.kill();
+    }
     result.map_err(|e| {
         let mut s = String::new();
         let _ = err_read.rewind();

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use xtask::config::{Board, ScriptVia};
 use xtask::runner::{self, RunEnv, RunSpec};
+use xtask::schedule;
 use xtask::{Project, agent, artifacts, images, report, setup, util};
 
 #[derive(Parser)]
@@ -261,14 +262,14 @@ fn table_run(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
         qemu.iter().map(|(b, v)| format!("{b} {v}")).collect::<Vec<_>>().join(", "),
         run_dir.display()
     )?;
-    let jobs = args.jobs.map_or_else(runner::default_jobs, usize::from);
-    let order = runner::longest_first(&cases, &artifacts::runs_root(&agent::target_dir(root)));
+    let jobs = args.jobs.map_or_else(schedule::default_jobs, usize::from);
+    let order = schedule::longest_first(&cases, &artifacts::runs_root(&agent::target_dir(root)));
     let w = report::widths(cases.iter().map(|c| (c.board.name.as_str(), c.id())));
     writeln!(out, "{}", report::header(w))?;
     let started = std::time::Instant::now();
     // Both callbacks draw on stderr: the status line is cleared before a row.
     let progress = std::cell::RefCell::new(report::Progress::new());
-    let results = runner::run_all(
+    let results = schedule::run_all(
         &cases,
         &env,
         jobs,

@@ -1,7 +1,8 @@
 //! QEMU processes: spawning (argument list, no shell, dies with us), a global
 //! registry of live children and temp dirs for the handler of SIGINT,
-//! SIGTERM and SIGHUP, guards that clean up on every path, and the version
-//! probe.
+//! SIGTERM and SIGHUP, guards that clean up on every path, the one session
+//! start (spawn, accept QMP, greeting, capabilities, under one deadline) and
+//! the version probe.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -16,9 +17,11 @@ use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use serde_json::Value;
 
-use crate::qmp::{self, Qmp};
-use crate::util::{Version, escape_qemu_opt, excerpt, shell_join, signal_name};
+use crate::qemu_cmd::Chardev;
+use crate::qmp::{self, Qmp, QmpEvent, Transcript};
+use crate::util::{Version, excerpt, find_program, shell_join, signal_name};
 
 #[derive(Default)]
 struct Registry {
@@ -313,14 +316,9 @@ impl QmpListener {
         Ok(QmpListener { listener, path, _dir: dir })
     }
 
-    /// The QEMU arguments that make QEMU connect to this socket.
-    pub fn qemu_args(&self) -> Vec<String> {
-        vec![
-            "-chardev".into(),
-            format!("socket,id=qmp,path={},server=off", escape_qemu_opt(&self.path.to_string_lossy())),
-            "-mon".into(),
-            "chardev=qmp,mode=control".into(),
-        ]
+    /// The chardev that makes QEMU connect to this socket.
+    pub fn chardev(&self) -> Chardev {
+        Chardev::Socket(self.path.clone())
     }
 }
 
@@ -442,9 +440,74 @@ pub fn describe_status(st: ExitStatus) -> String {
     }
 }
 
-/// Finds `binary` in `PATH` (or checks it directly if it contains a `/`).
-pub fn find_binary(binary: &str) -> Option<PathBuf> {
-    crate::util::find_program(binary)
+/// The first three non-empty lines of a file (QEMU's stderr) joined with
+/// ` | `, or `(no stderr)`.
+pub fn first_lines(path: &Path) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let s: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).take(3).collect();
+    if s.is_empty() { "(no stderr)".into() } else { s.join(" | ") }
+}
+
+// ───────────────────────────── session start ─────────────────────────────
+
+/// How to start a QEMU session.
+pub struct Start<'a> {
+    /// The command (argv\[0\] is the binary); it makes QEMU's QMP monitor
+    /// connect to `listener`.
+    pub argv: &'a [String],
+    pub listener: &'a QmpListener,
+    pub stderr: Stdio,
+    /// The session's deadline, counted from the spawn: every wait of the
+    /// start, and of the caller afterwards ([`Session::deadline`]).
+    pub limit: Duration,
+    /// Where the QMP transcript goes (none: no transcript).
+    pub transcript: Option<&'a Path>,
+    /// The file `stderr` writes to: its first lines are quoted when QEMU
+    /// exits before connecting.
+    pub stderr_file: Option<&'a Path>,
+}
+
+/// A QEMU whose QMP connection is negotiated: greeting read,
+/// `qmp_capabilities` answered. The process stays with the caller (see
+/// [`start_session`]).
+pub struct Session {
+    pub qmp: Qmp,
+    pub greeting: Value,
+    /// Spawn + [`Start::limit`].
+    pub deadline: Instant,
+    /// Host clock when the greeting was read.
+    pub greeting_at: SystemTime,
+    /// Host clock when `qmp_capabilities` was answered (QEMU's main loop
+    /// runs, the machine is built).
+    pub ready_at: SystemTime,
+}
+
+/// The one session start: spawns `start.argv` into `process` (so that the
+/// caller reaps or kills it on every path, an error included), accepts its
+/// QMP connection, reads the greeting and negotiates capabilities, all
+/// before `start.limit` after the spawn. Events that arrive meanwhile go to
+/// `on_event`.
+pub fn start_session(
+    start: Start<'_>,
+    process: &mut Option<QemuProcess>,
+    on_event: &mut dyn FnMut(&mut Qmp, QmpEvent),
+) -> Result<Session> {
+    let qemu = process.insert(QemuProcess::spawn(start.argv, start.stderr)?);
+    let deadline = qemu.spawned_instant + start.limit;
+    let transcript = start.transcript.map(|p| Transcript::create(p, qemu.spawned_at)).transpose()?;
+    let stream = qmp::accept(&start.listener.listener, deadline, || match qemu.try_wait()? {
+        Some(st) => {
+            let stderr = start.stderr_file.map(|f| format!(": {}", first_lines(f))).unwrap_or_default();
+            bail!("QEMU exited before connecting to QMP ({}){stderr}", describe_status(st))
+        }
+        None => Ok(()),
+    })?;
+    let mut qmp = Qmp::new(stream, transcript);
+    qmp.note(&format!("spawned pid {}", qemu.pid()));
+    let greeting = qmp.greeting(deadline)?;
+    let greeting_at = SystemTime::now();
+    qmp.execute("qmp_capabilities", None, deadline, on_event)?;
+    Ok(Session { qmp, greeting, deadline, greeting_at, ready_at: SystemTime::now() })
 }
 
 static VERSIONS: Mutex<Option<HashMap<String, Result<Version, String>>>> = Mutex::new(None);
@@ -463,14 +526,14 @@ pub fn qemu_version(binary: &str) -> Result<Version, String> {
 }
 
 /// The message of a version probe that found no binary at all (as opposed
-/// to one that exists and failed); [`crate::setup`] installs only then.
+/// to one that exists and failed); set-up installs QEMU only then.
 pub const NOT_FOUND: &str = "not found in PATH";
 
 /// How long a version probe waits for QEMU's QMP greeting.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn probe_version(binary: &str) -> Result<Version> {
-    let Some(path) = find_binary(binary) else {
+    let Some(path) = find_program(binary) else {
         bail!("{binary} {NOT_FOUND}");
     };
     let listener = QmpListener::new()?;
@@ -483,39 +546,41 @@ fn probe_version(binary: &str) -> Result<Version> {
         shell_join(&argv),
         if binary.contains('/') { String::new() } else { format!(" ({})", path.display()) }
     );
-    argv.extend(listener.qemu_args());
+    argv.extend(listener.chardev().qmp_args());
     let errf = tempfile::tempfile()?;
     let mut errf_read = errf.try_clone()?;
-    let mut qemu =
-        QemuProcess::spawn(&argv, Stdio::from(errf)).with_context(|| format!("version probe {cmd} could not start"))?;
-    let deadline = Instant::now() + PROBE_TIMEOUT;
-    let result = (|| -> Result<Version> {
-        let stream = qmp::accept(&listener.listener, deadline, || match qemu.try_wait()? {
-            Some(st) => bail!("it ended ({}) before answering on QMP", describe_status(st)),
-            None => Ok(()),
-        })
-        .map_err(|e| {
-            if Instant::now() >= deadline {
-                anyhow::anyhow!("it did not answer on QMP within {} s (killed)", PROBE_TIMEOUT.as_secs())
-            } else {
-                e
-            }
-        })?;
-        let mut q = Qmp::new(stream, None);
-        let g = q.greeting(deadline)?;
-        let v = qmp::greeting_version(&g).context("greeting without QMP.version.qemu")?;
-        q.execute("qmp_capabilities", None, deadline, &mut |_, _| {})?;
-        let _ = q.execute("quit", None, deadline, &mut |_, _| {});
-        q.no_more_commands = true;
-        q.drain_to_eof(deadline, &mut |_, _| {});
+    let mut process = None;
+    let start = Start {
+        argv: &argv,
+        listener: &listener,
+        stderr: Stdio::from(errf),
+        limit: PROBE_TIMEOUT,
+        transcript: None,
+        stderr_file: None,
+    };
+    let result = start_session(start, &mut process, &mut |_, _| {}).and_then(|mut s| {
+        let v = qmp::greeting_version(&s.greeting).context("greeting without QMP.version.qemu")?;
+        let _ = s.qmp.execute("quit", None, s.deadline, &mut |_, _| {});
+        s.qmp.no_more_commands = true;
+        s.qmp.drain_to_eof(s.deadline, &mut |_, _| {});
         Ok(v)
-    })();
+    });
+    let Some(mut qemu) = process else {
+        // The spawn itself failed.
+        return result.with_context(|| format!("version probe {cmd} could not start"));
+    };
+    let deadline = qemu.spawned_instant + PROBE_TIMEOUT;
     // A probe that timed out is killed at once; otherwise QEMU got `quit`.
     let grace = if Instant::now() >= deadline { Duration::ZERO } else { Duration::from_secs(3) };
     if qemu.wait_until(Instant::now() + grace)?.is_none() {
         qemu.kill()?;
     }
     result.map_err(|e| {
+        let e = if Instant::now() >= deadline {
+            anyhow::anyhow!("it did not answer on QMP within {} s (killed)", PROBE_TIMEOUT.as_secs())
+        } else {
+            e
+        };
         use std::io::Seek;
         let mut bytes = Vec::new();
         let _ = errf_read.rewind();
@@ -584,7 +649,7 @@ pub(crate) mod tests {
             fake_binary(tmp.path(), "qemu-system-fail", "echo 'first line' >&2\necho 'fake: no KVM' >&2\nexit 3\n");
         let e = qemu_version(bin.to_str().unwrap()).unwrap_err();
         assert!(e.contains(&format!("version probe `{} -M none -S -nodefaults -display none", bin.display())), "{e}");
-        assert!(e.contains("it ended (exit status 3) before answering on QMP"), "{e}");
+        assert!(e.contains("QEMU exited before connecting to QMP (exit status 3)"), "{e}");
         assert!(e.contains("stderr: first line | fake: no KVM"), "{e}");
         let bin = fake_binary(tmp.path(), "qemu-system-killed", "kill -SEGV $$\n");
         let e = qemu_version(bin.to_str().unwrap()).unwrap_err();

@@ -2,12 +2,14 @@
 //! judging it.
 //!
 //! Each run is self-contained (own QEMU, own socket dir, own artifact dir),
-//! so several can run in parallel threads.
+//! so several can run in parallel threads ([`crate::schedule`] runs many).
+//! How the board's QEMU is started is its launcher's business
+//! ([`crate::launch`]): the runner builds the run's command line, asks the
+//! launcher for the session, watches the events and judges.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,14 +17,16 @@ use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
 
 use crate::agent;
-use crate::config::{Board, Boot, Case, End, ExpectEntry, QmpCommand, ScriptVia, WATCHED_EVENTS};
+use crate::config::{Board, Case, End, ExpectEntry, QmpCommand, ScriptVia, WATCHED_EVENTS};
 use crate::defmt_log::{self, LogTable};
 use crate::images::{AgentImage, Arch, Images};
+use crate::launch::{self, Ending, EventClock, Launcher};
 use crate::matcher::{self, Progress};
-use crate::qemu::{self, QemuProcess, QmpListener};
-use crate::qmp::{Message, Polled, Qmp, QmpEvent, Transcript};
+use crate::qemu::{self, QemuProcess, first_lines};
+use crate::qemu_cmd::{Delivery, QemuCmd};
+use crate::qmp::{Message, Polled, Qmp, QmpEvent};
 use crate::timing::{self, Stamped, TimingCheck, TimingResult};
-use crate::util::{Version, escape_qemu_opt, fmt_duration, fmt_min_version, shell_join, unix_micros};
+use crate::util::{Version, fmt_duration, fmt_min_version, unix_micros};
 
 /// What every run shares: the images (one per architecture, see
 /// [`crate::images`]) and where artifacts go.
@@ -152,66 +156,6 @@ impl CaseResult {
     }
 }
 
-/// The QEMU argument list of a run (argv[0] is the binary). `image` is what
-/// the board boots: the agent's ELF (`-kernel`), or its ROM (`-bios`) on a
-/// `boot = "firmware"` board.
-pub fn qemu_argv(
-    board: &Board,
-    image: &Path,
-    qmp_args: &[String],
-    serial: &Path,
-    extra: &[String],
-    script: Option<&str>,
-    via: ScriptVia,
-) -> Vec<String> {
-    let mut a: Vec<String> = vec![board.binary.clone()];
-    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
-    push(&["-nodefaults", "-no-user-config", "-display", "none", "-S"]);
-    push(&["-machine", &board.machine, "-accel", &board.accel, "-m", &board.memory]);
-    if let Some(cpu) = &board.cpu {
-        push(&["-cpu", cpu]);
-    }
-    if let Some(fw) = &board.firmware {
-        push(&["-bios", &fw.to_string_lossy()]);
-    }
-    a.extend(qmp_args.iter().cloned());
-    a.push("-chardev".into());
-    a.push(format!("file,id=serial0,path={}", escape_qemu_opt(&serial.to_string_lossy())));
-    a.push("-serial".into());
-    a.push("chardev:serial0".into());
-    a.extend(board.args.iter().cloned());
-    a.extend(extra.iter().cloned());
-    a.push(match board.boot {
-        Boot::Kernel => "-kernel".into(),
-        Boot::Firmware => "-bios".into(),
-    });
-    a.push(image.to_string_lossy().into_owned());
-    if let Some(s) = script {
-        match via {
-            ScriptVia::FwCfg => {
-                a.push("-fw_cfg".into());
-                a.push(format!("name={},string={}", agent::SCRIPT_FW_CFG_NAME, escape_qemu_opt(s)));
-            }
-            ScriptVia::Append => {
-                a.push("-append".into());
-                a.push(s.to_string());
-            }
-            ScriptVia::FwCfgFile => {
-                a.push("-fw_cfg".into());
-                let file = script_file(serial);
-                a.push(format!("name={},file={}", agent::SCRIPT_FW_CFG_NAME, escape_qemu_opt(&file.to_string_lossy())));
-            }
-        }
-    }
-    a
-}
-
-/// Where a run's script goes for `script_via = "fw_cfg_file"`: next to its
-/// serial capture, in the run's directory.
-pub fn script_file(serial: &Path) -> PathBuf {
-    serial.with_file_name("script.bin")
-}
-
 /// The checks of a scenario run (absent for ad-hoc boots).
 #[derive(Clone, Debug)]
 pub struct Checks {
@@ -273,8 +217,8 @@ struct Observer<'a> {
     /// When the last WATCHDOG arrived: QEMU may hold back another one (the
     /// rate limit) until [`WATCHDOG_RATE_LIMIT`] after it.
     last_watchdog: Option<Instant>,
-    /// A nested board's QMP timestamps come from L1's clock.
-    clock: crate::nested_run::L1Clock,
+    /// Maps QMP timestamps to the host's clock (the launcher's).
+    clock: Box<dyn EventClock>,
 }
 
 impl Observer<'_> {
@@ -356,6 +300,7 @@ pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
     let _ = std::fs::remove_file(&serial);
     let checks = spec.checks.clone();
     let ignore: Vec<String> = checks.as_ref().map(|c| c.ignore.clone()).unwrap_or_default();
+    let launcher = launch::for_board(&spec.board);
     let mut obs = Observer {
         spawn_us: 0,
         events: Vec::new(),
@@ -366,10 +311,10 @@ pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
         stop_after_shutdown: false,
         judging: true,
         last_watchdog: None,
-        clock: crate::nested_run::L1Clock::for_board(&spec.board),
+        clock: launcher.clock(),
     };
     let mut qemu: Option<QemuProcess> = None;
-    let result = boot(spec, env, dir, &serial, &mut obs, &mut rec, &mut qemu);
+    let result = boot(spec, env, &*launcher, dir, &serial, &mut obs, &mut rec, &mut qemu);
     if let Err(e) = result {
         rec.error = Some(format!("{e:#}"));
     }
@@ -420,9 +365,14 @@ pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
         rec.progress = Some(obs.progress(&c.expect));
     }
     rec.events = obs.events;
-    if crate::nested_run::is_nested(&spec.board) {
-        crate::nested_run::finish(dir, &mut rec);
-    }
+    // The launcher's say on how it ended (and its artifacts).
+    let mut end =
+        Ending { exit: rec.exit, killed_by_us: rec.killed_by_us, error: rec.error.take(), stderr: rec.stderr.clone() };
+    launcher.finish(dir, &mut end);
+    rec.exit = end.exit;
+    rec.killed_by_us = end.killed_by_us;
+    rec.error = end.error;
+    rec.stderr = end.stderr;
     rec
 }
 
@@ -430,54 +380,31 @@ pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
 fn boot(
     spec: &RunSpec,
     env: &RunEnv,
+    launcher: &dyn Launcher,
     dir: &Path,
     serial: &Path,
     obs: &mut Observer<'_>,
     rec: &mut RunRecord,
-    slot: &mut Option<QemuProcess>,
+    process: &mut Option<QemuProcess>,
 ) -> Result<()> {
-    let listener = QmpListener::new()?;
     let image = env.images.boot_file(&spec.board)?;
-    let argv = qemu_argv(
-        &spec.board,
-        &image,
-        &listener.qemu_args(),
-        serial,
-        &spec.extra_args,
-        spec.script.as_deref(),
-        spec.script_via,
-    );
-    // A nested board boots L1, which runs the board's QEMU inside (nested_run).
-    let argv = if crate::nested_run::is_nested(&spec.board) {
-        crate::nested_run::l1_argv(spec, &image, dir, serial, &listener.path)?
-    } else {
-        argv
-    };
-    if let (ScriptVia::FwCfgFile, Some(script)) = (spec.script_via, &spec.script) {
-        std::fs::write(script_file(serial), script.as_bytes())?;
+    let cmd = QemuCmd::new(&spec.board, &image)
+        .serial_file(serial)
+        .args(&spec.extra_args)
+        .script(spec.script.as_deref(), Delivery::of(spec.script_via, dir));
+    let limit = spec.timeout + launcher.boot_allowance();
+    // (QMP sends no event before capabilities are negotiated; should one
+    // come with the answer, it is observed once the spawn time is known.)
+    let mut early = Vec::new();
+    let session = launcher.start(&cmd, dir, limit, process, &mut |_, ev| early.push(ev))?;
+    let (mut q, overall) = (session.qmp, session.deadline);
+    obs.spawn_us = unix_micros(process.as_ref().expect("spawned").spawned_at);
+    rec.qemu_version = crate::qmp::greeting_version(&session.greeting);
+    for ev in early {
+        obs.on_event(&mut q, ev);
     }
-    std::fs::write(dir.join("cmdline.txt"), format!("{}\n", shell_join(&argv)))?;
-    let stderr = File::create(dir.join("stderr.txt"))?;
-    let qemu = slot.insert(QemuProcess::spawn(&argv, Stdio::from(stderr))?);
-    obs.spawn_us = unix_micros(qemu.spawned_at);
-    let overall = qemu.spawned_instant + spec.timeout + crate::nested_run::boot_allowance(&spec.board);
-    let transcript = Transcript::create(&dir.join("qmp.jsonl"), qemu.spawned_at)?;
-
-    let stream = crate::qmp::accept(&listener.listener, overall, || match qemu.try_wait()? {
-        Some(st) => Err(anyhow!(
-            "QEMU exited before connecting to QMP ({}): {}",
-            qemu::describe_status(st),
-            first_lines(&dir.join("stderr.txt"))
-        )),
-        None => Ok(()),
-    })?;
-    let mut q = Qmp::new(stream, Some(transcript));
-    q.note(&format!("spawned pid {}", qemu.pid()));
-    let greeting = q.greeting(overall)?;
-    rec.qemu_version = crate::qmp::greeting_version(&greeting);
     {
         let mut on_ev = |q: &mut Qmp, ev: QmpEvent| obs.on_event(q, ev);
-        q.execute("qmp_capabilities", None, overall, &mut on_ev)?;
         for c in &spec.qmp_before_cont {
             q.execute(&c.execute, c.arguments.as_ref(), overall, &mut on_ev)?;
         }
@@ -534,7 +461,7 @@ fn boot(
                 if now >= settled {
                     // Wait (polling) for the required log and stderr lines.
                     let log = read_log(env, &spec.board, serial);
-                    let stderr = crate::nested_run::live_stderr(&spec.board, dir);
+                    let stderr = launcher.live_stderr(dir);
                     if log_missing(&c.log_contains, &log).is_empty()
                         && log_missing(&c.stderr_contains, &stderr).is_empty()
                     {
@@ -572,7 +499,7 @@ fn boot(
     obs.judging = obs.judging && !rec.timed_out;
     let d = Instant::now() + Duration::from_secs(3);
     q.drain_to_eof(d, &mut |q, ev| obs.on_event(q, ev));
-    let qemu = slot.as_mut().expect("spawned");
+    let qemu = process.as_mut().expect("spawned");
     match qemu.wait_until(Instant::now() + Duration::from_secs(3))? {
         Some(st) => rec.exit = Some(st),
         None => {
@@ -607,12 +534,6 @@ fn read_log(env: &RunEnv, board: &Board, serial: &Path) -> String {
         (Some(t), Ok(bytes)) => t.decode(&bytes).join("\n"),
         _ => String::new(),
     }
-}
-
-fn first_lines(path: &Path) -> String {
-    let s = std::fs::read_to_string(path).unwrap_or_default();
-    let s: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).take(3).collect();
-    if s.is_empty() { "(no stderr)".into() } else { s.join(" | ") }
 }
 
 fn describe_exit(rec: &RunRecord) -> Option<String> {
@@ -727,7 +648,7 @@ pub fn case_dir(run_dir: &Path, case: &Case) -> PathBuf {
 
 /// Checks whether a case can run on this host; `Some(reason)` = skip.
 pub fn skip_reason(case: &Case) -> Option<String> {
-    if let Some(why) = crate::nested_run::host_skip_reason(&case.board) {
+    if let Some(why) = launch::for_board(&case.board).skip_reason() {
         return Some(why);
     }
     let min = case.min_qemu()?;
@@ -770,13 +691,11 @@ pub fn qemu_unavailable(board: &Board, problem: &str, ci: bool) -> QemuUnavailab
 }
 
 /// Runs one case end to end (skip check, boot, verdict, result.json).
-pub fn run_case(case: &Case, env: &RunEnv) -> CaseResult {
-    run_case_started(case, env, || {})
-}
-
-/// [`run_case`], calling `started` when QEMU is about to start (after the
-/// admission gate), for progress displays.
-pub fn run_case_started(case: &Case, env: &RunEnv, started: impl FnOnce()) -> CaseResult {
+/// `admit` is called with the board's launcher once the case is known to
+/// run, right before its QEMU starts, and may wait; what it returns is held
+/// until the case is done (a concurrency slot, an admission ticket: see
+/// [`crate::schedule`]). The wall time counts from its return.
+pub fn run_case<G>(case: &Case, env: &RunEnv, admit: impl FnOnce(&dyn Launcher) -> G) -> CaseResult {
     let mut res = CaseResult {
         board: case.board.name.clone(),
         id: case.id(),
@@ -819,14 +738,9 @@ pub fn run_case_started(case: &Case, env: &RunEnv, started: impl FnOnce()) -> Ca
         live: false,
     };
     let dir = case_dir(&env.run_dir, case);
-    // A nested board's case first waits for a nested slot (see `nested_run`).
-    let _nested_slot = crate::nested_run::nested_slot(&case.board);
-    // Wait for a CPU to spare (see `admission`); the wall time counts from here.
-    let ticket = crate::admission::ADMISSION.enter();
-    started();
+    let _admitted = admit(&*launch::for_board(&case.board));
     let started = Instant::now();
     let rec = execute(&spec, env, &dir);
-    drop(ticket);
     res.verdict = judge(&checks, s.timeout, &rec);
     res.timing = measure_timing(&checks, &rec);
     res.first_event_ms =
@@ -845,144 +759,12 @@ pub fn run_case_started(case: &Case, env: &RunEnv, started: impl FnOnce()) -> Ca
     res
 }
 
-/// How many cases may run at once by default: 16 per CPU, at most 32.
-///
-/// Most of a watchdog case is spent waiting with the guest halted, which
-/// costs almost no CPU, so the cap is well above the CPU count; booting and
-/// the agent's `sleep`/`feed` steps do cost CPU, and [`crate::admission`]
-/// holds new cases back while the host has no CPU to spare. Measured on a
-/// 2-CPU host with the full matrix (136 runs, about 160 s one by one): 16
-/// jobs with the CPU gate 21-24 s; 8 jobs 29-30 s; 32 jobs no faster; no
-/// failure in 36 gated runs, the worst timing deviation 0.28 of its
-/// tolerance. Without the gate 16 jobs take 13 s and 32 jobs 9 s, but
-/// marker→WATCHDOG drifted by up to 36 ms (3 failures in 1 of 3 runs at 32
-/// jobs), and with the earlier agent (one 5 ms TSC calibration) every
-/// ungated run at 8-16 jobs had 1-6 failures.
-///
-/// With s390x and the fast boards (369 runs, 10 s390x rows of 15-36 s that
-/// hold a slot each with a halted guest) 16 jobs left too few slots for the
-/// rest: 63-68 s; 32 jobs with the gate's 50 ms window 38-51 s (4 runs, two
-/// of them next to another full matrix), no failure, the worst timing
-/// deviation 0.75 of its tolerance (0.47 without the other matrix).
-pub fn default_jobs() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    (16 * cpus).min(32)
-}
-
-/// The order in which to start `cases` so that the long ones do not end up
-/// last: longest first, by each case's wall time in the newest earlier run
-/// that has a `results.json`; a case that run does not know counts with its
-/// `timeout` (an upper bound: 10 s by default, more for the long rows), ties
-/// in table order. Only the start order changes, never the reported order.
-pub fn longest_first(cases: &[Case], runs_root: &Path) -> Vec<usize> {
-    let previous = previous_wall_times(runs_root);
-    let estimate =
-        |c: &Case| previous.get(&c.full_name()).copied().unwrap_or_else(|| c.scenario.timeout.as_millis() as u64);
-    let mut order: Vec<usize> = (0..cases.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(estimate(&cases[i])));
-    order
-}
-
-/// `board::id` → wall ms, from the newest run directory with a results.json.
-fn previous_wall_times(runs_root: &Path) -> std::collections::HashMap<String, u64> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(runs_root)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    dirs.retain(|d| {
-        d.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
-    });
-    dirs.sort();
-    for d in dirs.iter().rev() {
-        let Ok(text) = std::fs::read_to_string(d.join("results.json")) else { continue };
-        let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
-        let Some(results) = v.get("results").and_then(Value::as_array) else { continue };
-        return results
-            .iter()
-            .filter_map(|r| Some((r.get("name")?.as_str()?.to_string(), r.get("wall_ms")?.as_u64()?)))
-            .collect();
-    }
-    Default::default()
-}
-
 /// What is going on in a table run, for a progress display.
 pub struct Status<'a> {
     /// The cases running now, in the order they started.
     pub running: Vec<&'a Case>,
     pub finished: usize,
     pub total: usize,
-}
-
-/// Runs `cases`, `jobs` at a time, and reports each result to `on_done` in
-/// case order (a finished case waits until all cases before it are
-/// reported), and every start and finish to `on_status`. Each case runs
-/// entirely on one worker thread: QEMU is spawned, watched and reaped there
-/// (its PR_SET_PDEATHSIG is tied to that thread). `order` is the order in
-/// which cases are started (indices into `cases`; empty = case order).
-pub fn run_all(
-    cases: &[Case],
-    env: &RunEnv,
-    jobs: usize,
-    order: &[usize],
-    mut on_done: impl FnMut(&CaseResult),
-    mut on_status: impl FnMut(Status<'_>),
-) -> Vec<CaseResult> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::mpsc;
-
-    enum Msg {
-        Started(usize),
-        Done(usize, Box<CaseResult>),
-    }
-
-    let n = cases.len();
-    let is_permutation = {
-        let mut sorted = order.to_vec();
-        sorted.sort_unstable();
-        sorted.iter().copied().eq(0..n)
-    };
-    let order: Vec<usize> = if is_permutation { order.to_vec() } else { (0..n).collect() };
-    let jobs = jobs.clamp(1, n.max(1));
-    let next = AtomicUsize::new(0);
-    let mut slots: Vec<Option<CaseResult>> = vec![None; n];
-    let (tx, rx) = mpsc::channel::<Msg>();
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            let tx = tx.clone();
-            let (next, order) = (&next, &order);
-            scope.spawn(move || {
-                loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&i) = order.get(k) else { break };
-                    let result = run_case_started(&cases[i], env, || {
-                        let _ = tx.send(Msg::Started(i));
-                    });
-                    if tx.send(Msg::Done(i, Box::new(result))).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(tx);
-        let mut reported = 0;
-        let mut running: Vec<usize> = Vec::new();
-        let mut finished = 0;
-        for msg in rx {
-            match msg {
-                Msg::Started(i) => running.push(i),
-                Msg::Done(i, r) => {
-                    running.retain(|&j| j != i);
-                    finished += 1;
-                    slots[i] = Some(*r);
-                    while let Some(Some(r)) = slots.get(reported) {
-                        on_done(r);
-                        reported += 1;
-                    }
-                }
-            }
-            on_status(Status { running: running.iter().map(|&i| &cases[i]).collect(), finished, total: n });
-        }
-    });
-    slots.into_iter().map(|r| r.expect("every case ran")).collect()
 }
 
 /// Ad-hoc boot: prints events live, then the agent log and how QEMU ended.
@@ -1040,28 +822,6 @@ package = "qemu-system-x86"
         .unwrap()
     }
 
-    #[test]
-    fn argv_escapes_commas() {
-        let a = qemu_argv(
-            &board(),
-            Path::new("/img"),
-            &["-chardev".into(), "socket,id=qmp,path=/tmp/x,,y/qmp.sock,server=off".into()],
-            Path::new("/runs/a,b/serial.bin"),
-            &["-device".into(), "pvpanic".into()],
-            Some("log:a,b; pvpanic.panicked"),
-            ScriptVia::FwCfg,
-        );
-        assert_eq!(a[0], "qemu-system-x86_64");
-        assert!(a.contains(&"file,id=serial0,path=/runs/a,,b/serial.bin".to_string()));
-        assert!(a.contains(&"name=opt/pvagent/script,string=log:a,,b; pvpanic.panicked".to_string()));
-        let k = a.iter().position(|x| x == "-kernel").unwrap();
-        assert_eq!(a[k + 1], "/img");
-        let b = qemu_argv(&board(), Path::new("/img"), &[], Path::new("/s"), &[], Some("a,b"), ScriptVia::Append);
-        assert_eq!(&b[b.len() - 2..], &["-append".to_string(), "a,b".to_string()]);
-        let c = qemu_argv(&board(), Path::new("/img"), &[], Path::new("/s"), &[], None, ScriptVia::FwCfg);
-        assert_eq!(c.last().unwrap(), "/img");
-    }
-
     fn ev(name: &str, data: Value) -> SeenEvent {
         SeenEvent { event: name.into(), data, ms: Some(1.0), arrived_ms: 1.0, watched: true, ignored: false }
     }
@@ -1089,36 +849,6 @@ package = "qemu-system-x86"
             r.events.iter().filter(|e| e.relevant()).map(|e| (e.event.as_str(), &e.data)).collect();
         r.progress = Some(matcher::evaluate(&c.expect, &rel));
         r
-    }
-
-    #[test]
-    fn longest_first_uses_the_newest_results() {
-        let table = crate::config::parse_scenarios(
-            Path::new("scenarios.toml"),
-            "[[scenario]]\nname = \"a\"\nend = { exit = 0 }\n[[scenario]]\nname = \"b\"\nend = { exit = 0 }\n\
-             [[scenario]]\nname = \"c\"\nend = { exit = 0 }\n",
-            &[board()],
-        )
-        .unwrap();
-        let cases = crate::config::expand_cases(&[board()], &table, &[], &[]).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        assert_eq!(longest_first(&cases, tmp.path()), [0, 1, 2]);
-        let write = |dir: &str, body: &str| {
-            std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
-            std::fs::write(tmp.path().join(dir).join("results.json"), body).unwrap();
-        };
-        write(
-            "20260101-000000-1",
-            r#"{"results": [{"name": "pc::a", "wall_ms": 9000}, {"name": "pc::b", "wall_ms": 1}, {"name": "pc::c", "wall_ms": 2}]}"#,
-        );
-        // Newer: b is long, c is unknown (goes first), a is short.
-        write(
-            "20260102-000000-1",
-            r#"{"results": [{"name": "pc::a", "wall_ms": 100}, {"name": "pc::b", "wall_ms": 5000}]}"#,
-        );
-        // The newest run dir has no results.json yet (the current run): skipped.
-        std::fs::create_dir_all(tmp.path().join("20260103-000000-1")).unwrap();
-        assert_eq!(longest_first(&cases, tmp.path()), [2, 1, 0]);
     }
 
     #[test]
@@ -1302,36 +1032,6 @@ package = "qemu-system-x86"
         assert!(dir.join("stderr.txt").exists() && dir.join("cmdline.txt").exists());
     }
 
-    // ── s390x and fast boards ──
-
-    #[test]
-    fn argv_boot_file_per_board() {
-        let mut fast = board();
-        fast.boot = Boot::Firmware;
-        let a = qemu_argv(
-            &fast,
-            Path::new("/run/pvagent-x86_64.rom"),
-            &[],
-            Path::new("/s"),
-            &[],
-            Some("x"),
-            ScriptVia::FwCfg,
-        );
-        let k = a.iter().position(|x| x == "-bios").unwrap();
-        assert_eq!(a[k + 1], "/run/pvagent-x86_64.rom");
-        assert!(!a.iter().any(|x| x == "-kernel"));
-        let s390 = crate::config::parse_board(
-            Path::new("boards/s390.toml"),
-            "name = \"s390\"\ndescription = \"d\"\narch = \"s390x\"\nbinary = \"qemu-system-s390x\"\n\
-             machine = \"s390-ccw-virtio\"\naccel = \"tcg\"\nmemory = \"128M\"\npackage = \"qemu-system-s390x\"\n",
-            Path::new("/w"),
-        )
-        .unwrap();
-        let a = qemu_argv(&s390, Path::new("/img"), &[], Path::new("/s"), &[], Some("s390.shutdown"), s390.script_via);
-        assert_eq!(&a[a.len() - 4..], &["-kernel", "/img", "-append", "s390.shutdown"]);
-        assert_eq!(a[0], "qemu-system-s390x");
-    }
-
     #[test]
     fn timing_from_the_cont_resume() {
         let mut c = checks(End::Status("running".into()));
@@ -1352,28 +1052,5 @@ package = "qemu-system-x86"
         r.status = Some("running".into());
         assert_eq!(measure_timing(&c, &r)[0].measured_ms, Some(15_010.5));
         assert_eq!(judge(&c, Duration::from_secs(20), &r), Verdict::Pass);
-    }
-
-    #[test]
-    fn unknown_cases_count_with_their_timeout() {
-        let table = crate::config::parse_scenarios(
-            Path::new("scenarios.toml"),
-            "[[scenario]]\nname = \"a\"\nend = { exit = 0 }\n[[scenario]]\nname = \"b\"\nend = { exit = 0 }\n\
-             [[scenario]]\nname = \"long\"\ntimeout = \"50s\"\nend = { exit = 0 }\n",
-            &[board()],
-        )
-        .unwrap();
-        let cases = crate::config::expand_cases(&[board()], &table, &[], &[]).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        // Nothing known: by timeout (50 s first), ties in table order.
-        assert_eq!(longest_first(&cases, tmp.path()), [2, 0, 1]);
-        std::fs::create_dir_all(tmp.path().join("20260101-000000-1")).unwrap();
-        std::fs::write(
-            tmp.path().join("20260101-000000-1/results.json"),
-            r#"{"results": [{"name": "pc::a", "wall_ms": 12000}, {"name": "pc::b", "wall_ms": 60000}]}"#,
-        )
-        .unwrap();
-        // b (60 s, known) > long (unknown: its 50 s timeout) > a (12 s, known).
-        assert_eq!(longest_first(&cases, tmp.path()), [1, 2, 0]);
     }
 }

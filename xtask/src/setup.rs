@@ -265,7 +265,7 @@ pub enum QemuProbe {
 
 /// Probes `binary` ([`qemu::qemu_version`], cached).
 pub fn probe_qemu(binary: &str) -> QemuProbe {
-    if qemu::find_binary(binary).is_none() {
+    if crate::util::find_program(binary).is_none() {
         return QemuProbe::Missing;
     }
     match qemu::qemu_version(binary) {
@@ -415,14 +415,14 @@ fn install_qemu(board: &Board, have: Option<Version>) -> Result<()> {
 
 /// Everything `qemu-run` and `test` need for `boards`: the Rust target of
 /// each board's architecture, each board's QEMU and, for a nested board,
-/// L1's kernel and initramfs (`nested_run::setup`).
+/// L1's kernel and initramfs (`launch::setup`).
 pub fn setup(root: &Path, boards: &[&Board]) -> Result<Vec<(String, Version)>> {
     let arches = images::arches(boards.iter().copied())?;
     let targets: Vec<&str> = arches.iter().map(|a| a.target()).collect();
     ensure_rust_targets(root, &targets)?;
     let versions = ensure_qemu(boards)?;
     // Host probes of boards with `requires`, and the nested board's L1.
-    crate::nested_run::setup(boards);
+    crate::launch::setup(boards);
     Ok(versions)
 }
 

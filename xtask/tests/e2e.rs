@@ -14,7 +14,7 @@
 //! Trials run on libtest-mimic's worker threads, each trial's QEMU spawned,
 //! watched and reaped on the same thread. The number of threads is
 //! `--test-threads`, else `RUST_TEST_THREADS`, else `PVAGENT_JOBS`, else
-//! [`runner::default_jobs`] (not the CPU count: most trials wait with a
+//! [`schedule::default_jobs`] (not the CPU count: most trials wait with a
 //! halted guest). Trials are started longest first (by the previous run's
 //! wall times), like `cargo xtask qemu-run`.
 
@@ -27,7 +27,7 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use xtask::config::{Case, expand_cases};
 use xtask::images::{self, Arch};
 use xtask::runner::{self, RunEnv, Verdict};
-use xtask::{Project, agent, artifacts, qemu, util};
+use xtask::{Project, agent, artifacts, qemu, schedule, util};
 
 /// Images and run directory, prepared once by the first trial that runs.
 struct Shared {
@@ -86,7 +86,7 @@ fn run_trial(shared: &Shared, case: &Case) -> Result<Completion, Failed> {
         Precheck::Fail(message) => return Err(message.into()),
     }
     let env = shared.env()?;
-    let r = runner::run_case(case, env);
+    let r = schedule::run_case(case, env);
     // Requested vs measured time of every timing entry, passing or not.
     for t in &r.timing {
         eprintln!("e2e: {} {}", r.full_name(), t.note());
@@ -106,7 +106,7 @@ fn default_threads() -> usize {
     ["RUST_TEST_THREADS", "PVAGENT_JOBS"]
         .iter()
         .find_map(|v| std::env::var(v).ok()?.trim().parse::<usize>().ok().filter(|&n| n > 0))
-        .unwrap_or_else(runner::default_jobs)
+        .unwrap_or_else(schedule::default_jobs)
 }
 
 fn main() {
@@ -126,7 +126,7 @@ fn main() {
             let runs = artifacts::runs_root(&agent::target_dir(&root));
             let mut slots: Vec<Option<Case>> = cases.iter().cloned().map(Some).collect();
             let mut arches = BTreeSet::new();
-            let trials = runner::longest_first(&cases, &runs)
+            let trials = schedule::longest_first(&cases, &runs)
                 .into_iter()
                 .filter_map(|i| slots[i].take())
                 .map(|case| {
