@@ -7,12 +7,19 @@
 //! per-pair ratios A/B. Time is the asserted event's QMP timestamp (QEMU's own
 //! wall clock, µs) minus the host's wall clock taken just before the spawn.
 //!
-//! The floor of an x86 board is a 64 KiB `-bios` ROM generated here
+//! The rows are the `[[bench]]` tables of `boards/*.toml` (see
+//! `boards/pc.toml`): the board's own command line (its machine, firmware,
+//! devices and script delivery, through [`QemuCmd`]) with the row's script
+//! and arguments, and `-action panic=pause`. A new board gets a row by
+//! adding a table to its file.
+//!
+//! The floor `rom` is a 64 KiB `-bios` ROM generated here
 //! ([`crate::rom::floor`]: the reset vector writes "panicked" to the ISA
-//! pvpanic port): QEMU start-up plus three instructions, nothing can reach
-//! GUEST_PANICKED sooner on that machine. On s390x the floor is QEMU start to
-//! QMP ready (the answer to `qmp_capabilities`, sent once the machine is built
-//! and the main loop runs).
+//! pvpanic port) in place of the agent and any firmware: QEMU start-up plus
+//! three instructions, nothing can reach GUEST_PANICKED sooner on that
+//! machine. The floor `qmp-ready` (s390x) is QEMU start to QMP ready (the
+//! answer to `qmp_capabilities`, sent once the machine is built and the main
+//! loop runs) of the agent's own command line.
 //!
 //! Artifacts: `target/pvagent-bench/<stamp>-<pid>/` (`latest` points at the
 //! newest) holds the ROMs that were booted, `bench.json` and `bench.txt`.
@@ -28,32 +35,31 @@ use object::{Object, ObjectSegment};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::arch::Arch;
+use crate::config::board::{BenchFloor, BenchRow};
+use crate::config::{Board, Boot};
 use crate::qemu::{QmpListener, Session, Start, describe_status, start_session};
-use crate::qemu_cmd::{Delivery, Script};
+use crate::qemu_cmd::{Delivery, QemuCmd};
 use crate::qmp::{self, Message, Polled, QmpEvent};
 use crate::util::{find_program, glob_match, shell_join, unix_micros};
-use crate::{agent, artifacts, rom};
+use crate::{artifacts, rom};
 
-/// Script the x86 agent runs (fw_cfg `opt/pvagent/script`).
-const X86_SCRIPT: &str = "pvpanic.panicked";
-/// Command line of the s390x agent (`-append`): load a disabled-wait PSW.
-const S390_APPEND: &str = "s390.disabled-wait:0x12340";
-/// qboot, for the informative `pc-qboot` board.
-const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+/// Arguments of every boot: a guest panic stops the guest (the asserted
+/// event is its GUEST_PANICKED), whatever the board's defaults.
+const BENCH_ARGS: [&str; 2] = ["-action", "panic=pause"];
 /// The asserted event on every board.
 const EVENT: &str = "GUEST_PANICKED";
 
 /// `cargo xtask bench`.
 #[derive(clap::Args, Debug, Clone)]
-#[command(after_help = "Boards: pc (SeaBIOS, -kernel), pc-qboot (qboot, -kernel), pc-fast and q35-fast (the agent \
-    as -bios ROM), microvm (its default firmware, -kernel), s390-ccw-virtio (-kernel). Time: from just before the \
-    spawn (host wall clock) to the event's QMP timestamp.\n\nExamples:\n  cargo xtask bench\n  \
+#[command(after_help = "Rows: the [[bench]] tables of boards/*.toml (a board may have several, e.g. pc and \
+    pc-qboot). Time: from just before the spawn (host wall clock) to the event's QMP timestamp.\n\nExamples:\n  cargo xtask bench\n  \
     cargo xtask bench --board pc-fast --board q35-fast --runs 50\n  cargo xtask bench --json > bench.json")]
 pub struct BenchArgs {
     /// Boots per image and board; the agent and the floor alternate (A B A B …)
     #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
-    /// Only these boards (repeatable; globs `*`, `?`) [default: all]
+    /// Only these rows (repeatable; globs `*`, `?`) [default: all]
     #[arg(long = "board", value_name = "NAME")]
     pub boards: Vec<String>,
     /// Print the results as JSON on stdout (the table goes to stderr)
@@ -76,110 +82,28 @@ pub struct BenchArgs {
     pub timeout: Duration,
 }
 
-use crate::images::Arch;
+/// One row: a `[[bench]]` table of a board.
+struct Row<'a> {
+    board: &'a Board,
+    spec: &'a BenchRow,
+}
 
-/// The QEMU binary of an architecture.
-fn binary(arch: Arch) -> &'static str {
-    match arch {
-        Arch::X86_64 => "qemu-system-x86_64",
-        Arch::S390x => "qemu-system-s390x",
+impl Row<'_> {
+    fn name(&self) -> &str {
+        &self.spec.name
     }
-}
 
-/// How the agent boots on a board.
-#[derive(Clone, Copy, Debug)]
-enum Boot {
-    /// `-kernel <x86_64 ELF>` (PVH) behind the machine's default firmware,
-    /// or behind `-bios <file>`.
-    Kernel { bios: Option<&'static str> },
-    /// `-bios <agent.rom>`: the agent is the firmware ([`rom::build`]).
-    Rom,
-    /// `-kernel <s390x ELF>`: no firmware at all.
-    S390Kernel,
-}
-
-/// What the agent is compared with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Floor {
-    /// `-bios floor.rom` with otherwise the agent's command line.
-    Rom,
-    /// QEMU start to QMP ready, with the agent's command line.
-    QmpReady,
-}
-
-#[derive(Debug)]
-struct Board {
-    name: &'static str,
-    description: &'static str,
-    arch: Arch,
-    machine: &'static str,
-    boot: Boot,
-    floor: Floor,
-}
-
-const BOARDS: &[Board] = &[
-    Board {
-        name: "pc",
-        description: "i440FX, SeaBIOS (default firmware), agent via -kernel (PVH)",
-        arch: Arch::X86_64,
-        machine: "pc",
-        boot: Boot::Kernel { bios: None },
-        floor: Floor::Rom,
-    },
-    Board {
-        name: "pc-qboot",
-        description: "i440FX, qboot, agent via -kernel (PVH); informative",
-        arch: Arch::X86_64,
-        machine: "pc",
-        boot: Boot::Kernel { bios: Some(QBOOT) },
-        floor: Floor::Rom,
-    },
-    Board {
-        name: "pc-fast",
-        description: "i440FX, the agent itself as -bios ROM",
-        arch: Arch::X86_64,
-        machine: "pc",
-        boot: Boot::Rom,
-        floor: Floor::Rom,
-    },
-    Board {
-        name: "q35-fast",
-        description: "Q35, the agent itself as -bios ROM",
-        arch: Arch::X86_64,
-        machine: "q35",
-        boot: Boot::Rom,
-        floor: Floor::Rom,
-    },
-    Board {
-        name: "microvm",
-        description: "microvm, its default firmware bios-microvm.bin (Debian: SeaBIOS; upstream: qboot), agent via -kernel",
-        arch: Arch::X86_64,
-        machine: "microvm",
-        boot: Boot::Kernel { bios: None },
-        floor: Floor::Rom,
-    },
-    Board {
-        name: "s390-ccw-virtio",
-        description: "s390x, agent via -kernel (no firmware), disabled-wait PSW",
-        arch: Arch::S390x,
-        machine: "s390-ccw-virtio",
-        boot: Boot::S390Kernel,
-        floor: Floor::QmpReady,
-    },
-];
-
-impl Board {
     fn image_kind(&self) -> &'static str {
-        match self.boot {
-            Boot::Kernel { .. } | Boot::S390Kernel => "ELF -kernel",
-            Boot::Rom => "ROM -bios",
+        match self.board.boot {
+            Boot::Kernel => "ELF -kernel",
+            Boot::Firmware => "ROM -bios",
         }
     }
 
     fn floor_label(&self) -> &'static str {
-        match self.floor {
-            Floor::Rom => "-bios floor.rom",
-            Floor::QmpReady => "QMP ready",
+        match self.spec.floor {
+            BenchFloor::Rom => "-bios floor.rom",
+            BenchFloor::QmpReady => "QMP ready",
         }
     }
 }
@@ -274,10 +198,10 @@ impl Sample {
     }
 
     /// The measured value of a boot of the floor.
-    fn floor_ms(&self, floor: Floor) -> f64 {
+    fn floor_ms(&self, floor: BenchFloor) -> f64 {
         match floor {
-            Floor::Rom => self.event_ms.unwrap_or(f64::NAN),
-            Floor::QmpReady => self.ready_ms,
+            BenchFloor::Rom => self.event_ms.unwrap_or(f64::NAN),
+            BenchFloor::QmpReady => self.ready_ms,
         }
     }
 }
@@ -375,12 +299,13 @@ pub struct Report {
 const MEASURE: &str = "ms from the host's wall clock just before spawning QEMU to the QMP timestamp of \
     GUEST_PANICKED (floor \"QMP ready\": to reading the answer to qmp_capabilities); agent and floor alternate";
 
-/// Runs the benchmark. Builds the images it needs (x86_64 and/or s390x,
-/// release) with cargo unless `--no-build` or an explicit image is given.
-pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
-    let boards = select(&args.boards)?;
-    let target = agent::target_dir(root);
-    let want = |a: Arch| boards.iter().any(|b| b.arch == a);
+/// Runs the benchmark on the `[[bench]]` rows of `boards`. Builds the images
+/// it needs (x86_64 and/or s390x, release) with cargo unless `--no-build` or
+/// an explicit image is given.
+pub fn run(root: &Path, boards: &[Board], args: &BenchArgs) -> Result<()> {
+    let rows = select(boards, &args.boards)?;
+    let target = crate::util::target_dir(root);
+    let want = |a: Arch| rows.iter().any(|r| r.board.arch == a);
 
     let x86_elf =
         if want(Arch::X86_64) { Some(image(root, Arch::X86_64, args.image.as_deref(), args.no_build)?) } else { None };
@@ -395,12 +320,14 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let mut roms: Vec<(&str, Vec<u8>)> = Vec::new();
     if let Some(elf) = &x86_elf {
         images.x86_64_elf = Some(ElfSizes::read(elf)?);
-        if boards.iter().any(|b| matches!(b.boot, Boot::Rom)) {
+        if rows.iter().any(|r| r.board.boot == Boot::Firmware) {
             let bytes = std::fs::read(elf).with_context(|| format!("reading {}", elf.display()))?;
             let rom = rom::build(&bytes)?;
             images.x86_64_rom_bytes = Some(rom.len() as u64);
             roms.push(("agent.rom", rom));
         }
+    }
+    if rows.iter().any(|r| r.spec.floor == BenchFloor::Rom) {
         let floor = rom::floor();
         images.floor_rom_bytes = Some(floor.len() as u64);
         roms.push(("floor.rom", floor));
@@ -438,30 +365,35 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     write!(out, "{text}")?;
     out.flush()?;
 
-    for b in &boards {
-        let paths =
-            Paths { x86_elf: x86_elf.as_deref(), s390_elf: s390_elf.as_deref(), agent_rom: agent_rom.as_deref() };
-        let agent_argv = argv(b, &paths, Role::Agent, floor_rom.as_deref())?;
-        let floor_argv = argv(b, &paths, Role::Floor, floor_rom.as_deref())?;
-        let want_floor_event = b.floor == Floor::Rom;
+    let paths = Paths {
+        x86_elf: x86_elf.as_deref(),
+        s390_elf: s390_elf.as_deref(),
+        agent_rom: agent_rom.as_deref(),
+        floor_rom: floor_rom.as_deref(),
+    };
+    for r in &rows {
+        let (agent, floor) = commands(r, &paths, &dir)?;
+        agent.write_files()?;
+        let (agent_argv, floor_argv) = (agent.argv(), floor.argv());
+        let want_floor_event = r.spec.floor == BenchFloor::Rom;
         let mut agent_samples = Vec::new();
         let mut floor_samples = Vec::new();
         for i in 0..args.warmup.saturating_add(args.runs) {
             let a = boot(&agent_argv, true, args.timeout, &mut qemus)
-                .with_context(|| format!("board {}: agent boot {}", b.name, i + 1))?;
+                .with_context(|| format!("board {}: agent boot {}", r.name(), i + 1))?;
             let f = boot(&floor_argv, want_floor_event, args.timeout, &mut qemus)
-                .with_context(|| format!("board {}: floor boot {}", b.name, i + 1))?;
+                .with_context(|| format!("board {}: floor boot {}", r.name(), i + 1))?;
             if i >= args.warmup {
                 agent_samples.push(a);
                 floor_samples.push(f);
             }
         }
-        let r = summarize(b, &images, &agent_argv, &floor_argv, agent_samples, floor_samples);
-        let line = row(&r);
+        let res = summarize(r, &images, &agent_argv, &floor_argv, agent_samples, floor_samples);
+        let line = row(&res);
         writeln!(out, "{line}")?;
         out.flush()?;
         let _ = writeln!(text, "{line}");
-        results.push(r);
+        results.push(res);
     }
 
     let host = Host {
@@ -496,30 +428,33 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The boards selected by `--board` patterns (all when none), in table order.
-fn select(patterns: &[String]) -> Result<Vec<&'static Board>> {
+/// The `[[bench]]` rows of `boards` selected by `--board` patterns (all when
+/// none), in board order. A row whose QEMU or firmware is missing is an
+/// error when named, and skipped with a note otherwise.
+fn select<'a>(boards: &'a [Board], patterns: &[String]) -> Result<Vec<Row<'a>>> {
+    let all: Vec<Row<'a>> =
+        boards.iter().flat_map(|board| board.bench.iter().map(move |spec| Row { board, spec })).collect();
     for p in patterns {
-        if !BOARDS.iter().any(|b| glob_match(p, b.name)) {
+        if !all.iter().any(|r| glob_match(p, r.name())) {
             bail!(
                 "no bench board matches `{p}` (boards: {})",
-                BOARDS.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
+                all.iter().map(Row::name).collect::<Vec<_>>().join(", ")
             );
         }
     }
     let mut chosen = Vec::new();
-    for b in BOARDS.iter().filter(|b| patterns.is_empty() || patterns.iter().any(|p| glob_match(p, b.name))) {
-        let missing = if find_program(binary(b.arch)).is_none() {
-            Some(format!("{} is not installed", binary(b.arch)))
-        } else if let Boot::Kernel { bios: Some(f) } = b.boot {
-            (!Path::new(f).is_file()).then(|| format!("{f} does not exist"))
+    for r in all.into_iter().filter(|r| patterns.is_empty() || patterns.iter().any(|p| glob_match(p, r.name()))) {
+        let firmware = r.spec.firmware.as_ref().or(r.board.firmware.as_ref());
+        let missing = if find_program(&r.board.binary).is_none() {
+            Some(format!("{} is not installed", r.board.binary))
         } else {
-            None
+            firmware.filter(|f| !f.is_file()).map(|f| format!("{} does not exist", f.display()))
         };
         match missing {
             // Named explicitly: an error; part of "all": skipped.
-            Some(why) if !patterns.is_empty() => bail!("board {}: {why}", b.name),
-            Some(why) => eprintln!("note: skipping board {}: {why}", b.name),
-            None => chosen.push(b),
+            Some(why) if !patterns.is_empty() => bail!("board {}: {why}", r.name()),
+            Some(why) => eprintln!("note: skipping board {}: {why}", r.name()),
+            None => chosen.push(r),
         }
     }
     if chosen.is_empty() {
@@ -550,54 +485,45 @@ fn write(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
+/// What the rows boot.
 struct Paths<'a> {
     x86_elf: Option<&'a Path>,
     s390_elf: Option<&'a Path>,
     agent_rom: Option<&'a Path>,
+    floor_rom: Option<&'a Path>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Agent,
-    Floor,
+fn need<'p>(p: Option<&'p Path>, what: &str) -> Result<&'p Path> {
+    p.with_context(|| format!("no {what}"))
 }
 
-fn path_arg(p: Option<&Path>, what: &str) -> Result<String> {
-    Ok(p.with_context(|| format!("no {what}"))?.to_string_lossy().into_owned())
-}
-
-/// QEMU's command line of a boot, without the QMP socket. The agent's and
-/// the floor's differ only in the image.
-fn argv(b: &Board, paths: &Paths<'_>, role: Role, floor_rom: Option<&Path>) -> Result<Vec<String>> {
-    let mut v: Vec<String> = [binary(b.arch), "-M", b.machine, "-accel", "tcg", "-m", "128M"]
-        .into_iter()
-        .chain(["-nodefaults", "-no-user-config", "-display", "none", "-S", "-action", "panic=pause"])
-        .map(String::from)
-        .collect();
-    let mut push = |args: &[&str]| v.extend(args.iter().map(|s| s.to_string()));
-    match b.arch {
-        Arch::X86_64 => {
-            let script = Script { text: X86_SCRIPT.into(), delivery: Delivery::FwCfg }.args();
-            push(&["-device", "pvpanic", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
-            push(&[&script[0], &script[1]]);
-            match (role, b.boot) {
-                (Role::Floor, _) => push(&["-bios", &path_arg(floor_rom, "floor ROM")?]),
-                (Role::Agent, Boot::Kernel { bios }) => {
-                    if let Some(f) = bios {
-                        push(&["-bios", f]);
-                    }
-                    push(&["-kernel", &path_arg(paths.x86_elf, "x86_64 image")?]);
-                }
-                (Role::Agent, Boot::Rom) => push(&["-bios", &path_arg(paths.agent_rom, "agent ROM")?]),
-                (Role::Agent, Boot::S390Kernel) => bail!("board {}: s390x boot on x86_64", b.name),
-            }
-        }
-        Arch::S390x => {
-            // The floor is QMP ready of the very same command line.
-            push(&["-kernel", &path_arg(paths.s390_elf, "s390x image")?, "-append", S390_APPEND]);
-        }
+/// The agent's and the floor's command lines of a row, without the QMP
+/// socket: the board's own, with the row's script and arguments. They differ
+/// only in what boots (the floor `rom`: floor.rom as `-bios`, no other
+/// firmware).
+fn commands(r: &Row<'_>, paths: &Paths<'_>, dir: &Path) -> Result<(QemuCmd, QemuCmd)> {
+    let image = match (r.board.arch, r.board.boot) {
+        (Arch::X86_64, Boot::Kernel) => need(paths.x86_elf, "x86_64 image")?,
+        (Arch::X86_64, Boot::Firmware) => need(paths.agent_rom, "agent ROM")?,
+        (Arch::S390x, _) => need(paths.s390_elf, "s390x image")?,
+    };
+    let mut agent = QemuCmd::new(r.board, image)
+        .args(&r.spec.args)
+        .args(&BENCH_ARGS)
+        .script(Some(&r.spec.script), Delivery::of(r.board.script_via, dir));
+    if let Some(f) = &r.spec.firmware {
+        agent.firmware = Some(f.clone());
     }
-    Ok(v)
+    let floor = match r.spec.floor {
+        BenchFloor::Rom => QemuCmd {
+            firmware: None,
+            boot: Boot::Firmware,
+            image: need(paths.floor_rom, "floor ROM")?.to_path_buf(),
+            ..agent.clone()
+        },
+        BenchFloor::QmpReady => agent.clone(),
+    };
+    Ok((agent, floor))
 }
 
 /// One boot: spawn, QMP handshake, `cont`, wait for [`EVENT`] (if
@@ -681,7 +607,7 @@ fn qemu_info(binary: &str, greeting: &Value) -> QemuInfo {
 }
 
 fn summarize(
-    b: &Board,
+    r: &Row<'_>,
     images: &Images,
     agent_argv: &[String],
     floor_argv: &[String],
@@ -689,24 +615,24 @@ fn summarize(
     floor_samples: Vec<Sample>,
 ) -> BoardResult {
     let agent_ms: Vec<f64> = agent_samples.iter().map(Sample::agent_ms).collect();
-    let floor_ms: Vec<f64> = floor_samples.iter().map(|s| s.floor_ms(b.floor)).collect();
+    let floor_ms: Vec<f64> = floor_samples.iter().map(|s| s.floor_ms(r.spec.floor)).collect();
     let ratios: Vec<f64> = agent_ms.iter().zip(&floor_ms).map(|(a, f)| round4(a / f)).collect();
-    let (file, loaded) = match (b.arch, b.boot) {
-        (_, Boot::Rom) => (images.x86_64_rom_bytes.unwrap_or(0), images.x86_64_rom_bytes.unwrap_or(0)),
+    let (file, loaded) = match (r.board.arch, r.board.boot) {
+        (_, Boot::Firmware) => (images.x86_64_rom_bytes.unwrap_or(0), images.x86_64_rom_bytes.unwrap_or(0)),
         (Arch::X86_64, _) => images.x86_64_elf.as_ref().map_or((0, 0), |e| (e.file_bytes, e.load_memsz_bytes)),
         (Arch::S390x, _) => images.s390x_elf.as_ref().map_or((0, 0), |e| (e.file_bytes, e.load_memsz_bytes)),
     };
     BoardResult {
-        board: b.name.to_string(),
-        description: b.description.to_string(),
+        board: r.name().to_string(),
+        description: r.spec.description.clone(),
         agent_cmdline: shell_join(agent_argv),
         floor_cmdline: shell_join(floor_argv),
-        floor_kind: b.floor_label().to_string(),
-        floor_measure: match b.floor {
-            Floor::Rom => format!("{EVENT} of floor.rom"),
-            Floor::QmpReady => "QMP ready (qmp_capabilities answered)".into(),
+        floor_kind: r.floor_label().to_string(),
+        floor_measure: match r.spec.floor {
+            BenchFloor::Rom => format!("{EVENT} of floor.rom"),
+            BenchFloor::QmpReady => "QMP ready (qmp_capabilities answered)".into(),
         },
-        image_kind: b.image_kind().to_string(),
+        image_kind: r.image_kind().to_string(),
         image_file_bytes: file,
         image_loaded_bytes: loaded,
         agent: Stats::of(&agent_ms),
@@ -850,12 +776,32 @@ mod tests {
         assert_eq!(s, Stats { median_ms: 20.0, min_ms: 10.0, max_ms: 30.0 });
     }
 
+    /// The workspace's boards: the bench rows come from their files.
+    fn boards() -> Vec<Board> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        crate::config::load_boards(&root.join("boards"), root).unwrap()
+    }
+
     #[test]
     fn board_selection() {
-        assert!(select(&["nope".into()]).is_err());
+        let boards = boards();
+        assert!(select(&boards, &["nope".into()]).is_err());
         // Patterns are validated before any installation check.
-        let err = select(&["pc-fast".into(), "zzz*".into()]).unwrap_err().to_string();
+        let err = select(&boards, &["pc-fast".into(), "zzz*".into()]).err().unwrap().to_string();
         assert!(err.contains("zzz*"), "{err}");
+        // Every board file's rows, in board order; a board may have several.
+        let rows: Vec<(&str, &str)> =
+            boards.iter().flat_map(|b| b.bench.iter().map(move |r| (b.name.as_str(), r.name.as_str()))).collect();
+        for want in [
+            ("pc", "pc"),
+            ("pc", "pc-qboot"),
+            ("pc-fast", "pc-fast"),
+            ("q35-fast", "q35-fast"),
+            ("microvm", "microvm"),
+            ("s390-ccw-virtio", "s390-ccw-virtio"),
+        ] {
+            assert!(rows.contains(&want), "{want:?} in {rows:?}");
+        }
     }
 
     #[test]
@@ -863,13 +809,16 @@ mod tests {
         let elf = Path::new("/img/pvagent");
         let rom = Path::new("/a/agent.rom");
         let floor = Path::new("/a/floor.rom");
-        let paths = Paths { x86_elf: Some(elf), s390_elf: Some(elf), agent_rom: Some(rom) };
-        for b in BOARDS {
-            let a = argv(b, &paths, Role::Agent, Some(floor)).unwrap();
-            let f = argv(b, &paths, Role::Floor, Some(floor)).unwrap();
-            assert_eq!(a[0], binary(b.arch));
+        let paths = Paths { x86_elf: Some(elf), s390_elf: Some(elf), agent_rom: Some(rom), floor_rom: Some(floor) };
+        let boards = boards();
+        let rows: Vec<Row<'_>> =
+            boards.iter().flat_map(|board| board.bench.iter().map(move |spec| Row { board, spec })).collect();
+        for r in &rows {
+            let (a, f) = commands(r, &paths, Path::new("/a")).unwrap();
+            let (a, f) = (a.argv(), f.argv());
+            assert_eq!(a[0], r.board.binary);
             assert!(a.windows(2).any(|w| w == ["-action", "panic=pause"]), "{a:?}");
-            if b.floor == Floor::Rom {
+            if r.spec.floor == BenchFloor::Rom {
                 assert!(f.windows(2).any(|w| w == ["-bios", "/a/floor.rom"]), "{f:?}");
                 assert!(!f.iter().any(|x| x == "-kernel"), "{f:?}");
                 let strip = |v: &[String]| -> Vec<String> {
@@ -885,15 +834,23 @@ mod tests {
                     }
                     out
                 };
-                assert_eq!(strip(&a), strip(&f), "board {}", b.name);
+                assert_eq!(strip(&a), strip(&f), "board {}", r.name());
             } else {
                 assert_eq!(a, f);
             }
         }
-        let pc_fast = BOARDS.iter().find(|b| b.name == "pc-fast").unwrap();
-        let a = argv(pc_fast, &paths, Role::Agent, Some(floor)).unwrap();
+        let pc_fast = rows.iter().find(|r| r.name() == "pc-fast").unwrap();
+        let a = commands(pc_fast, &paths, Path::new("/a")).unwrap().0.argv();
         assert!(a.windows(2).any(|w| w == ["-bios", "/a/agent.rom"]), "{a:?}");
         assert!(a.iter().any(|x| x == "name=opt/pvagent/script,string=pvpanic.panicked"), "{a:?}");
+        let qboot = rows.iter().find(|r| r.name() == "pc-qboot").unwrap();
+        let a = commands(qboot, &paths, Path::new("/a")).unwrap().0.argv();
+        let bios = a.iter().position(|x| x == "-bios").unwrap();
+        assert_eq!(a[bios + 1], "/usr/share/qemu/qboot.rom");
+        assert!(bios < a.iter().position(|x| x == "-kernel").unwrap());
+        let s390 = rows.iter().find(|r| r.name() == "s390-ccw-virtio").unwrap();
+        let a = commands(s390, &paths, Path::new("/a")).unwrap().0.argv();
+        assert_eq!(&a[a.len() - 4..], ["-kernel", "/img/pvagent", "-append", "s390.disabled-wait:0x12340"]);
     }
 
     #[test]

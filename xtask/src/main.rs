@@ -148,7 +148,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Bench(args) => {
-            xtask::bench::run(&root, &args)?;
+            let project = Project::load(&root, None)?;
+            xtask::bench::run(&root, &project.boards, &args)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Build => {

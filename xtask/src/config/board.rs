@@ -33,6 +33,20 @@ struct BoardFile {
     #[serde(default)]
     requires: Vec<String>,
     instead_of: Option<String>,
+    #[serde(default)]
+    bench: Vec<BenchFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BenchFile {
+    name: Option<String>,
+    description: String,
+    floor: BenchFloor,
+    script: String,
+    #[serde(default)]
+    args: Vec<String>,
+    firmware: Option<String>,
 }
 
 /// One QEMU machine configuration (a `boards/<name>.toml`).
@@ -64,6 +78,37 @@ pub struct Board {
     pub groups: Vec<String>,
     /// How and where the board runs: `kind`, `requires`, `instead_of`.
     pub launch: Launch,
+    /// Its rows of `cargo xtask bench` (`[[bench]]`, none: no row).
+    pub bench: Vec<BenchRow>,
+}
+
+/// One row of `cargo xtask bench` (a `[[bench]]` table): the agent booted
+/// on the board with `script`, against a floor with the same command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BenchRow {
+    /// The row's name (default: the board's).
+    pub name: String,
+    pub description: String,
+    pub floor: BenchFloor,
+    /// The agent's script (through the board's `script_via`); it must end
+    /// in GUEST_PANICKED.
+    pub script: String,
+    /// Arguments of both boots, after the board's.
+    pub args: Vec<String>,
+    /// `-bios` in front of the agent's `-kernel` instead of the board's
+    /// `firmware`, resolved against the workspace root.
+    pub firmware: Option<PathBuf>,
+}
+
+/// What a bench row's agent is compared with (`floor = …`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchFloor {
+    /// `-bios floor.rom` instead of the agent (x86_64: a ROM whose reset
+    /// vector writes "panicked" to the ISA pvpanic port), to GUEST_PANICKED.
+    Rom,
+    /// The same command line, to QMP ready (`qmp_capabilities` answered).
+    QmpReady,
 }
 
 /// How the agent starts on a board (`boot = …` in the board file).
@@ -116,7 +161,7 @@ pub enum BoardKind {
 }
 
 /// A host capability a board needs (`requires = [...]`); whether this host
-/// has it is probed by the runner (`nested_run::feature_available`).
+/// has it is probed by the launchers (`launch::feature_available`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum HostFeature {
     /// `/dev/kvm` can be opened read-write.
@@ -164,7 +209,8 @@ pub fn parse(file: &Path, text: &str, root: &Path) -> Result<Board, ConfigError>
     let at = Place::new(file.display().to_string());
     let fix = "a board file has exactly the fields name, description, arch, binary, machine, \
                accel, memory, package, args and optionally cpu, firmware, boot, script_via, groups, \
-               kind, requires and instead_of (see boards/pc.toml, boards/hyperv-nested.toml)";
+               kind, requires, instead_of and [[bench]] tables (see boards/pc.toml, \
+               boards/hyperv-nested.toml)";
     let b: BoardFile = at.deserialize(toml::Value::Table(at.parse_toml(text)?), fix)?;
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
     if b.name != stem {
@@ -217,10 +263,53 @@ pub fn parse(file: &Path, text: &str, root: &Path) -> Result<Board, ConfigError>
     }
     let launch = parse_launch(b.kind.as_deref(), &b.requires, b.instead_of.as_deref())
         .map_err(|(field, p)| at.problem(Some(field), p))?;
-    let firmware = b.firmware.as_ref().map(|f| {
+    let resolve = |f: &String| {
         let p = PathBuf::from(f);
         if p.is_absolute() { p } else { root.join(p) }
-    });
+    };
+    let firmware = b.firmware.as_ref().map(resolve);
+    let mut bench: Vec<BenchRow> = Vec::new();
+    for r in &b.bench {
+        let name = r.name.clone().unwrap_or_else(|| b.name.clone());
+        let row = at.within(format!("bench row `{name}`"));
+        if !valid_name(&name) {
+            return Err(row.field("name", format!("\"{name}\" is not a valid bench row name"), NAME_FIX));
+        }
+        if bench.iter().any(|x| x.name == name) {
+            return Err(row.field("name", "is used twice", "give each [[bench]] row its own `name`"));
+        }
+        if launch.kind != BoardKind::Qemu {
+            return Err(row.error(
+                "bench boots the board's QEMU on this host, and this board's runs elsewhere",
+                "remove the [[bench]] table",
+            ));
+        }
+        if r.floor == BenchFloor::Rom && arch != Arch::X86_64 {
+            return Err(row.field(
+                "floor",
+                format!("\"rom\" is an x86_64 reset vector, this board is {arch}"),
+                "use floor = \"qmp-ready\"",
+            ));
+        }
+        if r.script.trim().is_empty() {
+            return Err(row.field("script", "is empty", "give the script that ends in GUEST_PANICKED"));
+        }
+        if r.firmware.is_some() && boot == Boot::Firmware {
+            return Err(row.field(
+                "firmware",
+                "the agent is this board's firmware (boot = \"firmware\")",
+                "remove `firmware`",
+            ));
+        }
+        bench.push(BenchRow {
+            name,
+            description: r.description.clone(),
+            floor: r.floor,
+            script: r.script.clone(),
+            args: r.args.clone(),
+            firmware: r.firmware.as_ref().map(resolve),
+        });
+    }
     Ok(Board {
         name: b.name,
         description: b.description,
@@ -238,6 +327,7 @@ pub fn parse(file: &Path, text: &str, root: &Path) -> Result<Board, ConfigError>
         script_via,
         groups: b.groups,
         launch,
+        bench,
     })
 }
 
@@ -353,8 +443,18 @@ pub fn check_boards(boards: &mut [Board]) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let requires: BTreeMap<String, (Vec<HostFeature>, bool)> =
         boards.iter().map(|b| (b.name.clone(), (b.launch.requires.clone(), b.launch.instead_of.is_some()))).collect();
+    let mut bench_rows: BTreeMap<String, String> = BTreeMap::new();
     for b in boards.iter_mut() {
         let at = Place::new(b.file.display().to_string());
+        for r in &b.bench {
+            if let Some(other) = bench_rows.insert(r.name.clone(), b.name.clone()) {
+                errors.push(at.within(format!("bench row `{}`", r.name)).field(
+                    "name",
+                    format!("board `{other}` has a bench row of that name"),
+                    "give the row another `name`",
+                ));
+            }
+        }
         let mut err = |field: &str, msg: String, fix: String| errors.push(at.field(field, msg, fix));
         if let Some(other) = b.launch.instead_of.clone() {
             match requires.get(&other) {
@@ -525,6 +625,41 @@ mod tests {
         assert!(e.contains("-append needs -kernel"), "{e}");
         let e = parse_pc(&format!("{PC}groups = [\"a b\"]\n")).unwrap_err();
         assert!(e.contains("`groups`"), "{e}");
+    }
+
+    #[test]
+    fn bench_rows() {
+        let row = "[[bench]]\ndescription = \"d\"\nfloor = \"rom\"\nscript = \"pvpanic.panicked\"\n";
+        let b = parse_pc(&format!(
+            "{PC}{row}args = [\"-device\", \"pvpanic\"]\n{row}name = \"pc-qboot\"\nfirmware = \"q.rom\"\n"
+        ))
+        .unwrap();
+        assert_eq!(b.bench.len(), 2);
+        assert_eq!((b.bench[0].name.as_str(), b.bench[0].floor), ("pc", BenchFloor::Rom));
+        assert_eq!(b.bench[0].args, ["-device", "pvpanic"]);
+        assert_eq!(b.bench[1].firmware.as_deref(), Some(Path::new("/w/q.rom")));
+        assert!(parse_pc(PC).unwrap().bench.is_empty());
+        let e = parse_pc(&format!("{PC}{row}{row}")).unwrap_err();
+        assert_eq!(
+            e,
+            "boards/pc.toml: bench row `pc`: field `name`: is used twice\n  fix: give each [[bench]] row its own `name`"
+        );
+        let e = parse_pc(&format!("{PC}{row}floor2 = 1\n")).unwrap_err();
+        assert!(e.contains("floor2") && e.contains("fix:"), "{e}");
+        let e = parse_pc(&format!("{PC}{}", row.replace("rom", "bios"))).unwrap_err();
+        assert!(e.contains("bios") && e.contains("qmp-ready"), "{e}");
+        let e = parse_pc(&format!("{PC}{}", row.replace("pvpanic.panicked", " "))).unwrap_err();
+        assert!(e.contains("field `script`: is empty"), "{e}");
+        let s390 = |extra: &str| parse(Path::new("boards/s390.toml"), &format!("{S390}{extra}"), Path::new("/w"));
+        let e = s390(row).unwrap_err().to_string();
+        assert!(e.contains("bench row `s390`: field `floor`: \"rom\" is an x86_64 reset vector"), "{e}");
+        assert_eq!(s390(&row.replace("\"rom\"", "\"qmp-ready\"")).unwrap().bench[0].floor, BenchFloor::QmpReady);
+        let e = hv(&format!("kind = \"nested-hyperv\"\ncpu = \"qemu64,hv-crash\"\n{row}")).unwrap_err();
+        assert!(e.contains("bench row `hv`") && e.contains("remove the [[bench]] table"), "{e}");
+        let x = format!("{row}name = \"x\"\n");
+        let mut two = vec![named("a", &x), named("b", &x)];
+        let e = check(&mut two);
+        assert!(e.contains("boards/b.toml: bench row `x`: field `name`: board `a` has a bench row"), "{e}");
     }
 
     // ── kind, requires, instead_of (moved here from nested_run.rs) ──
