@@ -2,9 +2,10 @@
 //! arbitrary bytes, with a real image's defmt table: the x86_64 image at
 //! `$PVAGENT_FUZZ_ELF`, by default the workspace's release image
 //! (`cargo xtask build`; `cargo xtask fuzz decode` builds it and sets the
-//! variable). Checked: decoding returns, keeps its bounds, says "this
-//! build" only for a log that names it, and the s390x form (`D:<hex>`
-//! lines) of the same bytes decodes to the same lines.
+//! variable). Checked: decoding returns, keeps its bounds, prints no
+//! control character, says "this build" only for a log that names it, and
+//! the s390x form (`D:<hex>` lines) of the same bytes decodes to the same
+//! lines.
 #![no_main]
 
 use std::path::PathBuf;
@@ -30,6 +31,9 @@ fuzz_target!(|data: &[u8]| {
     let d = TABLE.decode_log(data);
     assert!(d.lines.len() <= MAX_LINES + 1);
     assert!(d.frames + d.malformed <= data.len());
+    for line in &d.lines {
+        assert!(!line.chars().any(|c| c.is_control() && c != '\t'), "a control character in {line:?}");
+    }
     match &d.build {
         BuildCheck::Match => {
             let id = TABLE.build_id().expect("a match needs the image's id");

@@ -152,10 +152,11 @@ impl LogTable {
                             dec.received(&[0]);
                             match dec.decode() {
                                 Ok(f) => {
+                                    let message = f.display_message().to_string();
                                     if banner.is_none() {
-                                        banner = banner_build_id(&f.display_message().to_string());
+                                        banner = banner_build_id(&message);
                                     }
-                                    out.frame(self.format(&f));
+                                    out.frame(self.format(&f, &message));
                                 }
                                 Err(_) => out.malformed(),
                             }
@@ -163,7 +164,7 @@ impl LogTable {
                         }
                     }
                 }
-                Chunk::Text(text) => out.text(format!("TEXT  {text}")),
+                Chunk::Text(text) => out.text(format!("TEXT  {}", escape_controls(&text))),
             }
         }
         // Bytes after the last 0x00 are a frame cut off (e.g. QEMU was
@@ -181,18 +182,36 @@ impl LogTable {
         out.finish(frame.len(), build)
     }
 
-    fn format(&self, frame: &Frame<'_>) -> String {
+    fn format(&self, frame: &Frame<'_>, message: &str) -> String {
         let level = frame.level().map(|l| l.as_str().to_ascii_uppercase()).unwrap_or_else(|| "PRINT".into());
         let mut line = String::new();
         if let Some(ts) = frame.display_timestamp() {
             line.push_str(&format!("{ts} "));
         }
-        line.push_str(&format!("{level:<5} {}", frame.display_message()));
+        line.push_str(&format!("{level:<5} {}", escape_controls(message)));
         if let Some(loc) = self.locations.as_ref().and_then(|l| l.get(&frame.index())) {
             line.push_str(&format!("  ({}:{})", loc.file.display(), loc.line));
         }
         line
     }
+}
+
+/// `text` with its control characters but tabs escaped (`\u{1b}`): a log
+/// line (a `log:` step's text, a string from a foreign table) must not
+/// drive the terminal it is printed on.
+pub fn escape_controls(text: &str) -> String {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Collects the lines of a log, at most [`MAX_LINES`]; a run of malformed
@@ -596,6 +615,19 @@ mod tests {
         let d = table(Some(ID)).decode_log(&[frame(9, &[]), frame(9, &[])].concat());
         assert_eq!((d.build, d.malformed), (BuildCheck::NoBanner, 2));
         assert_eq!(d.lines, ["<2 malformed defmt frames skipped>"]);
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let hex: String = banner("0123456789abcdef\u{1b}[2J").iter().map(|b| format!("{b:02x}")).collect();
+        let log = format!("D:{hex}\n\u{1b}]0;x\u{7}\n");
+        let d = table(Some(ID)).decode_log(log.as_bytes());
+        assert_eq!(
+            d.lines,
+            ["INFO  pvagent 0.1.0 build 0123456789abcdef\\u{1b}[2J (x86_64, PVH), boot 1", "TEXT  \\u{1b}]0;x\\u{7}"]
+        );
+        assert_eq!(escape_controls("a\tb\u{0}c\r"), "a\tb\\u{0}c\\r");
+        assert_eq!(escape_controls("plain"), "plain");
     }
 
     #[test]

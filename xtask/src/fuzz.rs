@@ -181,7 +181,7 @@ fn ensure_toolchain(root: &Path, channel: &str) -> Result<()> {
         Ok(out) if out.status.success() => out,
         Ok(out) => bail!("`rustup toolchain list` failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
         Err(e) => bail!(
-            "fuzzing needs rustup, to install the nightly {channel} it is pinned to (fuzz/rust-toolchain.toml): \
+            "fuzzing needs rustup, to install the toolchain {channel} it is pinned to (fuzz/rust-toolchain.toml): \
              running rustup failed: {e}. Install rustup (https://rustup.rs), then run this again"
         ),
     };
@@ -211,8 +211,8 @@ fn ensure_cargo_fuzz(root: &Path, channel: &str) -> Result<()> {
         .context("running `cargo install cargo-fuzz --locked`")?;
     if !st.success() {
         bail!(
-            "`cargo install cargo-fuzz --locked` failed ({st}); fuzzing needs cargo-fuzz (it comes from crates.io: \
-             install it there, then run this again)"
+            "`cargo install cargo-fuzz --locked` failed ({st}); fuzzing needs cargo-fuzz, a crate of crates.io: \
+             install it where crates.io is reachable (the same command), then run this again"
         );
     }
     Ok(())
