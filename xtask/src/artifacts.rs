@@ -54,15 +54,6 @@ fn flock(file: &File, nonblocking: bool) -> std::io::Result<bool> {
     }
 }
 
-/// Is the run in `dir` still going on (its lock held by a live process)?
-/// A directory without a lock file (older tools) counts as finished.
-pub fn run_is_alive(dir: &Path) -> bool {
-    match File::open(dir.join(LOCK_FILE)) {
-        Ok(f) => !flock(&f, true).unwrap_or(true),
-        Err(_) => false,
-    }
-}
-
 /// Creates `<root>/<UTC stamp>-<pid>[-n]` with its lock held for the rest of
 /// this process, points `latest` at it and prunes old runs that are over.
 pub fn new_run_dir(runs_root: &Path) -> Result<PathBuf> {
@@ -119,15 +110,8 @@ fn run_dirs(runs_root: &Path) -> Vec<PathBuf> {
 }
 
 /// Removes all but the `keep` newest run directories, never `current` and
-/// never a run that is still going on ([`run_is_alive`]).
-pub fn prune(runs_root: &Path, keep: usize, current: &Path) {
-    let Ok(guard) = File::create(runs_root.join(CREATE_LOCK)) else { return };
-    if flock(&guard, false).is_ok() {
-        prune_locked(runs_root, keep, current);
-    }
-}
-
-/// [`prune`], with [`CREATE_LOCK`] held by the caller.
+/// never a run that is still going on (its lock held). [`CREATE_LOCK`] is
+/// held by the caller.
 fn prune_locked(runs_root: &Path, keep: usize, current: &Path) {
     let dirs = run_dirs(runs_root);
     if dirs.len() <= keep {
@@ -154,6 +138,25 @@ fn prune_locked(runs_root: &Path, keep: usize, current: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Is the run in `dir` still going on (its lock held by a live process)?
+    /// A directory without a lock file (older tools) counts as finished.
+    fn run_is_alive(dir: &Path) -> bool {
+        match File::open(dir.join(LOCK_FILE)) {
+            Ok(f) => !flock(&f, true).unwrap_or(true),
+            Err(_) => false,
+        }
+    }
+
+    /// Removes all but the `keep` newest run directories, never `current` and
+    /// never a run that is still going on ([`run_is_alive`]), as
+    /// [`new_run_dir`] does.
+    fn prune(runs_root: &Path, keep: usize, current: &Path) {
+        let Ok(guard) = File::create(runs_root.join(CREATE_LOCK)) else { return };
+        if flock(&guard, false).is_ok() {
+            prune_locked(runs_root, keep, current);
+        }
+    }
 
     #[test]
     fn keeps_ten_newest_and_latest() {

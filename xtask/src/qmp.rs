@@ -185,7 +185,8 @@ impl Reader {
     }
 
     /// Bytes received that do not yet form a whole line.
-    pub fn buffered(&self) -> usize {
+    #[cfg(test)]
+    fn buffered(&self) -> usize {
         self.buf.len()
     }
 

@@ -38,11 +38,6 @@ pub struct RunEnv {
 }
 
 impl RunEnv {
-    /// One image (its architecture read from the ELF header).
-    pub fn new(image: PathBuf, run_dir: PathBuf) -> RunEnv {
-        RunEnv { images: Arc::new(Images::single(image, run_dir.clone())), run_dir }
-    }
-
     /// Several images (architecture → ELF); `-bios` ROMs go to the run dir.
     pub fn with_images(images: BTreeMap<Arch, PathBuf>, run_dir: PathBuf) -> RunEnv {
         RunEnv { images: Arc::new(Images::new(images, run_dir.clone())), run_dir }
@@ -1009,7 +1004,7 @@ package = "qemu-system-x86"
         b.binary = bin.to_string_lossy().into_owned();
         let image = tmp.path().join("image");
         std::fs::write(&image, b"not an ELF").unwrap();
-        let env = RunEnv::new(image, tmp.path().join("run"));
+        let env = RunEnv::with_images(BTreeMap::from([(Arch::X86_64, image)]), tmp.path().join("run"));
         let spec = RunSpec {
             board: b,
             extra_args: vec![],

@@ -161,7 +161,7 @@ pub enum BoardKind {
 }
 
 /// A host capability a board needs (`requires = [...]`); whether this host
-/// has it is probed by the launchers (`launch::feature_available`).
+/// has it is probed by the launchers (`launch/host.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum HostFeature {
     /// `/dev/kvm` can be opened read-write.

@@ -17,7 +17,7 @@ pub(super) fn memo(key: String, f: impl FnOnce() -> Result<(), String>) -> Resul
 }
 
 /// Is `f` available on this host? (Memoized.)
-pub fn feature_available(f: HostFeature) -> Result<(), String> {
+fn feature_available(f: HostFeature) -> Result<(), String> {
     memo(format!("feature {}", f.name()), || match f {
         HostFeature::Kvm => std::fs::OpenOptions::new()
             .read(true)

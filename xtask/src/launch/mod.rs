@@ -28,9 +28,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-pub use host::feature_available;
-pub use local::Local;
-pub use nested::Nested;
+use local::Local;
+use nested::Nested;
 
 use crate::config::{Board, BoardKind};
 use crate::qemu::{self, QemuProcess, QmpListener, Session, Start};
