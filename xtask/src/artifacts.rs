@@ -204,6 +204,12 @@ mod tests {
         // This process's own runs are alive too: none of them was pruned.
         assert!(mine.iter().all(|d| d.exists() && run_is_alive(d)));
         drop(held);
+        // A child forked meanwhile by another test thread shares the lock
+        // until it execs (the descriptor is close-on-exec): give it a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while run_is_alive(&other) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert!(!run_is_alive(&other));
         new_run_dir(&root).unwrap();
         assert!(!other.exists(), "a finished run is pruned");

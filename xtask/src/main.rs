@@ -232,7 +232,7 @@ fn select_boards<'a>(project: &'a Project, names: &[String]) -> Result<Vec<&'a B
 
 fn table_run(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
     let project = Project::load(root, args.scenarios_file.as_deref())?;
-    let cases = xtask::config::expand_cases(&project.boards, &project.table, &args.boards, &args.scenarios)
+    let cases = xtask::cases::expand_cases(&project.boards, &project.table, &args.boards, &args.scenarios)
         .map_err(anyhow::Error::msg)?;
     if cases.is_empty() {
         bail!("no scenario matches the given --board/--scenario filters");

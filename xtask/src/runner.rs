@@ -2,7 +2,8 @@
 //! judging it.
 //!
 //! Each run is self-contained (own QEMU, own socket dir, own artifact dir),
-//! so several can run in parallel threads ([`crate::schedule`] runs many).
+//! so several can run in parallel threads (the scheduler, `schedule.rs`,
+//! runs many).
 //! How the board's QEMU is started is its launcher's business
 //! ([`crate::launch`]): the runner builds the run's command line, asks the
 //! launcher for the session, watches the events and judges.
@@ -17,11 +18,12 @@ use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
 
 use crate::agent;
-use crate::config::{Board, Case, End, ExpectEntry, QmpCommand, ScriptVia, WATCHED_EVENTS};
+use crate::cases::Case;
+use crate::config::{Board, End, QmpCommand, ScriptVia};
 use crate::defmt_log::{self, LogTable};
 use crate::images::{AgentImage, Arch, Images};
 use crate::launch::{self, Ending, EventClock, Launcher};
-use crate::matcher::{self, Progress};
+use crate::matcher::{self, ExpectEntry, Progress, WATCHED_EVENTS};
 use crate::qemu::{self, QemuProcess, first_lines};
 use crate::qemu_cmd::{Delivery, QemuCmd};
 use crate::qmp::{Message, Polled, Qmp, QmpEvent};
@@ -689,7 +691,7 @@ pub fn qemu_unavailable(board: &Board, problem: &str, ci: bool) -> QemuUnavailab
 /// `admit` is called with the board's launcher once the case is known to
 /// run, right before its QEMU starts, and may wait; what it returns is held
 /// until the case is done (a concurrency slot, an admission ticket: see
-/// [`crate::schedule`]). The wall time counts from its return.
+/// `schedule.rs`). The wall time counts from its return.
 pub fn run_case<G>(case: &Case, env: &RunEnv, admit: impl FnOnce(&dyn Launcher) -> G) -> CaseResult {
     let mut res = CaseResult {
         board: case.board.name.clone(),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::admission::ADMISSION;
-use crate::config::Case;
+use crate::cases::Case;
 use crate::runner::{self, CaseResult, RunEnv, Status};
 
 /// Runs one case (see [`runner::run_case`]) once it may start: after its
@@ -184,7 +184,7 @@ mod tests {
             &[board()],
         )
         .unwrap();
-        let cases = crate::config::expand_cases(&[board()], &table, &[], &[]).unwrap();
+        let cases = crate::cases::expand_cases(&[board()], &table, &[], &[]).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         assert_eq!(longest_first(&cases, tmp.path()), [0, 1, 2]);
         let write = |dir: &str, body: &str| {
@@ -214,7 +214,7 @@ mod tests {
             &[board()],
         )
         .unwrap();
-        let cases = crate::config::expand_cases(&[board()], &table, &[], &[]).unwrap();
+        let cases = crate::cases::expand_cases(&[board()], &table, &[], &[]).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         // Nothing known: by timeout (50 s first), ties in table order.
         assert_eq!(longest_first(&cases, tmp.path()), [2, 0, 1]);

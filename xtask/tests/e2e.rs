@@ -24,7 +24,7 @@ use std::sync::{Arc, OnceLock};
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
-use xtask::config::{Case, expand_cases};
+use xtask::cases::{Case, expand_cases};
 use xtask::images::{self, Arch};
 use xtask::runner::{self, RunEnv, Verdict};
 use xtask::{Project, agent, artifacts, qemu, schedule, util};

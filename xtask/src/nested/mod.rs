@@ -42,7 +42,7 @@
 //!
 //! Use: [`prepare`] once per harness run, then per boot create the QMP
 //! listener, [`command`]`(&env, &run)`, spawn it, accept, and speak QMP
-//! (`crate::launch`'s nested launcher does exactly that).
+//! (the nested board's launcher does exactly that).
 //!
 //! [`prepare`] assembles L1's kernel and initramfs from Debian packages
 //! (`linux-image-cloud-amd64`, `busybox-static`, fetched with `apt-get
