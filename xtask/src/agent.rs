@@ -5,17 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-
 pub use pvagent::exit::{ErrorExit, qemu_status};
 /// fw_cfg file the agent reads its script from.
 pub use pvagent::fw_cfg::SCRIPT_FILE as SCRIPT_FW_CFG_NAME;
 pub use pvagent::script::{MAX_DURATION_US, MAX_SCRIPT_LEN, MAX_STEP_LEN, MAX_STEPS, MAX_USER_EXIT_CODE};
-
-/// Cargo package and target of the x86_64 image (every architecture's
-/// target: [`crate::images::Arch::target`]).
-pub const PACKAGE: &str = "pvagent";
-pub const TARGET: &str = "x86_64-unknown-none";
 
 /// isa-debug-exit values written by the agent (port 0xf4, 4 bytes) …
 pub const DEBUG_EXIT_SCRIPT_ERROR: u32 = ErrorExit::Script.code() as u32;
@@ -57,30 +50,8 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-/// Cargo's target directory (`CARGO_TARGET_DIR` respected; relative values
-/// are relative to the workspace root, where cargo is run).
-pub fn target_dir(root: &Path) -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => {
-            let p = PathBuf::from(d);
-            if p.is_absolute() { p } else { root.join(p) }
-        }
-        _ => root.join("target"),
-    }
-}
-
-/// Where `cargo build --release -p pvagent --target x86_64-unknown-none` puts the image.
-pub fn image_path(root: &Path) -> PathBuf {
-    target_dir(root).join(TARGET).join("release").join(PACKAGE)
-}
-
-/// Builds the x86_64 image and returns its path (all architectures:
-/// [`crate::images::build`]).
-pub fn build_image(root: &Path) -> Result<PathBuf> {
-    use crate::images::{Arch, build};
-    let mut built = build(root, &[Arch::X86_64].into())?;
-    built.remove(&Arch::X86_64).context("no x86_64 image built")
-}
+/// Cargo's target directory (one definition, in util).
+pub use crate::util::target_dir;
 
 #[cfg(test)]
 mod tests {

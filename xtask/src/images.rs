@@ -150,13 +150,6 @@ impl Images {
         Images { images, rom_dir }
     }
 
-    /// One image whose architecture is read from its ELF header (falls back
-    /// to x86_64 when it cannot be read; booting then reports the problem).
-    pub fn single(image: PathBuf, rom_dir: PathBuf) -> Images {
-        let arch = arch_of_file(&image).unwrap_or(Arch::X86_64);
-        Images::new(BTreeMap::from([(arch, image)]), rom_dir)
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = &AgentImage> {
         self.images.values()
     }

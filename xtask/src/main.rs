@@ -129,7 +129,7 @@ fn parse_dur(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn main() -> ExitCode {
-    xtask::qemu::install_ctrlc_handler();
+    xtask::qemu::install_signal_handlers();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -85,7 +85,7 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
 /// first of them: say which arrived, forward it to the child tools started
 /// with [`status_forwarding_signals`] and wait for them, kill every QEMU,
 /// remove the temp dirs, and exit with 128 + the signal number.
-pub fn install_ctrlc_handler() {
+pub fn install_signal_handlers() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if let Err(e) = install_stop_handler() {

@@ -112,7 +112,7 @@ fn default_threads() -> usize {
 fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = args.test_threads.or_else(|| Some(default_threads()));
-    qemu::install_ctrlc_handler();
+    qemu::install_signal_handlers();
     let root = agent::workspace_root();
     let shared = Arc::new(Shared { root: root.clone(), arches: OnceLock::new(), env: OnceLock::new() });
     let trials: Vec<Trial> = match Project::load(&root, None)

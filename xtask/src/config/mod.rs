@@ -20,7 +20,6 @@ pub(crate) mod fixtures;
 pub use board::{Board, BoardKind, Boot, HostFeature, Launch, ScriptVia};
 pub use scenario::{DEFAULT_SETTLE, DEFAULT_TIMEOUT, End, QmpCommand, RUN_STATES, Scenario, Scenarios, Variant};
 
-pub use crate::cases::{Case, expand_cases};
 pub use crate::error::ConfigError;
 pub use crate::matcher::{ExpectEntry, Expected, WATCHED_EVENTS};
 
