@@ -127,8 +127,21 @@ impl FileEntry {
         &self.name[..end]
     }
 
+    /// Whether the entry's name is `name`. Byte by byte, stopping at the
+    /// first difference: the agent compares every entry of the directory
+    /// with two names while it boots, and a call into `memcmp` costs more
+    /// than the compare itself the first time it runs under TCG.
     pub fn is(&self, name: &str) -> bool {
-        self.name() == name.as_bytes()
+        let name = name.as_bytes();
+        for (i, &byte) in self.name.iter().enumerate() {
+            if byte == 0 {
+                return i == name.len();
+            }
+            if name.get(i) != Some(&byte) {
+                return false;
+            }
+        }
+        name.len() == self.name.len()
     }
 }
 
@@ -243,6 +256,29 @@ mod hw {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_compare_up_to_their_terminator() {
+        let entry = |name: &[u8]| {
+            let mut raw = [0u8; DIR_ENTRY_LEN];
+            raw[8..8 + name.len()].copy_from_slice(name);
+            FileEntry::parse(&raw)
+        };
+        let full = [b'a'; 56];
+        assert!(entry(&full).is(core::str::from_utf8(&full).unwrap()));
+        assert!(!entry(&full).is(core::str::from_utf8(&full[..55]).unwrap()));
+        let longer = [b'a'; 57];
+        assert!(!entry(&full).is(core::str::from_utf8(&longer).unwrap()));
+        assert!(entry(b"").is(""));
+        assert!(!entry(b"").is("a"));
+        assert!(!entry(b"ab").is("a"));
+        assert!(!entry(b"a").is("ab"));
+        // A NUL inside the name asked for never matches (the entry's name
+        // ends at its first NUL).
+        assert!(!entry(b"a").is("a\0b"));
+        assert!(!entry(b"a\0b").is("a\0b"));
+        assert!(entry(b"a\0b").is("a"));
+    }
 
     #[test]
     fn parses_a_directory_entry() {

@@ -36,7 +36,7 @@ impl PvEvent {
 
     /// The event a script names (`pvpanic.<name>`).
     pub fn from_name(name: &str) -> Option<Self> {
-        PvEvent::ALL.into_iter().find(|e| e.name() == name)
+        PvEvent::ALL.into_iter().find(|e| crate::script::same(e.name(), name))
     }
 }
 
@@ -55,11 +55,16 @@ pub enum PvDevice {
 impl PvDevice {
     /// The device a script names (the part of the verb before the dot).
     pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "pvpanic" => Some(PvDevice::Any),
-            "pvpanic-isa" => Some(PvDevice::Isa),
-            "pvpanic-pci" => Some(PvDevice::Pci),
-            _ => None,
+        [PvDevice::Any, PvDevice::Isa, PvDevice::Pci].into_iter().find(|d| crate::script::same(d.name(), name))
+    }
+
+    /// The name a script uses for the device (the part of the verb before
+    /// the dot).
+    pub const fn name(self) -> &'static str {
+        match self {
+            PvDevice::Any => "pvpanic",
+            PvDevice::Isa => "pvpanic-isa",
+            PvDevice::Pci => "pvpanic-pci",
         }
     }
 }

@@ -379,6 +379,27 @@ fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
+/// `a == b`, one shared loop for every name the parser compares (verbs,
+/// events, options, units). `==` on strings calls `memcmp`, and a `match`
+/// on string literals compares byte by byte with a branch each: under TCG
+/// every piece of code that runs for the first time is translated first,
+/// which is most of what the agent's start costs.
+#[inline(never)]
+pub fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 // The parser never indexes a `str` (`&s[a..b]`, `split_at`) nor uses
 // `core`'s char searcher (`find`, `split`, `split_once` on a char): their
 // failure paths panic with a formatted message, which would pull
@@ -431,14 +452,26 @@ pub fn is_blank_bytes(bytes: &[u8]) -> bool {
 
 /// Parses a number: decimal, or hexadecimal after `0x`.
 pub fn parse_number(s: &str) -> Option<u64> {
-    let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => (hex, 16),
-        None => (s, 10),
+    let bytes = s.as_bytes();
+    let (digits, radix) = match bytes {
+        [b'0', b'x' | b'X', hex @ ..] => (hex, 16),
+        _ => (bytes, 10),
     };
-    if digits.is_empty() || !digits.bytes().all(|b| (b as char).is_digit(radix)) {
+    if digits.is_empty() {
         return None;
     }
-    u64::from_str_radix(digits, radix).ok()
+    // One loop, no `from_str_radix`: it is the whole of what runs.
+    let mut value = 0u64;
+    for &b in digits {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' if radix == 16 => b - b'a' + 10,
+            b'A'..=b'F' if radix == 16 => b - b'A' + 10,
+            _ => return None,
+        };
+        value = value.checked_mul(radix)?.checked_add(u64::from(digit))?;
+    }
+    Some(value)
 }
 
 /// Why a duration did not parse.
@@ -462,18 +495,19 @@ pub fn parse_duration_us(s: &str) -> Result<u64, DurationError> {
     // Every byte before `unit_at` is ASCII, so the cut is a boundary.
     let (num, unit) = s.split_at_checked(unit_at).ok_or(DurationError::BadNumber)?;
     let value = parse_number(num).ok_or(DurationError::BadNumber)?;
-    let scale = match unit {
-        "us" => 1,
-        "ms" => 1_000,
-        "s" => 1_000_000,
-        "" => return Err(DurationError::MissingUnit),
-        _ => {
-            // "12x3ms": the number is followed by garbage, not by a unit.
-            if unit.bytes().any(|b| b.is_ascii_digit()) {
-                return Err(DurationError::BadNumber);
-            }
-            return Err(DurationError::BadUnit);
-        }
+    let scale = if same(unit, "us") {
+        1
+    } else if same(unit, "ms") {
+        1_000
+    } else if same(unit, "s") {
+        1_000_000
+    } else if unit.is_empty() {
+        return Err(DurationError::MissingUnit);
+    } else if unit.bytes().any(|b| b.is_ascii_digit()) {
+        // "12x3ms": the number is followed by garbage, not by a unit.
+        return Err(DurationError::BadNumber);
+    } else {
+        return Err(DurationError::BadUnit);
     };
     value.checked_mul(scale).filter(|&us| us <= MAX_DURATION_US).ok_or(DurationError::Overflow)
 }
@@ -506,7 +540,7 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Script<'_>, ScriptError<'_>> {
         return Err(ScriptError { step: step_at(bytes, pos), offset: pos, kind: ErrorKind::NotAscii });
     }
     match core::str::from_utf8(bytes) {
-        Ok(text) => parse(text),
+        Ok(text) => parse_checked(text),
         // Unreachable after the ASCII check, and still an error, never a panic.
         Err(e) => Err(ScriptError {
             step: step_at(bytes, e.valid_up_to()),
@@ -525,6 +559,11 @@ pub fn parse(text: &str) -> Result<Script<'_>, ScriptError<'_>> {
     if let Some(pos) = bytes.iter().position(|b| !b.is_ascii()) {
         return Err(ScriptError { step: step_at(bytes, pos), offset: pos, kind: ErrorKind::NotAscii });
     }
+    parse_checked(text)
+}
+
+/// [`parse`] of a script already checked for its length and for ASCII.
+fn parse_checked(text: &str) -> Result<Script<'_>, ScriptError<'_>> {
     let mut script = Script::new();
     let mut offset = 0;
     for (index, raw) in split_at_every(text, b';').enumerate() {
@@ -576,10 +615,10 @@ fn parse_step(step: &str) -> Result<Action<'_>, (usize, ErrorKind<'_>)> {
             no_args()?;
             return Ok(Action::Pvpanic(device, event));
         }
-        if device_name == "hv" {
+        if same(device_name, "hv") {
             return parse_hv(event, verb, args, args_at, step.len());
         }
-        if device_name == "s390" {
+        if same(device_name, "s390") {
             return parse_s390(event, verb, args, args_at, step.len());
         }
         if let Some(model) = Model::from_name(device_name) {
@@ -587,35 +626,32 @@ fn parse_step(step: &str) -> Result<Action<'_>, (usize, ErrorKind<'_>)> {
         }
         return Err((0, ErrorKind::UnknownVerb(verb)));
     }
-    match verb {
-        "fault" => {
-            let arg = single(verb, one_arg("a fault kind, e.g. ud")?, args_at)?;
-            let fault = Fault::ALL.into_iter().find(|f| f.name() == arg);
-            fault.map(Action::Fault).ok_or((args_at, ErrorKind::UnknownFault(arg)))
+    if same(verb, "fault") {
+        let arg = single(verb, one_arg("a fault kind, e.g. ud")?, args_at)?;
+        let fault = Fault::ALL.into_iter().find(|f| same(f.name(), arg));
+        fault.map(Action::Fault).ok_or((args_at, ErrorKind::UnknownFault(arg)))
+    } else if same(verb, "first-boot") {
+        no_args()?;
+        Ok(Action::FirstBoot)
+    } else if same(verb, "feed") {
+        parse_feed(verb, one_arg("a watchdog, every=<duration> and for=<duration>")?, args_at)
+    } else if same(verb, "halt") {
+        no_args()?;
+        Ok(Action::Halt)
+    } else if same(verb, "log") {
+        Ok(Action::Log(one_arg("a text")?))
+    } else if same(verb, "sleep") {
+        let arg = single(verb, one_arg("a duration, e.g. 10ms")?, args_at)?;
+        parse_duration_us(arg).map(Action::Sleep).map_err(|e| (args_at, duration_error(e, arg)))
+    } else if same(verb, "exit") {
+        let arg = single(verb, one_arg("an exit code")?, args_at)?;
+        let code = parse_number(arg).ok_or((args_at, ErrorKind::BadNumber(arg)))?;
+        if code > MAX_USER_EXIT_CODE {
+            return Err((args_at, ErrorKind::ExitCodeOutOfRange(code)));
         }
-        "first-boot" => {
-            no_args()?;
-            Ok(Action::FirstBoot)
-        }
-        "feed" => parse_feed(verb, one_arg("a watchdog, every=<duration> and for=<duration>")?, args_at),
-        "halt" => {
-            no_args()?;
-            Ok(Action::Halt)
-        }
-        "log" => Ok(Action::Log(one_arg("a text")?)),
-        "sleep" => {
-            let arg = single(verb, one_arg("a duration, e.g. 10ms")?, args_at)?;
-            parse_duration_us(arg).map(Action::Sleep).map_err(|e| (args_at, duration_error(e, arg)))
-        }
-        "exit" => {
-            let arg = single(verb, one_arg("an exit code")?, args_at)?;
-            let code = parse_number(arg).ok_or((args_at, ErrorKind::BadNumber(arg)))?;
-            if code > MAX_USER_EXIT_CODE {
-                return Err((args_at, ErrorKind::ExitCodeOutOfRange(code)));
-            }
-            Ok(Action::Exit(code as u8))
-        }
-        _ => Err((0, ErrorKind::UnknownVerb(verb))),
+        Ok(Action::Exit(code as u8))
+    } else {
+        Err((0, ErrorKind::UnknownVerb(verb)))
     }
 }
 
@@ -649,10 +685,12 @@ fn parse_watchdog<'a>(
         Some(_) => Err((args_at, ErrorKind::UnexpectedArgument { verb })),
         None => Ok(action),
     };
-    match op {
-        "feed" => no_args(Action::WatchdogFeed(model)),
-        "stop" => no_args(Action::WatchdogStop(model)),
-        "arm" => {
+    if same(op, "feed") {
+        no_args(Action::WatchdogFeed(model))
+    } else if same(op, "stop") {
+        no_args(Action::WatchdogStop(model))
+    } else if same(op, "arm") {
+        {
             let Some(args) = args.filter(|a| !is_blank_arg(a)) else {
                 return Err((end, ErrorKind::MissingArgument { verb, what: "a timeout, e.g. 2s" }));
             };
@@ -672,18 +710,20 @@ fn parse_watchdog<'a>(
                 }
             }
         }
-        _ => Err((0, ErrorKind::UnknownVerb(verb))),
+    } else {
+        Err((0, ErrorKind::UnknownVerb(verb)))
     }
 }
 
 /// `s390.disabled-wait:<address>[,<mask>]`, `s390.shutdown`.
 fn parse_s390<'a>(op: &'a str, verb: &'a str, args: Option<&'a str>, args_at: usize, end: usize) -> StepResult<'a> {
-    match op {
-        "shutdown" => match args {
+    if same(op, "shutdown") {
+        match args {
             Some(_) => Err((args_at, ErrorKind::UnexpectedArgument { verb })),
             None => Ok(Action::S390Shutdown),
-        },
-        "disabled-wait" => {
+        }
+    } else if same(op, "disabled-wait") {
+        {
             let what = "an address, e.g. 0x12340";
             let args = args.filter(|a| !is_blank_arg(a)).ok_or((end, ErrorKind::MissingArgument { verb, what }))?;
             let mut parts = split_args(args, args_at);
@@ -713,22 +753,24 @@ fn parse_s390<'a>(op: &'a str, verb: &'a str, args: Option<&'a str>, args_at: us
             }
             Ok(Action::S390DisabledWait { address, mask })
         }
-        _ => Err((0, ErrorKind::UnknownVerb(verb))),
+    } else {
+        Err((0, ErrorKind::UnknownVerb(verb)))
     }
 }
 
 /// `hv.crash:<a1>,…,<a5>`, `hv.crash-or-pvpanic:…`, `hv.probe`.
 fn parse_hv<'a>(op: &'a str, verb: &'a str, args: Option<&'a str>, args_at: usize, end: usize) -> StepResult<'a> {
-    let fallback = match op {
-        "probe" => {
-            return match args {
-                Some(_) => Err((args_at, ErrorKind::UnexpectedArgument { verb })),
-                None => Ok(Action::HvProbe),
-            };
-        }
-        "crash" => false,
-        "crash-or-pvpanic" => true,
-        _ => return Err((0, ErrorKind::UnknownVerb(verb))),
+    let fallback = if same(op, "probe") {
+        return match args {
+            Some(_) => Err((args_at, ErrorKind::UnexpectedArgument { verb })),
+            None => Ok(Action::HvProbe),
+        };
+    } else if same(op, "crash") {
+        false
+    } else if same(op, "crash-or-pvpanic") {
+        true
+    } else {
+        return Err((0, ErrorKind::UnknownVerb(verb)));
     };
     let wrong_count = ErrorKind::WrongArgumentCount { verb, expected: 5 };
     let args = args.ok_or((end, wrong_count))?;
@@ -749,14 +791,15 @@ fn parse_hv<'a>(op: &'a str, verb: &'a str, args: Option<&'a str>, args_at: usiz
 fn parse_esb_arm<'a>(verb: &'a str, args: &'a str, at: usize) -> StepResult<'a> {
     let (mut stages, mut reboot, mut free_run) = (Vec::<u64, 2>::new(), true, false);
     for (arg, offset) in split_args(args, at) {
-        match arg {
-            "no-reboot" => reboot = false,
-            "free-run" => free_run = true,
-            _ if arg.bytes().next().is_some_and(|b| b.is_ascii_digit()) => {
-                let us = duration_arg(arg, offset)?;
-                stages.push(us).map_err(|_| (offset, ErrorKind::TooManyArguments { verb, max: 4 }))?;
-            }
-            _ => return Err((offset, ErrorKind::UnknownFlag { verb, flag: arg })),
+        if same(arg, "no-reboot") {
+            reboot = false;
+        } else if same(arg, "free-run") {
+            free_run = true;
+        } else if arg.bytes().next().is_some_and(|b| b.is_ascii_digit()) {
+            let us = duration_arg(arg, offset)?;
+            stages.push(us).map_err(|_| (offset, ErrorKind::TooManyArguments { verb, max: 4 }))?;
+        } else {
+            return Err((offset, ErrorKind::UnknownFlag { verb, flag: arg }));
         }
     }
     // Flags alone (`i6300esb.arm:no-reboot`) leave no stage: refused, never indexed.
@@ -782,8 +825,8 @@ fn parse_feed<'a>(verb: &'a str, args: &'a str, at: usize) -> StepResult<'a> {
     let (mut every, mut total) = (None, None);
     for (arg, offset) in parts {
         let (slot, value) = match split_once_at(arg, b'=') {
-            Some(("every", v)) => (&mut every, v),
-            Some(("for", v)) => (&mut total, v),
+            Some((key, v)) if same(key, "every") => (&mut every, v),
+            Some((key, v)) if same(key, "for") => (&mut total, v),
             _ => return Err((offset, ErrorKind::UnknownFlag { verb, flag: arg })),
         };
         if slot.is_some() {
@@ -1164,6 +1207,64 @@ mod tests {
         assert!(parse("i6300esb.arm:no-reboot,300ms").is_ok(), "a flag may come before the stage");
         let e = error("i6300esb.arm:1s,2s,3s");
         assert_eq!(e.kind, ErrorKind::TooManyArguments { verb: "i6300esb.arm", max: 4 });
+    }
+
+    #[test]
+    fn numbers_agree_with_the_standard_parser() {
+        // What `parse_number` did before it became one loop: an optional
+        // 0x/0X, then only digits of the radix, through `from_str_radix`.
+        fn reference(s: &str) -> Option<u64> {
+            let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+                Some(hex) => (hex, 16),
+                None => (s, 10),
+            };
+            if digits.is_empty() || !digits.bytes().all(|b| (b as char).is_digit(radix)) {
+                return None;
+            }
+            u64::from_str_radix(digits, radix).ok()
+        }
+        let cases = [
+            "",
+            "0",
+            "00",
+            "007",
+            "0x",
+            "0X",
+            "0x0",
+            "0XAbC",
+            "0xg",
+            "0x0x1",
+            "00x1",
+            "x1",
+            "1x",
+            " 1",
+            "1 ",
+            "+1",
+            "-1",
+            "0x+1",
+            "12a",
+            "0xffffffffffffffff",
+            "0x10000000000000000",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999",
+            "0x00000000000000000001",
+        ];
+        for case in cases {
+            assert_eq!(parse_number(case), reference(case), "{case:?}");
+        }
+        use proptest::prelude::*;
+        proptest!(|(s in "(0[xX])?[0-9a-fA-FxX+ -]{0,22}")| prop_assert_eq!(parse_number(&s), reference(&s)));
+    }
+
+    #[test]
+    fn names_compare_exactly() {
+        assert!(same("pvpanic", "pvpanic"));
+        assert!(same("", ""));
+        assert!(!same("pvpanic", "pvpanic-pci"));
+        assert!(!same("pvpanic-pci", "pvpanic"));
+        assert!(!same("ms", "us"));
+        assert!(!same("s", ""));
     }
 
     #[test]
