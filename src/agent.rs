@@ -1,14 +1,30 @@
 //! The agent proper, the same on every architecture: load the script, check
 //! it and the devices every step needs, then run it. Each architecture
 //! supplies a [`Machine`]: its devices, its clock and its way to end.
+//!
+//! # What runs before the first step, and the log's order
+//!
+//! The time from the vCPU's start to the first step's event is mostly the
+//! cost of running code for the first time (TCG translates it). So before
+//! the first step the agent does only what the script needs: it logs its
+//! first line and how it started, loads and parses the script, looks for
+//! the devices its steps use (a missing one is still an error before any
+//! step runs), and calibrates the clock only when the script waits or arms
+//! a watchdog. The inventory (every device, with its address and
+//! capabilities) is logged when the agent itself ends the script: the
+//! script finished, a `halt` step, a `first-boot` stop, no script, every
+//! error exit (after the line naming what is missing), and before the agent
+//! reports its own crash. A step whose event stops or ends the VM (pvpanic
+//! under `panic=pause`/`poweroff`, `exit:`, a disabled wait) leaves no
+//! chance to log after it: such a run has no inventory in its log.
 
 use crate::Arch;
 use crate::clock::{Clock, wait_us};
 use crate::exit::ErrorExit;
 use crate::pvpanic::{PvDevice, PvEvent};
 use crate::script::{self, Action, Fault, Step};
-use crate::watchdog::Model;
-use defmt::{error, info};
+use crate::watchdog::{Countdowns, Model};
+use defmt::{error, info, warn};
 
 /// Why a step cannot run on this machine; found before the first step runs.
 #[derive(Clone, Copy)]
@@ -41,7 +57,13 @@ pub trait Machine {
     type Clock: Clock;
     /// 1 on the first boot in this QEMU process, 2 after a reset, …
     fn boot_number(&mut self) -> u8;
-    /// Logs every device found, with its address and capabilities.
+    /// Logs how the agent started, right after the first line (before the
+    /// first step, unlike the inventory).
+    fn log_start(&mut self) {}
+    /// Looks for every device not looked for yet and logs them all, with
+    /// their addresses and capabilities (once per boot). Called when the
+    /// agent ends the script; [`Self::fail`] and the crash paths log it
+    /// themselves.
     fn log_inventory(&mut self);
     /// Copies the script into `buf`; returns where it came from and its
     /// length (a length beyond `buf` means it did not fit).
@@ -52,18 +74,22 @@ pub trait Machine {
     /// Runs a step that needs the machine's devices (steps of this
     /// architecture; the agent runs the shared ones itself).
     fn run(&mut self, action: &Action<'_>);
-    /// Feeds a watchdog (for `feed:`).
+    /// Feeds a watchdog (`*.feed`, `feed:`).
     fn feed(&mut self, model: Model);
+    /// Stops a watchdog; false if it cannot be stopped (a locked i6300esb).
+    fn stop(&mut self, model: Model) -> bool;
     fn clock(&mut self) -> &mut Self::Clock;
-    /// Ends with one of the documented error exits.
+    /// Logs the inventory, then ends with one of the documented error exits.
     fn fail(&mut self, why: ErrorExit) -> !;
     /// Called once, right before the first step runs. Until then a panic or
     /// CPU exception of the agent (while loading, parsing or checking the
     /// script) is an internal error and must end in the documented error
     /// exit, never in an event the script could have asked for (pvpanic,
     /// Hyper-V, a wait at a user address). From here on the agent's own
-    /// faults are reported as crashes.
-    fn start_steps(&mut self);
+    /// faults are reported as crashes. `waits`: the script has steps during
+    /// which time passes (`sleep:`, `feed:`, a watchdog's arm or feed), so
+    /// interrupts (a watchdog's NMI) can be expected while it runs.
+    fn start_steps(&mut self, waits: bool);
     /// Idles forever without a crash event.
     fn halt(&mut self) -> !;
 }
@@ -106,11 +132,37 @@ fn log_device_error(number: usize, step: &Step<'_>, e: DeviceError) {
     }
 }
 
+/// When each watchdog's countdown started, for timing its expiry in the
+/// guest (see [`log_watchdog_expiry`]).
+static COUNTDOWNS: Countdowns = Countdowns::new();
+
+/// Called by the interrupt handler of QEMU's watchdog action `inject-nmi`
+/// (x86_64: the NMI; s390x: the restart interrupt) with the guest time it
+/// read first thing: when a watchdog was counting down, logs the guest time
+/// from its last arm or feed, in a fixed form for tools:
+/// `watchdog timing: <model> expired <µs>us after its last <arm|feed>`.
+pub fn log_watchdog_expiry(now_us: u64) {
+    if let Some(e) = COUNTDOWNS.expired(now_us) {
+        info!(
+            "watchdog timing: {=str} expired {=u64}us after its last {=str}",
+            e.model.name(),
+            e.after_us,
+            e.since.name()
+        );
+    }
+}
+
+/// Ends the script without an event: the inventory, then halt.
+fn end<M: Machine>(machine: &mut M) -> ! {
+    machine.log_inventory();
+    machine.halt()
+}
+
 /// The agent's main loop.
 pub fn run<M: Machine>(machine: &mut M) -> ! {
     let boot = machine.boot_number();
     info!("pvagent {=str} build {=str} ({=str}), boot {=u8}", crate::VERSION, crate::BUILD_ID, M::DESCRIPTION, boot);
-    machine.log_inventory();
+    machine.log_start();
 
     let mut buf = [0u8; script::MAX_SCRIPT_LEN + 1];
     let (source, len) = machine.load_script(&mut buf);
@@ -121,7 +173,7 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
     }
     if script::is_blank_bytes(text) {
         info!("no script (nothing in {=str}): halting", source);
-        machine.halt();
+        end(machine);
     }
     let script = match script::parse_bytes(text) {
         Ok(script) => script,
@@ -159,13 +211,19 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
         }
     }
 
-    // A clock that needs calibrating is calibrated now, not in the middle
-    // of the first timed step (where it would delay a feed by ~20 ms).
-    if script.iter().any(|s| matches!(s.action, Action::Sleep(_) | Action::FeedFor { .. })) {
+    // A script that waits or arms a watchdog needs the clock: calibrated
+    // now, not in the middle of the first timed step (where it would delay
+    // a feed by ~20 ms), and before any watchdog is armed, whose expiry is
+    // timed in the guest (`log_watchdog_expiry`). Other scripts never pay
+    // for it.
+    let waits = script.iter().any(|s| {
+        matches!(s.action, Action::Sleep(_) | Action::FeedFor { .. } | Action::WatchdogArm(_) | Action::WatchdogFeed(_))
+    });
+    if waits {
         machine.clock().now_us();
     }
 
-    machine.start_steps();
+    machine.start_steps(waits);
     for (i, step) in script.iter().enumerate() {
         info!("step {=usize}: {=str}", i + 1, step.text);
         match step.action {
@@ -173,14 +231,32 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
             Action::Log(text) => info!("log: {=str}", text),
             Action::Halt => {
                 info!("halting");
-                machine.halt();
+                end(machine);
             }
             Action::FirstBoot if boot > 1 => {
                 info!("boot {=u8} is not the first: the script ends here", boot);
-                machine.halt();
+                end(machine);
             }
             Action::FirstBoot => {}
             Action::FeedFor { model, every_us, for_us } => feed_for(machine, model, every_us, for_us),
+            Action::WatchdogArm(timeout) => {
+                machine.run(&step.action);
+                // Right after the device took it: its countdown runs from here.
+                let now_us = machine.clock().now_us();
+                if timeout.acts() {
+                    COUNTDOWNS.armed(timeout.model(), now_us, timeout.us());
+                } else {
+                    COUNTDOWNS.stopped(timeout.model());
+                }
+            }
+            Action::WatchdogFeed(model) => feed(machine, model),
+            Action::WatchdogStop(model) => {
+                if machine.stop(model) {
+                    COUNTDOWNS.stopped(model);
+                } else {
+                    warn!("{=str}: locked, it cannot be stopped", model.name());
+                }
+            }
             Action::Fault(Fault::RustPanic) => panic!("fault:rust-panic requested by the script"),
             // Fired while the script was checked: never reached.
             Action::Fault(Fault::InternalPanic | Fault::InternalException) => {}
@@ -188,9 +264,6 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
             // the others).
             Action::Pvpanic(..)
             | Action::Exit(_)
-            | Action::WatchdogArm(_)
-            | Action::WatchdogFeed(_)
-            | Action::WatchdogStop(_)
             | Action::HvCrash { .. }
             | Action::HvProbe
             | Action::S390DisabledWait { .. }
@@ -208,7 +281,14 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
         }
     }
     info!("script finished: halting");
-    machine.halt()
+    end(machine)
+}
+
+/// Feeds a watchdog; its countdown restarts now.
+fn feed<M: Machine>(machine: &mut M, model: Model) {
+    machine.feed(model);
+    let now_us = machine.clock().now_us();
+    COUNTDOWNS.fed(model, now_us);
 }
 
 /// Feeds at 0, every, 2·every, … up to `for_us`; returns right after the
@@ -217,7 +297,7 @@ fn feed_for<M: Machine>(machine: &mut M, model: Model, every_us: u64, for_us: u6
     let start = machine.clock().now_us();
     let mut feeds = 0u64;
     loop {
-        machine.feed(model);
+        feed(machine, model);
         feeds += 1;
         let next = feeds * every_us;
         if next > for_us {

@@ -3,10 +3,12 @@
 use super::{load_wait_psw, lowcore, tod::Tod};
 use crate::Arch;
 use crate::agent::{DeviceError, Machine};
+use crate::clock::Clock;
 use crate::exit::{self, ErrorExit};
 use crate::s390_psw as psw;
 use crate::script::{Action, Fault};
 use crate::watchdog::{self, Diag288, Model, Watchdog, diag288};
+use core::sync::atomic::{AtomicBool, Ordering};
 use defmt::{error, info, warn};
 
 /// The boot counter (see `boot_count`): a byte of lowcore outside the
@@ -98,9 +100,7 @@ impl Machine for S390 {
     }
 
     fn log_inventory(&mut self) {
-        info!("console: SCLP ASCII console (defmt frames as D:<hex> lines)");
-        info!("command line: -append at 0x10480 (up to 1024 bytes)");
-        info!("diag288: probed when a step uses it (a refused DIAG 0x288 is a specification exception)");
+        inventory();
     }
 
     fn load_script(&mut self, buf: &mut [u8]) -> (&'static str, usize) {
@@ -152,10 +152,6 @@ impl Machine for S390 {
                     self.fail(ErrorExit::Device);
                 }
             }
-            Action::WatchdogFeed(model) => self.feed(model),
-            Action::WatchdogStop(Model::Diag288) => {
-                self.diag288.stop();
-            }
             Action::Fault(Fault::Operation) => {
                 info!("causing fault:operation");
                 // SAFETY: opcode 0x00 is not an instruction: an operation
@@ -174,6 +170,8 @@ impl Machine for S390 {
             | Action::Halt
             | Action::FirstBoot
             | Action::FeedFor { .. }
+            | Action::WatchdogFeed(_)
+            | Action::WatchdogStop(_)
             | Action::Fault(Fault::RustPanic | Fault::InternalPanic | Fault::InternalException) => {}
             // x86_64's: refused before any step runs (`Action::arch`).
             Action::Pvpanic(..)
@@ -181,7 +179,6 @@ impl Machine for S390 {
             | Action::HvCrash { .. }
             | Action::HvProbe
             | Action::WatchdogArm(watchdog::Timeout::Ib700(_) | watchdog::Timeout::I6300Esb(_))
-            | Action::WatchdogStop(Model::Ib700 | Model::I6300Esb)
             | Action::Fault(
                 Fault::InvalidOpcode
                 | Fault::GeneralProtection
@@ -206,6 +203,15 @@ impl Machine for S390 {
         }
     }
 
+    /// A cancel QEMU refuses means the watchdog was not running: stopped
+    /// either way.
+    fn stop(&mut self, model: Model) -> bool {
+        if model == Model::Diag288 {
+            self.diag288.stop();
+        }
+        true
+    }
+
     fn clock(&mut self) -> &mut Tod {
         &mut self.clock
     }
@@ -218,15 +224,31 @@ impl Machine for S390 {
     /// end in a disabled wait in its reserved range (0xbad0000..=0xbadffff)
     /// before and after the first step alike; a script cannot choose those
     /// addresses.
-    fn start_steps(&mut self) {}
+    fn start_steps(&mut self, _waits: bool) {}
 
     fn halt(&mut self) -> ! {
         super::halt()
     }
 }
 
-/// Ends in a disabled wait at the error's documented address.
+/// The inventory has been logged (or is being logged) in this boot.
+static INVENTORY_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Logs what the agent knows of the machine, once per boot; see
+/// `agent.rs` for when.
+fn inventory() {
+    if INVENTORY_LOGGED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    info!("console: SCLP ASCII console (defmt frames as D:<hex> lines)");
+    info!("command line: -append at 0x10480 (up to 1024 bytes)");
+    info!("diag288: probed when a step uses it (a refused DIAG 0x288 is a specification exception)");
+}
+
+/// Logs the inventory, then ends in a disabled wait at the error's
+/// documented address.
 fn fail(why: ErrorExit) -> ! {
+    inventory();
     let address = why.s390_wait_address();
     error!("ending in a disabled wait at {=u64:#x} ({=str})", address, why.meaning());
     load_wait_psw(psw::DISABLED_WAIT, address)
@@ -257,6 +279,7 @@ extern "C" fn pvagent_program_check() -> ! {
         "program check: interruption code {=u16:#06x} ({=str} exception), old PSW {=u64:#018x} {=u64:#x}",
         code, name, mask, address
     );
+    inventory();
     let wait = exit::s390_program_check_address(code);
     error!("ending in a disabled wait at {=u64:#x} (program check)", wait);
     load_wait_psw(psw::DISABLED_WAIT, wait)
@@ -265,11 +288,15 @@ extern "C" fn pvagent_program_check() -> ! {
 /// Called by the restart stub; returning resumes the interrupted PSW.
 #[unsafe(no_mangle)]
 extern "C" fn pvagent_restart() {
+    // The time first: a watchdog's restart interrupt is timed from its
+    // last arm or feed (`agent::log_watchdog_expiry`).
+    let now_us = Tod.now_us();
     let (mask, address) = lowcore::read_psw(lowcore::RESTART_OLD_PSW);
     warn!(
         "restart interrupt received (QEMU's watchdog action inject-nmi sends one); old PSW {=u64:#018x} {=u64:#x}, resuming",
         mask, address
     );
+    crate::agent::log_watchdog_expiry(now_us);
 }
 
 /// Ends the agent after a panic (logged by `agent::report_panic`), also

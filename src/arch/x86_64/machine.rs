@@ -1,4 +1,14 @@
-//! The x86_64 machine: its devices, found at boot, and how the agent ends.
+//! The x86_64 machine: its devices, found when a step needs them, and how
+//! the agent ends.
+//!
+//! Before the first step the agent looks only for what the script uses
+//! (fw_cfg for the script itself, then each step's device): under TCG the
+//! cost of a boot is mostly translating code that runs for the first time,
+//! so code the script does not need stays unrun until the script ends. The
+//! inventory (every device, for the log) is taken when the agent itself
+//! ends the script: [`inventory`], from the main code or from a crash
+//! handler that never returns, which is why what the probes found is also
+//! published in atomics ([`Probed`]).
 
 use super::{cpu, interrupts, pvh::Boot, tsc::Tsc};
 use crate::Arch;
@@ -6,90 +16,266 @@ use crate::agent::{DeviceError, Machine, yes_no};
 use crate::exit::{DebugExit, ErrorExit};
 use crate::fw_cfg::{self, FileEntry, FwCfg};
 use crate::hyperv::{self, Probe, Unavailable};
+use crate::pci::Bdf;
 use crate::pvpanic::{self, PvDevice, PvEvent, Pvpanic};
 use crate::script::{Action, Fault};
 use crate::watchdog::{self, I6300Esb, Ib700, Model, Watchdog, i6300esb, ib700};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use defmt::{error, info, warn};
 
-/// Everything the agent found on the machine.
+/// What the agent found on the machine so far (each device is looked for
+/// the first time a step, the crash-report set-up or the inventory needs it).
 pub struct X86 {
     boot: Boot,
     fw_cfg: Option<FwCfg>,
     script_file: Option<FileEntry>,
-    pvpanic_isa: Option<Pvpanic>,
-    pvpanic_pci: Option<Pvpanic>,
-    debug_exit: Option<DebugExit>,
+    /// `etc/pvpanic-port`: QEMU publishes it whenever pvpanic-isa exists.
+    port_file: Option<FileEntry>,
+    /// `None` until probed.
+    pvpanic_isa: Option<Option<Pvpanic>>,
+    /// `None` until PCI is scanned.
+    pci: Option<PciDevices>,
     /// ib700's ports are write-only: it cannot be detected, only used.
     ib700: Ib700<ib700::IsaPorts>,
-    i6300esb: Option<I6300Esb<i6300esb::PciEsbBus>>,
     clock: Option<Tsc>,
 }
 
+/// What one scan of PCI found.
+struct PciDevices {
+    pvpanic: Option<Pvpanic>,
+    i6300esb: Option<I6300Esb<i6300esb::PciEsbBus>>,
+}
+
 /// The device that interrupt and panic handlers report the agent's own
-/// faults through (packed by [`Pvpanic::to_raw`]; 0 = none). It stays 0
-/// until the first step starts ([`Machine::start_steps`]): a fault before
-/// that is an internal error and ends in isa-debug-exit, never in pvpanic.
+/// faults and NMIs through (packed by [`Pvpanic::to_raw`]; 0 = none or not
+/// known yet). Set when the first step starts ([`Machine::start_steps`])
+/// and completed by the inventory.
 static REPORT_PVPANIC: AtomicU64 = AtomicU64::new(0);
+/// The first step has started: from here on a crash of the agent is
+/// reported as one (through pvpanic); before it, it is an internal error
+/// and ends in isa-debug-exit.
+static STEPS_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// A probe's result, published for code that cannot borrow the machine
+/// (the inventory in crash handlers): not probed yet, absent, or the
+/// device packed in a word with bit 63 set.
+struct Probed(AtomicU64);
+
+const NOT_PROBED: u64 = 0;
+const ABSENT: u64 = 1;
+
+impl Probed {
+    const fn new() -> Self {
+        Probed(AtomicU64::new(NOT_PROBED))
+    }
+
+    /// `None` when not probed yet; else the packed device, if present.
+    fn get(&self) -> Option<Option<u64>> {
+        match self.0.load(Ordering::Acquire) {
+            NOT_PROBED => None,
+            ABSENT => Some(None),
+            packed => Some(Some(packed)),
+        }
+    }
+
+    fn set(&self, packed: Option<u64>) {
+        self.0.store(packed.map_or(ABSENT, |p| p | 1 << 63), Ordering::Release);
+    }
+}
+
+/// fw_cfg: bit 0 present, bit 1 DMA, bit 2 the script file is there.
+static FW_CFG: Probed = Probed::new();
+static PVPANIC_ISA: Probed = Probed::new();
+static PVPANIC_PCI: Probed = Probed::new();
+/// The i6300esb: BAR0 (bits 0–31), bus/device/function (32–47), the
+/// previous-reset flag (bit 48).
+static I6300ESB: Probed = Probed::new();
+
+fn publish_fw_cfg(fw: Option<&FwCfg>, script_file: bool) {
+    FW_CFG.set(fw.map(|fw| 1 | u64::from(fw.uses_dma()) << 1 | u64::from(script_file) << 2));
+}
+
+fn publish_pci(devices: &PciDevices) {
+    PVPANIC_PCI.set(devices.pvpanic.as_ref().map(Pvpanic::to_raw));
+    I6300ESB.set(devices.i6300esb.as_ref().map(|esb| {
+        let bdf = esb.bus().bdf;
+        let bdf = u64::from(bdf.bus) << 8 | u64::from(bdf.device) << 3 | u64::from(bdf.function);
+        esb.bus().base as u64 & 0xffff_ffff | bdf << 32 | u64::from(esb.previous_reboot()) << 48
+    }));
+}
+
+/// The script file and the pvpanic port file of fw_cfg's directory.
+fn find_files(fw: &mut FwCfg) -> (Option<FileEntry>, Option<FileEntry>) {
+    let (mut script, mut port) = (None, None);
+    fw.for_each_file(|file| {
+        if file.is(fw_cfg::SCRIPT_FILE) {
+            script = Some(*file);
+        } else if file.is(fw_cfg::PVPANIC_PORT_FILE) {
+            port = Some(*file);
+        }
+    });
+    (script, port)
+}
+
+/// Probes pvpanic-isa at the port QEMU published in fw_cfg (none: no
+/// device), or at the default port on a machine without fw_cfg.
+fn probe_pvpanic_isa(fw: Option<&mut FwCfg>, port_file: Option<FileEntry>) -> Option<Pvpanic> {
+    let port = match (fw, port_file) {
+        (Some(fw), Some(file)) => {
+            let mut port = [0; 2];
+            fw.read_file(&file, &mut port);
+            Some(u16::from_le_bytes(port))
+        }
+        (Some(_), None) => None,
+        (None, _) => Some(pvpanic::ISA_DEFAULT_PORT),
+    };
+    let device = match port {
+        // SAFETY: the port QEMU published for pvpanic, or the default on
+        // a machine without fw_cfg (above).
+        Some(port) => unsafe { Pvpanic::probe_isa(port) },
+        None => None,
+    };
+    PVPANIC_ISA.set(device.as_ref().map(Pvpanic::to_raw));
+    device
+}
+
+/// One scan of PCI for every device the agent knows there.
+fn scan_pci() -> PciDevices {
+    let [pvpanic, esb] =
+        crate::pci::find([(pvpanic::PCI_VENDOR, pvpanic::PCI_DEVICE), (i6300esb::PCI_VENDOR, i6300esb::PCI_DEVICE)]);
+    let devices = PciDevices { pvpanic: pvpanic.and_then(Pvpanic::probe_pci), i6300esb: esb.and_then(i6300esb::probe) };
+    publish_pci(&devices);
+    devices
+}
+
+/// The inventory has been logged (or is being logged) in this boot.
+static INVENTORY_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Probes whatever nobody probed yet, logs every device (once per boot),
+/// and returns the pvpanic devices (ISA, PCI). Runs when the agent ends
+/// the script (finished, halt, first-boot stop, an error exit) and before
+/// it reports its own crash: in the main code, or in a crash handler that
+/// never returns to the code it interrupted (so a probe it cut short, e.g.
+/// of fw_cfg, is never resumed; PCI accesses guard themselves).
+fn inventory() -> [Option<Pvpanic>; 2] {
+    let fw_state = match FW_CFG.get() {
+        Some(state) => state,
+        None => {
+            let mut fw = FwCfg::probe();
+            let script = fw.as_mut().and_then(|fw| find_files(fw).0);
+            publish_fw_cfg(fw.as_ref(), script.is_some());
+            FW_CFG.get().flatten()
+        }
+    };
+    let isa = match PVPANIC_ISA.get() {
+        Some(packed) => packed.and_then(Pvpanic::from_raw),
+        None => {
+            let mut fw = FwCfg::probe();
+            let port_file = fw.as_mut().and_then(|fw| find_files(fw).1);
+            probe_pvpanic_isa(fw.as_mut(), port_file)
+        }
+    };
+    if PVPANIC_PCI.get().is_none() || I6300ESB.get().is_none() {
+        scan_pci();
+    }
+    let pci = PVPANIC_PCI.get().flatten().and_then(Pvpanic::from_raw);
+    if STEPS_STARTED.load(Ordering::Acquire)
+        && let Some(device) = isa.or(pci)
+    {
+        let _ = REPORT_PVPANIC.compare_exchange(0, device.to_raw(), Ordering::AcqRel, Ordering::Acquire);
+    }
+    if INVENTORY_LOGGED.swap(true, Ordering::AcqRel) {
+        return [isa, pci];
+    }
+    match fw_state {
+        Some(state) => info!(
+            "fw_cfg: present ({=str}), script file {=str}",
+            if state & 2 != 0 { "DMA" } else { "port I/O" },
+            yes_no(state & 4 != 0)
+        ),
+        None => info!("fw_cfg: not present"),
+    }
+    for (name, device) in [("pvpanic-isa", isa), ("pvpanic-pci", pci)] {
+        match device {
+            Some(d) => info!(
+                "{=str}: at {=u64:#x}, events {=u8:#04x} (bit0 panicked, bit1 crashloaded, bit2 shutdown)",
+                name,
+                d.address(),
+                d.events()
+            ),
+            None => info!("{=str}: not present", name),
+        }
+    }
+    match I6300ESB.get().flatten() {
+        Some(packed) => {
+            let bdf = Bdf {
+                bus: (packed >> 40) as u8,
+                device: (packed >> 35) as u8 & 0x1f,
+                function: (packed >> 32) as u8 & 7,
+            };
+            info!(
+                "i6300esb: {} BAR0 at {=u64:#x}, previous reset by this watchdog: {=str}",
+                bdf,
+                packed & 0xffff_ffff,
+                yes_no(packed >> 48 & 1 != 0)
+            )
+        }
+        None => info!("i6300esb: not present"),
+    }
+    info!("ib700: write-only ports 0x441/0x443 (cannot be detected)");
+    match DebugExit::probe() {
+        Some(_) => info!("isa-debug-exit: at {=u16:#x}", crate::exit::DEBUG_EXIT_PORT),
+        None => info!("isa-debug-exit: not present (errors will halt instead of exiting)"),
+    }
+    [isa, pci]
+}
 
 impl X86 {
-    /// Sets up the CPU (GDT, IDT, stack guard) and probes every device.
+    /// Sets up the IDT and the local APIC (the boot stub did the GDT, TSS
+    /// and stack guard) and finds fw_cfg and its files: what every boot
+    /// needs to read its script. Devices are looked for when a step needs
+    /// them.
     pub fn new(boot: Boot) -> Self {
-        cpu::init();
         interrupts::init(interrupts::Handlers { nmi: on_nmi, exception: on_exception });
         super::apic::init();
         let mut fw_cfg = FwCfg::probe();
-        let mut script_file = None;
-        let mut port_file = None;
-        if let Some(fw) = &mut fw_cfg {
-            fw.for_each_file(|file| {
-                if file.is(fw_cfg::SCRIPT_FILE) {
-                    script_file = Some(*file);
-                } else if file.is(fw_cfg::PVPANIC_PORT_FILE) {
-                    port_file = Some(*file);
-                }
-            });
-        }
-        // QEMU publishes the ISA port in fw_cfg whenever the device exists.
-        let isa_port = match (&mut fw_cfg, port_file) {
-            (Some(fw), Some(file)) => {
-                let mut port = [0; 2];
-                fw.read_file(&file, &mut port);
-                Some(u16::from_le_bytes(port))
-            }
-            (Some(_), None) => None,
-            (None, _) => Some(pvpanic::ISA_DEFAULT_PORT),
-        };
-        // One scan of PCI for every device the agent knows there.
-        let [pvpanic_pci, esb] = crate::pci::find([
-            (pvpanic::PCI_VENDOR, pvpanic::PCI_DEVICE),
-            (i6300esb::PCI_VENDOR, i6300esb::PCI_DEVICE),
-        ]);
+        let (script_file, port_file) = fw_cfg.as_mut().map_or((None, None), find_files);
+        publish_fw_cfg(fw_cfg.as_ref(), script_file.is_some());
         X86 {
             boot,
-            script_file,
-            // SAFETY: the port QEMU published for pvpanic, or the default
-            // on a machine without fw_cfg (see `isa_port` above).
-            pvpanic_isa: isa_port.and_then(|port| unsafe { Pvpanic::probe_isa(port) }),
-            pvpanic_pci: pvpanic_pci.and_then(Pvpanic::probe_pci),
-            debug_exit: DebugExit::probe(),
-            ib700: Ib700::new(ib700::IsaPorts),
-            i6300esb: esb.and_then(i6300esb::probe),
             fw_cfg,
+            script_file,
+            port_file,
+            pvpanic_isa: None,
+            pci: None,
+            ib700: Ib700::new(ib700::IsaPorts),
             clock: None,
         }
     }
 
+    fn pvpanic_isa(&mut self) -> Option<Pvpanic> {
+        if let Some(probed) = self.pvpanic_isa {
+            return probed;
+        }
+        let device = probe_pvpanic_isa(self.fw_cfg.as_mut(), self.port_file);
+        self.pvpanic_isa = Some(device);
+        device
+    }
+
+    fn pci(&mut self) -> &mut PciDevices {
+        self.pci.get_or_insert_with(scan_pci)
+    }
+
     /// The pvpanic device a step addresses: ISA first for `pvpanic.*`.
-    fn pvpanic(&self, which: PvDevice) -> Option<&Pvpanic> {
+    fn pvpanic(&mut self, which: PvDevice) -> Option<Pvpanic> {
         match which {
-            PvDevice::Any => self.pvpanic_isa.as_ref().or(self.pvpanic_pci.as_ref()),
-            PvDevice::Isa => self.pvpanic_isa.as_ref(),
-            PvDevice::Pci => self.pvpanic_pci.as_ref(),
+            PvDevice::Any => self.pvpanic_isa().or_else(|| self.pci().pvpanic),
+            PvDevice::Isa => self.pvpanic_isa(),
+            PvDevice::Pci => self.pci().pvpanic,
         }
     }
 
-    fn pvpanic_with(&self, which: PvDevice, event: PvEvent) -> Result<&Pvpanic, DeviceError> {
+    fn pvpanic_with(&mut self, which: PvDevice, event: PvEvent) -> Result<Pvpanic, DeviceError> {
         let device = self.pvpanic(which).ok_or(DeviceError::NoPvpanic(which))?;
         if !pvpanic::advertises(device.events(), event) {
             return Err(DeviceError::NotAdvertised {
@@ -102,21 +288,12 @@ impl X86 {
         Ok(device)
     }
 
-    fn stop(&mut self, model: Model) -> bool {
-        match model {
-            Model::Ib700 => self.ib700.stop(),
-            Model::I6300Esb => self.i6300esb.as_mut().is_some_and(Watchdog::stop),
-            // s390x's: refused before any step runs.
-            Model::Diag288 => false,
-        }
-    }
-
     /// The watchdog a step uses is there.
-    fn need_watchdog(&self, model: Model) -> Result<(), DeviceError> {
+    fn need_watchdog(&mut self, model: Model) -> Result<(), DeviceError> {
         let present = match model {
             // Write-only ports: it cannot be detected, only used.
             Model::Ib700 => true,
-            Model::I6300Esb => self.i6300esb.is_some(),
+            Model::I6300Esb => self.pci().i6300esb.is_some(),
             // s390x's: the agent refuses it from `Action::arch`.
             Model::Diag288 => true,
         };
@@ -166,45 +343,16 @@ impl Machine for X86 {
         super::cmos::count_boot()
     }
 
-    fn log_inventory(&mut self) {
+    fn log_start(&mut self) {
         match self.boot {
             Boot::Pvh(_) => info!("booted through PVH (-kernel)"),
             Boot::Firmware => info!("booted as the firmware (-bios): no command line, scripts come through fw_cfg"),
             Boot::Unknown => warn!("no valid PVH start info: no command line"),
         }
-        match &self.fw_cfg {
-            Some(fw) => info!(
-                "fw_cfg: present ({=str}), script file {=str}",
-                if fw.uses_dma() { "DMA" } else { "port I/O" },
-                yes_no(self.script_file.is_some())
-            ),
-            None => info!("fw_cfg: not present"),
-        }
-        for (name, device) in [("pvpanic-isa", &self.pvpanic_isa), ("pvpanic-pci", &self.pvpanic_pci)] {
-            match device {
-                Some(d) => info!(
-                    "{=str}: at {=u64:#x}, events {=u8:#04x} (bit0 panicked, bit1 crashloaded, bit2 shutdown)",
-                    name,
-                    d.address(),
-                    d.events()
-                ),
-                None => info!("{=str}: not present", name),
-            }
-        }
-        match &self.i6300esb {
-            Some(esb) => info!(
-                "i6300esb: {} BAR0 at {=u64:#x}, previous reset by this watchdog: {=str}",
-                esb.bus().bdf,
-                esb.bus().base as u64,
-                yes_no(esb.previous_reboot())
-            ),
-            None => info!("i6300esb: not present"),
-        }
-        info!("ib700: write-only ports 0x441/0x443 (cannot be detected)");
-        match self.debug_exit {
-            Some(_) => info!("isa-debug-exit: at {=u16:#x}", crate::exit::DEBUG_EXIT_PORT),
-            None => info!("isa-debug-exit: not present (errors will halt instead of exiting)"),
-        }
+    }
+
+    fn log_inventory(&mut self) {
+        inventory();
     }
 
     /// fw_cfg `opt/pvagent/script` first, else the PVH command line.
@@ -224,7 +372,7 @@ impl Machine for X86 {
     fn check(&mut self, action: &Action<'_>) -> Result<(), DeviceError> {
         match *action {
             Action::Pvpanic(which, event) => self.pvpanic_with(which, event).map(|_| ()),
-            Action::Exit(_) => self.debug_exit.as_ref().map(|_| ()).ok_or(DeviceError::NoDebugExit),
+            Action::Exit(_) => DebugExit::probe().map(|_| ()).ok_or(DeviceError::NoDebugExit),
             Action::HvCrash { fallback, .. } => match Probe::read(&mut cpu::Cpu).check() {
                 Ok(()) => Ok(()),
                 Err(_) if fallback => self.pvpanic_with(PvDevice::Any, PvEvent::Panicked).map(|_| ()),
@@ -262,7 +410,7 @@ impl Machine for X86 {
                 }
             }
             Action::Exit(code) => {
-                if let Some(exit) = self.debug_exit.take() {
+                if let Some(exit) = DebugExit::probe() {
                     exit.exit(code);
                 }
             }
@@ -280,14 +428,8 @@ impl Machine for X86 {
                     yes_no(settings.free_run),
                     settings.total_us()
                 );
-                if let Some(esb) = self.i6300esb.as_mut() {
+                if let Some(esb) = self.pci().i6300esb.as_mut() {
                     esb.arm(&settings);
-                }
-            }
-            Action::WatchdogFeed(model) => self.feed(model),
-            Action::WatchdogStop(model) => {
-                if !self.stop(model) {
-                    warn!("{=str}: locked, it cannot be stopped", model.name());
                 }
             }
             Action::HvProbe => log_probe(&Probe::read(&mut cpu::Cpu)),
@@ -308,7 +450,13 @@ impl Machine for X86 {
                 }
             }
             // Run by the agent itself, never passed here.
-            Action::Sleep(_) | Action::Log(_) | Action::Halt | Action::FirstBoot | Action::FeedFor { .. } => {}
+            Action::Sleep(_)
+            | Action::Log(_)
+            | Action::Halt
+            | Action::FirstBoot
+            | Action::FeedFor { .. }
+            | Action::WatchdogFeed(_)
+            | Action::WatchdogStop(_) => {}
             // s390x's: refused before any step runs (`Action::arch`).
             Action::WatchdogArm(watchdog::Timeout::Diag288(_))
             | Action::S390DisabledWait { .. }
@@ -319,9 +467,18 @@ impl Machine for X86 {
     fn feed(&mut self, model: Model) {
         match model {
             Model::Ib700 => self.ib700.feed(),
-            Model::I6300Esb => self.i6300esb.as_mut().map_or((), Watchdog::feed),
+            Model::I6300Esb => self.pci().i6300esb.as_mut().map_or((), Watchdog::feed),
             // s390x's: refused before any step runs.
             Model::Diag288 => {}
+        }
+    }
+
+    fn stop(&mut self, model: Model) -> bool {
+        match model {
+            Model::Ib700 => self.ib700.stop(),
+            Model::I6300Esb => self.pci().i6300esb.as_mut().is_some_and(Watchdog::stop),
+            // s390x's: refused before any step runs.
+            Model::Diag288 => false,
         }
     }
 
@@ -345,17 +502,31 @@ impl Machine for X86 {
     }
 
     fn fail(&mut self, why: ErrorExit) -> ! {
-        fail(self.debug_exit.take(), why)
+        inventory();
+        fail(DebugExit::probe(), why)
     }
 
     fn halt(&mut self) -> ! {
         super::halt()
     }
 
-    fn start_steps(&mut self) {
-        if let Some(device) = self.pvpanic(PvDevice::Any) {
-            REPORT_PVPANIC.store(device.to_raw(), Ordering::Relaxed);
+    /// Finds the pvpanic device that NMIs (and, until the inventory, the
+    /// agent's own crashes) are reported through: pvpanic-isa costs a
+    /// fw_cfg read and a port read, so it is always looked for; PCI is
+    /// scanned for pvpanic-pci only when a step needed PCI anyway or the
+    /// script waits (`sleep:`, `feed:`, a watchdog's arm or feed), when an
+    /// NMI can be expected and the clock's calibration dwarfs the scan.
+    /// Otherwise the inventory or the crash path finds it.
+    fn start_steps(&mut self, waits: bool) {
+        let device = match self.pvpanic_isa() {
+            Some(isa) => Some(isa),
+            None if waits || self.pci.is_some() => self.pci().pvpanic,
+            None => None,
+        };
+        if let Some(device) = device {
+            REPORT_PVPANIC.store(device.to_raw(), Ordering::Release);
         }
+        STEPS_STARTED.store(true, Ordering::Release);
     }
 }
 
@@ -398,19 +569,28 @@ fn log_probe(probe: &Probe) {
 }
 
 fn report_device(event: PvEvent) -> Option<Pvpanic> {
-    Pvpanic::from_raw(REPORT_PVPANIC.load(Ordering::Relaxed)).filter(|d| pvpanic::advertises(d.events(), event))
+    Pvpanic::from_raw(REPORT_PVPANIC.load(Ordering::Acquire)).filter(|d| pvpanic::advertises(d.events(), event))
 }
 
-/// Reports a crash of the agent: once steps run, pvpanic `panicked` when a
-/// device is there; before the first step (an internal error) and without
-/// a device, the documented isa-debug-exit code, else halt.
+/// A crash is being reported: a fault inside that (e.g. in the inventory's
+/// probes) goes straight to the exit, without a second inventory.
+static REPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Reports a crash of the agent, after the inventory: once steps run,
+/// pvpanic `panicked` when a device is there; before the first step (an
+/// internal error) and without a device, the documented isa-debug-exit
+/// code, else halt.
 fn report_crash(why: ErrorExit) -> ! {
+    if !REPORTING.swap(true, Ordering::AcqRel) {
+        // Completes REPORT_PVPANIC once steps have started.
+        inventory();
+    }
     if let Some(device) = report_device(PvEvent::Panicked) {
         error!("reporting it through {=str} panicked", device.name());
         device.fire(PvEvent::Panicked);
         super::halt();
     }
-    if REPORT_PVPANIC.load(Ordering::Relaxed) == 0 {
+    if REPORT_PVPANIC.load(Ordering::Acquire) == 0 {
         error!("an internal error of the agent (no step has run, or no pvpanic to report it through)");
     }
     // Probing reads port 0xf4 only: harmless, and right even when the fault
@@ -419,7 +599,13 @@ fn report_crash(why: ErrorExit) -> ! {
 }
 
 fn on_nmi() {
+    // The time first: the NMI of a watchdog's expiry is timed from its
+    // last arm or feed (`agent::log_watchdog_expiry`).
+    let now_us = super::tsc::now_us();
     warn!("NMI received (QEMU's watchdog action inject-nmi sends one)");
+    if let Some(now_us) = now_us {
+        crate::agent::log_watchdog_expiry(now_us);
+    }
     match report_device(PvEvent::CrashLoaded) {
         Some(device) => {
             info!("reporting the NMI through {=str} crashloaded", device.name());

@@ -2,6 +2,7 @@
 //! halt the CPU until the local APIC timer wakes it.
 
 use super::{apic, pit};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Calibration window, in PIT ticks (about 5 ms); three windows, median.
 const WINDOW_PIT_TICKS: u16 = 6_000;
@@ -25,6 +26,22 @@ pub struct Tsc {
 
 /// Sleeps shorter than this spin: waking from `hlt` costs more.
 const SPIN_BELOW_US: u64 = 50;
+
+/// The calibrated rate (TSC ticks per millisecond; 0 = not calibrated),
+/// for interrupt handlers, which cannot borrow the agent's [`Tsc`]: they
+/// run on the same CPU, so they read the same TSC.
+static TICKS_PER_MS: AtomicU64 = AtomicU64::new(0);
+
+fn to_us(ticks: u64, ticks_per_ms: u64) -> u64 {
+    (u128::from(ticks) * 1_000 / u128::from(ticks_per_ms)) as u64
+}
+
+/// The time as [`Tsc`]'s `now_us` gives it, from any context; `None`
+/// before the clock is calibrated.
+pub fn now_us() -> Option<u64> {
+    let rate = TICKS_PER_MS.load(Ordering::Acquire);
+    (rate != 0).then(|| to_us(rdtsc(), rate))
+}
 
 fn rdtsc() -> u64 {
     // SAFETY: RDTSC only reads the time-stamp counter; every x86_64 CPU
@@ -103,6 +120,7 @@ impl Tsc {
         };
         let apic_ticks_per_ms = median3(|| Some(apic_window(ticks_per_ms))).unwrap_or(1);
         let halt_in_sleeps = (APIC_KHZ_IN_QEMU / 2..=APIC_KHZ_IN_QEMU * 2).contains(&apic_ticks_per_ms);
+        TICKS_PER_MS.store(ticks_per_ms, Ordering::Release);
         Tsc { ticks_per_ms, apic_ticks_per_ms, reference, halt_in_sleeps }
     }
 
@@ -130,7 +148,7 @@ impl Tsc {
 impl crate::clock::Clock for Tsc {
     /// Microseconds since the TSC's reset.
     fn now_us(&mut self) -> u64 {
-        (u128::from(rdtsc()) * 1_000 / u128::from(self.ticks_per_ms)) as u64
+        to_us(rdtsc(), self.ticks_per_ms)
     }
 }
 
