@@ -41,11 +41,25 @@ fn read(register: usize) -> u32 {
 }
 
 fn write(register: usize, value: u32) {
-    if !AT_BASE.load(Ordering::Acquire) {
-        return;
+    if AT_BASE.load(Ordering::Acquire) {
+        // SAFETY: the APIC answers at BASE (checked just above).
+        unsafe { write_at_base(register, value) }
     }
-    // SAFETY: as in `read`; the values written are the architected ones,
-    // and the APIC's registers are not memory anything else uses.
+}
+
+/// Writes an APIC register without checking `AT_BASE` (for `init`, which
+/// checks once and then writes its registers in one straight line).
+///
+/// # Safety
+///
+/// The local APIC must answer at `BASE` (what `init` checks before setting
+/// `AT_BASE`).
+unsafe fn write_at_base(register: usize, value: u32) {
+    // SAFETY: the APIC decodes its registers at BASE (the caller's
+    // contract), which the boot page tables identity map; `register` is
+    // one of the 32-bit aligned offsets above, inside its 4 KiB page; the
+    // values written are the architected ones, and the APIC's registers are
+    // not memory anything else uses.
     unsafe { core::ptr::write_volatile((BASE + register) as *mut u32, value) }
 }
 
@@ -80,11 +94,14 @@ pub fn init() {
         defmt::warn!("local APIC unusable (IA32_APIC_BASE {=u64:#x}): no NMIs on LINT1, sleeps will spin", msr);
         return;
     }
-    write(SPURIOUS, SOFTWARE_ENABLE | u32::from(super::interrupts::SPURIOUS));
-    write(LVT_LINT0, MASKED);
-    write(LVT_LINT1, DELIVERY_NMI);
-    write(LVT_TIMER, MASKED | u32::from(super::interrupts::TIMER));
-    write(DIVIDE, DIVIDE_BY_1);
+    // SAFETY: `usable` says the APIC answers at BASE.
+    unsafe {
+        write_at_base(SPURIOUS, SOFTWARE_ENABLE | u32::from(super::interrupts::SPURIOUS));
+        write_at_base(LVT_LINT0, MASKED);
+        write_at_base(LVT_LINT1, DELIVERY_NMI);
+        write_at_base(LVT_TIMER, MASKED | u32::from(super::interrupts::TIMER));
+        write_at_base(DIVIDE, DIVIDE_BY_1);
+    }
 }
 
 /// Signals the end of the timer interrupt.

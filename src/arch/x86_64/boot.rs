@@ -8,8 +8,13 @@
 //! booted as firmware").
 //!
 //! The stub zeroes `.bss`, identity-maps 0–4 GiB with 2 MiB pages (PCI BARs
-//! sit just below 4 GiB), enables long mode, loads a 64-bit GDT and calls
-//! `pvagent_main(start_info)` on the agent's own stack.
+//! sit just below 4 GiB) except the stack's guard page (its 2 MiB page is
+//! split into 4 KiB pages, the guard left unmapped), enables long mode,
+//! loads the agent's GDT (code, data and a TSS whose IST 1 is the double
+//! fault's own stack) and calls `pvagent_main(start_info)` on the agent's
+//! own stack. The CPU's tables are set up here, in a few straight-line
+//! instructions, rather than in Rust at run time: under TCG the first run
+//! of any code costs its translation, and this is the boot's critical path.
 
 use core::arch::global_asm;
 
@@ -66,6 +71,43 @@ pvh_start:
     add $8, %edi
     loop 2b
 
+    /* The stack's guard page: the 2 MiB page holding it becomes 512
+       identity-mapped 4 KiB pages, minus the guard. Running into it is a
+       stack overflow, reported through the double-fault handler. */
+    mov $__stack_guard, %edx
+    mov %edx, %ebx
+    and $0xffe00000, %ebx
+    mov $boot_guard_pt, %edi
+    lea 0x3(%ebx), %eax
+    mov $512, %ecx
+3:  mov %eax, (%edi)
+    movl $0, 4(%edi)
+    add $0x1000, %eax
+    add $8, %edi
+    loop 3b
+    mov %edx, %edi
+    sub %ebx, %edi
+    shr $9, %edi
+    movl $0, boot_guard_pt(%edi)
+    shr $21, %edx
+    movl $(boot_guard_pt + 0x3), boot_pd(,%edx,8)
+
+    /* The TSS descriptor (64-bit available TSS, limit 103) for boot_tss. */
+    mov $boot_tss, %eax
+    mov %eax, %edx
+    shl $16, %edx
+    or $0x67, %edx
+    mov %edx, boot_gdt_tss
+    mov %eax, %edx
+    shr $16, %edx
+    mov %edx, %ecx
+    and $0xff, %ecx
+    and $0xff00, %edx
+    shl $16, %edx
+    or %ecx, %edx
+    or $0x8900, %edx
+    mov %edx, boot_gdt_tss + 4
+
     /* PAE, page tables, EFER.LME, then paging: long mode. */
     mov %cr4, %eax
     or $0x20, %eax
@@ -91,6 +133,8 @@ pvh_long_mode:
     mov %ax, %ss
     mov %ax, %fs
     mov %ax, %gs
+    mov $0x18, %ax
+    ltr %ax
     mov $__stack_top, %rsp
     mov %esi, %edi
     call pvagent_main
@@ -162,16 +206,31 @@ pvagent_rom_gdt_end:
     .code64
     .popsection
 
-    .pushsection .rodata.boot, "a"
+    /* Written at boot (the TSS descriptor) and by the CPU (its busy bit). */
+    .pushsection .data.boot, "aw"
     .balign 8
 boot_gdt:
     .quad 0
-    .quad 0x00af9a000000ffff
-    .quad 0x00cf92000000ffff
+    .quad 0x00af9a000000ffff    /* 0x08: 64-bit code */
+    .quad 0x00cf92000000ffff    /* 0x10: data */
+boot_gdt_tss:
+    .quad 0, 0                  /* 0x18: the TSS (16 bytes in long mode) */
 boot_gdt_end:
 boot_gdt_ptr:
     .word boot_gdt_end - boot_gdt - 1
     .long boot_gdt
+    /* The 64-bit TSS: only IST 1 is used (the double fault's stack, see
+       interrupts.rs); no I/O bitmap (its offset is the TSS's size). */
+    .balign 16
+boot_tss:
+    .long 0
+    .quad 0, 0, 0               /* RSP0..2 */
+    .quad 0
+    .quad pvagent_double_fault_stack_top    /* IST1 */
+    .quad 0, 0, 0, 0, 0, 0      /* IST2..7 */
+    .quad 0
+    .word 0
+    .word 104
     .popsection
 
     .pushsection .bss.boot, "aw", @nobits
@@ -185,18 +244,23 @@ boot_pd:
     .skip 4 * 4096
     .popsection
 
-    /* The stack is not zeroed (it needs no initial value), so it sits in
-       its own section after .bss. */
+    /* What needs no initial value is not zeroed, so it sits in its own
+       section after .bss: the stacks and the guard's page table (written
+       whole above). */
     .pushsection .stack, "aw", @nobits
     .balign 4096
-    /* Unmapped once the agent runs (cpu::init): running into it is a
-       stack overflow, reported through the double-fault handler. */
+boot_guard_pt:
+    .skip 4096
+    /* Unmapped (above): running into it is a stack overflow, reported
+       through the double-fault handler. */
     .global __stack_guard
 __stack_guard:
     .skip 4096
     .skip 32 * 1024
     .global __stack_top
 __stack_top:
+    .skip 8192
+pvagent_double_fault_stack_top:
     .popsection
     "#,
     options(att_syntax)

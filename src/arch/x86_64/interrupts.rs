@@ -71,7 +71,7 @@ impl Gate {
     fn interrupt(handler: usize, ist: u8) -> Gate {
         Gate {
             offset_low: handler as u16,
-            selector: 0x08, // the kernel code segment (boot GDT and cpu::init's)
+            selector: 0x08, // the kernel code segment (the boot stub's GDT)
             ist,
             attributes: 0x8e, // present, DPL 0, 64-bit interrupt gate
             offset_mid: (handler >> 16) as u16,
@@ -107,11 +107,10 @@ static HANDLERS: HandlerCell = HandlerCell(UnsafeCell::new(None));
 
 /// Installs the IDT: vectors 0–31 (exceptions), the local APIC timer and
 /// the APIC's spurious vector. Other vectors stay absent (never enabled).
-/// Sets up the CPU's tables first (`cpu::init`: the double-fault gate
-/// needs the TSS's IST stack). Only the first call does anything: the IDT
-/// and the handlers are never changed once the CPU uses them.
+/// The double-fault gate uses IST 1, which the boot stub's TSS provides.
+/// Only the first call does anything: the IDT and the handlers are never
+/// changed once the CPU uses them.
 pub fn init(handlers: Handlers) {
-    super::cpu::init();
     if INSTALLED.swap(true, Ordering::AcqRel) {
         return;
     }
@@ -122,15 +121,18 @@ pub fn init(handlers: Handlers) {
         *HANDLERS.0.get() = Some(handlers);
         &mut *IDT.0.get()
     };
-    for (vector, (gate, stub)) in gates.iter_mut().zip(STUBS).enumerate() {
-        let ist = if vector == usize::from(DOUBLE_FAULT) { super::cpu::DOUBLE_FAULT_IST } else { 0 };
-        *gate = Gate::interrupt(stub as usize, ist);
+    // A plain indexed loop without branches in its body: under TCG every
+    // branch of code run for the first time costs a translation.
+    for (vector, stub) in STUBS.iter().enumerate() {
+        let ist = u8::from(vector == usize::from(DOUBLE_FAULT)) * super::cpu::DOUBLE_FAULT_IST;
+        gates[vector] = Gate::interrupt(*stub as usize, ist);
     }
     gates[usize::from(TIMER)] = Gate::interrupt(timer_stub as *const () as usize, 0);
     gates[usize::from(SPURIOUS)] = Gate::interrupt(spurious_stub as *const () as usize, 0);
     let pointer = DescriptorTablePointer {
         limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16,
-        base: VirtAddr::new(IDT.0.get() as u64),
+        // The IDT is in the image, below 4 GiB: canonical.
+        base: VirtAddr::new_truncate(IDT.0.get() as u64),
     };
     // SAFETY: the table is static, fully initialised, and its gates point
     // at the stubs below with the boot GDT's code selector.
