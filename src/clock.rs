@@ -32,6 +32,29 @@ pub fn wait_us(delay: &mut impl DelayNs, us: u64) {
     }
 }
 
+/// Implements [`DelayNs`] for an architecture's clock through its own
+/// `fn sleep_us(&mut self, us: u64)`: one definition for every clock.
+#[cfg(image)]
+macro_rules! delay_ns_via_sleep_us {
+    ($clock:ty) => {
+        impl embedded_hal::delay::DelayNs for $clock {
+            fn delay_ns(&mut self, ns: u32) {
+                self.sleep_us(u64::from(ns).div_ceil(1_000));
+            }
+
+            fn delay_us(&mut self, us: u32) {
+                self.sleep_us(u64::from(us));
+            }
+
+            fn delay_ms(&mut self, ms: u32) {
+                self.sleep_us(u64::from(ms) * 1_000);
+            }
+        }
+    };
+}
+#[cfg(image)]
+pub(crate) use delay_ns_via_sleep_us;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,20 +29,8 @@ impl crate::clock::Clock for Tod {
     }
 }
 
-/// The agent's waits (`sleep:`, `feed:`'s pacing), through embedded-hal.
-impl embedded_hal::delay::DelayNs for Tod {
-    fn delay_ns(&mut self, ns: u32) {
-        self.sleep_us(u64::from(ns).div_ceil(1_000));
-    }
-
-    fn delay_us(&mut self, us: u32) {
-        self.sleep_us(u64::from(us));
-    }
-
-    fn delay_ms(&mut self, ms: u32) {
-        self.sleep_us(u64::from(ms) * 1_000);
-    }
-}
+// The agent's waits (`sleep:`, `feed:`'s pacing), through embedded-hal.
+crate::clock::delay_ns_via_sleep_us!(Tod);
 
 impl Tod {
     /// Waits, enabled for the clock comparator alone, until the TOD clock

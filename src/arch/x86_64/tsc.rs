@@ -152,20 +152,8 @@ impl crate::clock::Clock for Tsc {
     }
 }
 
-/// The agent's waits (`sleep:`, `feed:`'s pacing), through embedded-hal.
-impl embedded_hal::delay::DelayNs for Tsc {
-    fn delay_ns(&mut self, ns: u32) {
-        self.sleep_us(u64::from(ns).div_ceil(1_000));
-    }
-
-    fn delay_us(&mut self, us: u32) {
-        self.sleep_us(u64::from(us));
-    }
-
-    fn delay_ms(&mut self, ms: u32) {
-        self.sleep_us(u64::from(ms) * 1_000);
-    }
-}
+// The agent's waits (`sleep:`, `feed:`'s pacing), through embedded-hal.
+crate::clock::delay_ns_via_sleep_us!(Tsc);
 
 impl Tsc {
     /// Halts until the APIC timer fires, as often as needed; the TSC
