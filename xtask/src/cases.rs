@@ -1,9 +1,11 @@
 //! Cases: one concrete run each, board × scenario × variant, expanded from
 //! the validated table in file order and filtered by `--board` and
-//! `--scenario` globs.
+//! `--scenario` globs, each on its clock (the row's, else the board's, unless
+//! `--clock`/`PVAGENT_CLOCK` forces one).
 
 use std::sync::Arc;
 
+use crate::clock::Clock;
 use crate::config::{Board, Scenario, Scenarios, ScriptVia, Variant};
 use crate::util::{Version, glob_match};
 
@@ -13,6 +15,25 @@ pub struct Case {
     pub board: Arc<Board>,
     pub scenario: Arc<Scenario>,
     pub variant: Option<Variant>,
+    /// The clock the case runs on.
+    pub clock: Clock,
+    /// Why `clock` is not the one asked for (a forced virtual clock on a
+    /// board that cannot run it).
+    pub clock_note: Option<String>,
+}
+
+/// The clock of `scenario` on `board`: `forced`, else the row's, else the
+/// board's. A board that cannot run in virtual time (KVM) keeps real time
+/// under a forced virtual clock, with the reason (the table validation
+/// refuses it everywhere else).
+pub fn resolve_clock(board: &Board, scenario: &Scenario, forced: Option<Clock>) -> (Clock, Option<String>) {
+    let want = forced.or(scenario.clock).unwrap_or(board.clock);
+    match (want, board.virtual_time_problem()) {
+        (Clock::Virtual, Some(why)) => {
+            (Clock::Real, Some(format!("real time: board {} cannot run in virtual time ({why})", board.name)))
+        }
+        _ => (want, None),
+    }
 }
 
 impl Case {
@@ -56,12 +77,14 @@ impl Case {
 
 /// Expands the table into cases, board-major, in file order. `boards` and
 /// `globs` filter (empty = all); a glob matches the case id, the scenario
-/// name or the full name (`board::id`).
+/// name or the full name (`board::id`). `clock`: every case's clock
+/// (`None`: each row's, else its board's).
 pub fn expand_cases(
     boards: &[Board],
     table: &Scenarios,
     board_filter: &[String],
     globs: &[String],
+    clock: Option<Clock>,
 ) -> Result<Vec<Case>, String> {
     for b in board_filter {
         if !boards.iter().any(|x| &x.name == b) {
@@ -92,7 +115,8 @@ pub fn expand_cases(
                     .collect()
             };
             for variant in vars {
-                let case = Case { board: board.clone(), scenario: s.clone(), variant };
+                let (clock, clock_note) = resolve_clock(&board, s, clock);
+                let case = Case { board: board.clone(), scenario: s.clone(), variant, clock, clock_note };
                 let id = case.id();
                 if globs.is_empty()
                     || globs
@@ -115,29 +139,69 @@ mod tests {
     #[test]
     fn a_script_list_runs_once_per_entry() {
         let t = parse(LIST).unwrap();
-        let cases = expand_cases(&boards(), &t, &[], &[]).unwrap();
+        let cases = expand_cases(&boards(), &t, &[], &[], None).unwrap();
         assert_eq!(cases.len(), 3);
     }
 
     #[test]
     fn good_table() {
         let t = parse(GOOD).unwrap();
-        let cases = expand_cases(&boards(), &t, &[], &[]).unwrap();
+        let cases = expand_cases(&boards(), &t, &[], &[], None).unwrap();
         let names: Vec<String> = cases.iter().map(|c| c.full_name()).collect();
         assert_eq!(names, vec!["pc::p/isa", "pc::p/pci"]);
         assert_eq!(cases[1].min_qemu(), Some(Version::new(6, 0, 0)));
         assert_eq!(cases[0].min_qemu(), Some(Version::new(5, 0, 0)));
         assert_eq!(cases[1].extra_args(), vec!["-action", "panic=pause", "-device", "pvpanic-pci"]);
-        let only_pci = expand_cases(&boards(), &t, &[], &["*pci".into()]).unwrap();
+        let only_pci = expand_cases(&boards(), &t, &[], &["*pci".into()], None).unwrap();
         assert_eq!(only_pci.len(), 1);
-        assert!(expand_cases(&boards(), &t, &["nope".into()], &[]).is_err());
+        assert!(expand_cases(&boards(), &t, &["nope".into()], &[], None).is_err());
+    }
+
+    #[test]
+    fn clocks_row_board_and_forced() {
+        let mut b = mixed_boards();
+        b[1].clock = Clock::Virtual; // fast: virtual by default
+        b[2].accel = "kvm".into(); // micro: cannot run in virtual time
+        let t = parse_with(GROUPED, &b).unwrap();
+        let clocks = |forced| -> Vec<(String, Clock, bool)> {
+            expand_cases(&b, &t, &[], &["p/isa".into()], forced)
+                .unwrap()
+                .iter()
+                .map(|c| (c.board.name.clone(), c.clock, c.clock_note.is_some()))
+                .collect()
+        };
+        let v = |n: &str, c, note| (n.to_string(), c, note);
+        assert_eq!(
+            clocks(None),
+            [v("pc", Clock::Real, false), v("fast", Clock::Virtual, false), v("micro", Clock::Real, false)]
+        );
+        assert_eq!(
+            clocks(Some(Clock::Real)),
+            [v("pc", Clock::Real, false), v("fast", Clock::Real, false), v("micro", Clock::Real, false)]
+        );
+        assert_eq!(
+            clocks(Some(Clock::Virtual)),
+            [v("pc", Clock::Virtual, false), v("fast", Clock::Virtual, false), v("micro", Clock::Real, true)]
+        );
+        let micro = expand_cases(&b, &t, &["micro".into()], &["p/isa".into()], Some(Clock::Virtual)).unwrap();
+        assert_eq!(
+            micro[0].clock_note.as_deref(),
+            Some(
+                "real time: board micro cannot run in virtual time (-icount needs TCG, and this board's accel is \"kvm\")"
+            )
+        );
+        // A row's own clock wins over the board's, a forced one over both.
+        let mut row = (*t.scenarios[0]).clone();
+        row.clock = Some(Clock::Real);
+        assert_eq!(resolve_clock(&b[1], &row, None), (Clock::Real, None));
+        assert_eq!(resolve_clock(&b[1], &row, Some(Clock::Virtual)), (Clock::Virtual, None));
     }
 
     #[test]
     fn groups_variant_boards_and_per_board_script_via() {
         let b = mixed_boards();
         let t = parse_with(GROUPED, &b).unwrap();
-        let cases = expand_cases(&b, &t, &[], &[]).unwrap();
+        let cases = expand_cases(&b, &t, &[], &[], None).unwrap();
         let names: Vec<String> = cases.iter().map(|c| c.full_name()).collect();
         assert_eq!(
             names,

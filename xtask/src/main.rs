@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+use xtask::clock::{CLOCK_ENV, Clock};
 use xtask::config::{Board, ScriptVia};
 use xtask::runner::{self, RunEnv, RunSpec};
 use xtask::schedule;
@@ -61,6 +62,10 @@ enum Cmd {
     Fuzz(xtask::fuzz::FuzzArgs),
     /// Set up prerequisites, build the images, then `cargo test --workspace` (incl. the e2e harness)
     Test {
+        /// Run every scenario in this clock (sets PVAGENT_CLOCK for the e2e harness) [default: each
+        /// row's, else its board's]
+        #[arg(long, value_enum)]
+        clock: Option<ClockArg>,
         /// Arguments passed to the test binaries (after `--`), e.g. `-- q35::`
         #[arg(last = true)]
         libtest_args: Vec<String>,
@@ -100,6 +105,11 @@ struct QemuRunArgs {
     /// table keeps its order either way
     #[arg(long, short = 'j', value_name = "N", env = "PVAGENT_JOBS", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
+    /// Run every scenario in this clock [default: each row's `clock`, else its board's]: `virtual`
+    /// adds -icount shift=0,sleep=off (TCG boards; KVM boards stay real). QMP `timing` entries
+    /// are then reported as not judged (QMP timestamps are host time); `guest_timing` is judged
+    #[arg(long, value_enum, env = "PVAGENT_CLOCK")]
+    clock: Option<ClockArg>,
     /// Ad hoc: boot once with this script (prints events live)
     #[arg(long, conflicts_with_all = ["scenarios", "json", "junit", "scenarios_file"])]
     script: Option<String>,
@@ -116,6 +126,21 @@ struct QemuRunArgs {
     /// Ad hoc: stop after this long (then quit/kill QEMU)
     #[arg(long, default_value = "10s", value_parser = parse_dur)]
     timeout: std::time::Duration,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ClockArg {
+    Real,
+    Virtual,
+}
+
+impl From<ClockArg> for Clock {
+    fn from(c: ClockArg) -> Clock {
+        match c {
+            ClockArg::Real => Clock::Real,
+            ClockArg::Virtual => Clock::Virtual,
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -190,7 +215,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Test { libtest_args } => {
+        Cmd::Test { clock, libtest_args } => {
             let project = Project::load(&root, None)?;
             let sel = select_boards(&project, &[])?;
             setup::setup(&root, &sel)?;
@@ -199,6 +224,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut cmd = std::process::Command::new(cargo);
             cmd.args(["test", "--workspace"]).current_dir(&root);
             cmd.env(images::IMAGE_ENV, std::env::join_paths(built.values()).context("joining image paths")?);
+            if let Some(c) = clock {
+                cmd.env(CLOCK_ENV, Clock::from(c).as_str());
+            }
             if !libtest_args.is_empty() {
                 cmd.arg("--").args(&libtest_args);
             }
@@ -232,7 +260,8 @@ fn select_boards<'a>(project: &'a Project, names: &[String]) -> Result<Vec<&'a B
 
 fn table_run(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
     let project = Project::load(root, args.scenarios_file.as_deref())?;
-    let cases = xtask::cases::expand_cases(&project.boards, &project.table, &args.boards, &args.scenarios)
+    let forced = args.clock.map(Clock::from);
+    let cases = xtask::cases::expand_cases(&project.boards, &project.table, &args.boards, &args.scenarios, forced)
         .map_err(anyhow::Error::msg)?;
     if cases.is_empty() {
         bail!("no scenario matches the given --board/--scenario filters");
@@ -285,7 +314,10 @@ fn table_run(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
     progress.borrow_mut().clear();
     let stats = report::RunStats { wall: started.elapsed(), jobs: jobs.min(cases.len()) };
     writeln!(out, "\n{}", report::summary(&results))?;
+    writeln!(out, "{}{}", report::clock_line(&results), forced.map(|c| format!(" (--clock {c})")).unwrap_or_default())?;
     writeln!(out, "{stats}")?;
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    writeln!(out, "{}", report::cpu_line(&results, xtask::qemu::own_cpu_time(), cpus))?;
     if let Some(longest) = results.iter().filter(|r| r.wall_ms > 0).max_by_key(|r| r.wall_ms) {
         let longest_s = longest.wall_ms as f64 / 1000.0;
         writeln!(
@@ -340,7 +372,12 @@ fn adhoc(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
     if let Some(problem) = board.script_via_problem(script_via) {
         bail!("board {} cannot take a script through {}: {problem}", board.name, script_via.name());
     }
+    let clock = args.clock.map_or(board.clock, Clock::from);
+    if let (Clock::Virtual, Some(why)) = (clock, board.virtual_time_problem()) {
+        bail!("board {} cannot run in virtual time: {why}", board.name);
+    }
     let spec = RunSpec {
+        clock,
         board: board.clone(),
         extra_args: extra,
         script: args.script.filter(|s| !s.is_empty()),

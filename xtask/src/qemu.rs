@@ -329,6 +329,9 @@ pub struct QemuProcess {
     status: Option<ExitStatus>,
     pub spawned_at: SystemTime,
     pub spawned_instant: Instant,
+    /// Its CPU time (user + system, all threads), read when it has exited
+    /// and before it is reaped.
+    cpu: Option<Duration>,
 }
 
 impl QemuProcess {
@@ -366,11 +369,39 @@ impl QemuProcess {
         let pid = child.id() as i32;
         reg.pids.insert(pid);
         drop(reg);
-        Ok(QemuProcess { child, pid, status: None, spawned_at, spawned_instant })
+        Ok(QemuProcess { child, pid, status: None, spawned_at, spawned_instant, cpu: None })
     }
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// The CPU time the process used (user + system, all its threads), once
+    /// it has exited; `None` before, or when it could not be read.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        self.cpu
+    }
+
+    /// Reads the CPU time of the exited process before it is reaped: a
+    /// zombie keeps its final counters in /proc/<pid>/stat. `block`: wait
+    /// for the exit (after a kill).
+    fn sample_cpu(&mut self, block: bool) {
+        if self.cpu.is_some() || self.status.is_some() {
+            return;
+        }
+        let mut flags = libc::WEXITED | libc::WNOWAIT;
+        if !block {
+            flags |= libc::WNOHANG;
+        }
+        // SAFETY: waitid with WNOWAIT only reports on our own child (it
+        // stays unreaped for Child::wait); `info` is a plain C struct.
+        let exited = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, flags) == 0 && info.si_pid() != 0
+        };
+        if exited {
+            self.cpu = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok().and_then(|s| cpu_of_stat(&s));
+        }
     }
 
     fn reaped(&mut self, st: ExitStatus) -> ExitStatus {
@@ -384,6 +415,7 @@ impl QemuProcess {
         if let Some(s) = self.status {
             return Ok(Some(s));
         }
+        self.sample_cpu(false);
         match self.child.try_wait()? {
             Some(st) => Ok(Some(self.reaped(st))),
             None => Ok(None),
@@ -409,6 +441,7 @@ impl QemuProcess {
             return Ok(s);
         }
         let _ = self.child.kill();
+        self.sample_cpu(true);
         let st = self.child.wait()?;
         Ok(self.reaped(st))
     }
@@ -420,6 +453,30 @@ impl Drop for QemuProcess {
             let _ = self.kill();
         }
     }
+}
+
+/// User + system time from a `/proc/<pid>/stat` line (fields 14 and 15, in
+/// clock ticks; the command name in parentheses may contain anything).
+fn cpu_of_stat(stat: &str) -> Option<Duration> {
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    // After the name: field 3 (state) is fields[0], so field N is fields[N - 3].
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+/// The CPU time (user + system) this process has used itself, its QEMUs
+/// not included.
+pub fn own_cpu_time() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// Human form of an exit status: `exit status 1`, `killed by signal 9
@@ -634,6 +691,24 @@ pub(crate) mod tests {
             "killed by signal 6 (SIGABRT, core dumped)"
         );
         assert_eq!(describe_status(ExitStatus::from_raw(40)), "killed by signal 40");
+    }
+
+    #[test]
+    fn the_cpu_time_of_an_exited_process_is_read_before_reaping() {
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let stat = "4242 (qemu (x) y) S 1 2 3 4 5 6 7 8 9 10 150 50 0 0 20 0 3 0";
+        assert_eq!(cpu_of_stat(stat), Some(Duration::from_secs_f64(200.0 / hz)));
+        assert_eq!(cpu_of_stat("4242 (short) S 1"), None);
+        // A process that burns some CPU, then one killed while it waits.
+        let busy = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done";
+        let mut p = QemuProcess::spawn(&["sh".into(), "-c".into(), busy.into()], Stdio::null()).unwrap();
+        assert!(p.wait_until(Instant::now() + Duration::from_secs(30)).unwrap().is_some());
+        assert!(p.cpu_time().is_some_and(|c| c > Duration::ZERO), "{:?}", p.cpu_time());
+        let mut p = QemuProcess::spawn(&["sleep".into(), "30".into()], Stdio::null()).unwrap();
+        assert_eq!(p.cpu_time(), None);
+        p.kill().unwrap();
+        assert!(p.cpu_time().is_some());
+        assert!(own_cpu_time() > Duration::ZERO);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::agent::SCRIPT_FW_CFG_NAME;
+use crate::clock::Clock;
 use crate::config::{Board, Boot, ScriptVia};
 use crate::util::escape_qemu_opt;
 
@@ -136,11 +137,16 @@ pub struct QemuCmd {
     pub boot: Boot,
     pub image: PathBuf,
     pub script: Option<Script>,
+    /// The guest's clock: [`Clock::Virtual`] adds `-icount
+    /// shift=0,sleep=off` and the board's `virtual_args`.
+    pub clock: Clock,
+    /// The board's `virtual_args` (used only in virtual time).
+    pub virtual_args: Vec<String>,
 }
 
 impl QemuCmd {
     /// `board` booting `image` (its ELF, or on a `boot = "firmware"` board
-    /// its ROM), stopped (`-S`) until QMP says `cont`.
+    /// its ROM), stopped (`-S`) until QMP says `cont`, on the board's clock.
     pub fn new(board: &Board, image: &Path) -> QemuCmd {
         QemuCmd {
             binary: board.binary.clone(),
@@ -155,7 +161,15 @@ impl QemuCmd {
             boot: board.boot,
             image: image.to_path_buf(),
             script: None,
+            clock: board.clock,
+            virtual_args: board.virtual_args.clone(),
         }
+    }
+
+    /// The guest's clock (instead of the board's).
+    pub fn clock(mut self, clock: Clock) -> QemuCmd {
+        self.clock = clock;
+        self
     }
 
     pub fn qmp(mut self, chardev: Chardev) -> QemuCmd {
@@ -189,6 +203,10 @@ impl QemuCmd {
         push(&["-machine", &self.machine, "-accel", &self.accel, "-m", &self.memory]);
         if let Some(cpu) = &self.cpu {
             push(&["-cpu", cpu]);
+        }
+        if self.clock == Clock::Virtual {
+            push(&Clock::ICOUNT);
+            push(&self.virtual_args.iter().map(String::as_str).collect::<Vec<_>>());
         }
         if let Some(fw) = &self.firmware {
             push(&["-bios", &fw.to_string_lossy()]);
@@ -303,6 +321,20 @@ mod tests {
             .argv();
         assert_eq!(&a[a.len() - 4..], &["-kernel", "/img", "-append", "s390.shutdown"]);
         assert_eq!(a[0], "qemu-system-s390x");
+    }
+
+    #[test]
+    fn virtual_time_adds_icount_and_the_boards_virtual_args() {
+        let b = board("virtual_args = [\"-machine\", \"pit=off\"]");
+        let real = QemuCmd::new(&b, Path::new("/img")).argv();
+        assert!(!real.iter().any(|x| x == "-icount" || x == "pit=off"), "{real:?}");
+        let v = QemuCmd::new(&b, Path::new("/img")).clock(Clock::Virtual).argv();
+        let i = v.iter().position(|x| x == "-icount").unwrap();
+        assert_eq!(v[i..i + 4], ["-icount", "shift=0,sleep=off", "-machine", "pit=off"]);
+        // The board's own clock is the default.
+        let b = board("clock = \"virtual\"");
+        assert!(QemuCmd::new(&b, Path::new("/img")).argv().windows(2).any(|w| w == Clock::ICOUNT));
+        assert!(!QemuCmd::new(&b, Path::new("/img")).clock(Clock::Real).argv().iter().any(|x| x == "-icount"));
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::clock::Clock;
 use crate::runner::{CaseResult, Verdict};
 
 /// Counts (passed, failed, skipped).
@@ -27,21 +28,31 @@ fn rel(p: &Path) -> String {
     }
 }
 
+/// The lines printed under a case: its clock's note, then one per timing
+/// and guest-timing entry (also a JUnit case's `<system-out>`).
+pub fn notes(r: &CaseResult) -> Vec<String> {
+    let mut out: Vec<String> = r.clock_note.iter().map(|n| format!("clock {}: {n}", r.clock)).collect();
+    out.extend(r.timing.iter().map(|t| t.note()));
+    out.extend(r.guest_timing.iter().map(|g| g.note()));
+    out
+}
+
 /// One table row (also printed live, one per finished case).
 pub fn row(r: &CaseResult, widths: (usize, usize)) -> String {
     let ms = r.first_event_ms.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into());
     let mut s = format!(
-        "{:<bw$}  {:<sw$}  {:<7}  {:>6}  {}",
+        "{:<bw$}  {:<sw$}  {:<7}  {:<7}  {:>6}  {}",
         r.board,
         r.id,
         r.verdict.label(),
+        r.clock,
         ms,
         r.events_summary(),
         bw = widths.0,
         sw = widths.1,
     );
-    for t in &r.timing {
-        let _ = write!(s, "\n    {}", t.note());
+    for n in notes(r) {
+        let _ = write!(s, "\n    {n}");
     }
     match &r.verdict {
         Verdict::Fail(reason) => {
@@ -59,12 +70,76 @@ pub fn row(r: &CaseResult, widths: (usize, usize)) -> String {
 }
 
 pub fn header(widths: (usize, usize)) -> String {
-    format!("{:<bw$}  {:<sw$}  {:<7}  {:>6}  EVENTS", "BOARD", "SCENARIO", "RESULT", "MS", bw = widths.0, sw = widths.1)
+    format!(
+        "{:<bw$}  {:<sw$}  {:<7}  {:<7}  {:>6}  EVENTS",
+        "BOARD",
+        "SCENARIO",
+        "RESULT",
+        "CLOCK",
+        "MS",
+        bw = widths.0,
+        sw = widths.1
+    )
 }
 
 /// Column widths for a set of (board, id) names.
 pub fn widths<'a>(names: impl Iterator<Item = (&'a str, String)>) -> (usize, usize) {
     names.fold((5, 8), |(b, s), (bn, id)| (b.max(bn.len()), s.max(id.len())))
+}
+
+/// How many cases ran in virtual time, and how many QMP timing entries
+/// were therefore not judged: `212 of 574 ran in virtual time (-icount
+/// shift=0,sleep=off); 3 QMP timing entries not judged`.
+pub fn clock_line(results: &[CaseResult]) -> String {
+    let ran: Vec<&CaseResult> = results.iter().filter(|r| !matches!(r.verdict, Verdict::Skipped(_))).collect();
+    let virt = ran.iter().filter(|r| r.clock == Clock::Virtual).count();
+    let guest = ran.iter().map(|r| r.guest_timing.len()).sum::<usize>();
+    let not_judged = ran.iter().flat_map(|r| &r.timing).filter(|t| t.not_judged.is_some()).count();
+    let mut s = format!(
+        "{virt} of {} ran in virtual time ({} {}), {} in real time; {guest} guest timing entr{}",
+        ran.len(),
+        Clock::ICOUNT[0],
+        Clock::ICOUNT[1],
+        ran.len() - virt,
+        if guest == 1 { "y" } else { "ies" }
+    );
+    if not_judged > 0 {
+        let _ = write!(
+            s,
+            "; {not_judged} QMP timing entr{} not judged (virtual time)",
+            if not_judged == 1 { "y" } else { "ies" }
+        );
+    }
+    s
+}
+
+/// Where the CPU went: `CPU time: QEMU 95.3 s (real-time rows 60.2 s,
+/// virtual-time rows 35.1 s), this tool 10.2 s; on 2 CPUs that alone takes
+/// ≥ 52.8 s`. `own`: this process's CPU time.
+pub fn cpu_line(results: &[CaseResult], own: std::time::Duration, cpus: usize) -> String {
+    let sum = |clock: Clock| -> f64 {
+        results.iter().filter(|r| r.clock == clock).filter_map(|r| r.qemu_cpu_ms).sum::<f64>() / 1000.0
+    };
+    let (real, virt) = (sum(Clock::Real), sum(Clock::Virtual));
+    let unknown = results
+        .iter()
+        .filter(|r| r.qemu_cpu_ms.is_none() && r.artifact_dir.is_some() && !matches!(r.verdict, Verdict::Skipped(_)))
+        .count();
+    let own = own.as_secs_f64();
+    let mut s = format!(
+        "CPU time: QEMU {:.1}s (real-time rows {real:.1}s, virtual-time rows {virt:.1}s), this tool {own:.1}s",
+        real + virt
+    );
+    if unknown > 0 {
+        let _ = write!(s, " ({unknown} QEMU{} not measured)", if unknown == 1 { "" } else { "s" });
+    }
+    let _ = write!(
+        s,
+        "; on {cpus} CPU{} that alone takes ≥ {:.1}s",
+        if cpus == 1 { "" } else { "s" },
+        (real + virt + own) / cpus.max(1) as f64
+    );
+    s
 }
 
 /// Skip reasons with their counts, then `N passed, N failed, N skipped`.
@@ -184,7 +259,8 @@ pub fn to_json(results: &[CaseResult], qemu: &BTreeMap<String, String>, stats: R
 /// order); `wall` is the whole run's wall time (cases may overlap, so it is
 /// not their sum). A failure's message is the reason, its text the events
 /// and the artifact directory; a skipped case's message is the reason; the
-/// timing notes are a case's `<system-out>`.
+/// notes (clock, timing, guest timing) are a case's `<system-out>`, its
+/// clock a property `clock`.
 pub fn junit(results: &[CaseResult], wall: std::time::Duration) -> String {
     use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
     use std::time::Duration;
@@ -217,8 +293,10 @@ pub fn junit(results: &[CaseResult], wall: std::time::Duration) -> String {
             };
             let mut case = TestCase::new(r.id.as_str(), status);
             case.set_classname(board).set_time(wall_of(r));
-            if !r.timing.is_empty() && !matches!(r.verdict, Verdict::Skipped(_)) {
-                case.set_system_out(r.timing.iter().map(|t| t.note()).collect::<Vec<_>>().join("\n"));
+            case.add_property(quick_junit::Property::new("clock", r.clock.as_str()));
+            let notes = notes(r);
+            if !notes.is_empty() && !matches!(r.verdict, Verdict::Skipped(_)) {
+                case.set_system_out(notes.join("\n"));
             }
             suite.add_test_case(case);
         }
@@ -246,6 +324,10 @@ mod tests {
             qemu_version: None,
             wall_ms: 120,
             timing: vec![],
+            guest_timing: vec![],
+            clock: Clock::Real,
+            clock_note: None,
+            qemu_cpu_ms: Some(50.0),
         }
     }
 
@@ -274,8 +356,9 @@ mod tests {
             min_ms: Some(170.0),
             max_ms: Some(230.0),
             measured_ms: Some(201.1),
-            ok: true,
+            ok: Some(true),
             problem: None,
+            not_judged: None,
         }];
         let back =
             quick_junit::Report::deserialize_from_str(&junit(&[rs[1].clone(), timed], Default::default())).unwrap();
@@ -293,9 +376,75 @@ mod tests {
             case(1).system_out.as_ref().map(|o| o.as_str()),
             Some("timing GUEST_CRASHLOADED→WATCHDOG 200ms → 201.1ms (±30ms)")
         );
+        assert_eq!(back.test_suites[1].test_cases[0].properties[0].name.as_str(), "clock");
         let w = widths(rs.iter().map(|r| (r.board.as_str(), r.id.clone())));
         let line = row(&rs[1], w);
         assert!(line.contains("FAIL") && line.contains("reason: bad <thing>") && line.contains("artifacts:"), "{line}");
-        assert!(row(&rs[0], w).contains("   101  -"), "{}", row(&rs[0], w));
+        assert!(row(&rs[0], w).contains("PASS     real        101  -"), "{}", row(&rs[0], w));
+    }
+
+    #[test]
+    fn virtual_time_in_the_table_json_and_junit() {
+        let mut r = res("pc-fast", "ib700-timing-30s/pvpanic-isa", Verdict::Pass);
+        r.clock = Clock::Virtual;
+        r.guest_timing = crate::guest_timing::measure(
+            &[crate::guest_timing::GuestTimingCheck {
+                watchdog: pvagent::watchdog::Model::Ib700,
+                occurrence: 1,
+                since: crate::guest_timing::Since::Arm,
+                expect: std::time::Duration::from_secs(30),
+                tolerance: None,
+            }],
+            "INFO  watchdog timing: ib700 expired 30000030us after its last arm",
+            Clock::Virtual,
+        );
+        r.timing = vec![
+            crate::timing::TimingResult {
+                from: "GUEST_CRASHLOADED".into(),
+                to: "WATCHDOG".into(),
+                expect_ms: Some(2000.0),
+                tolerance_ms: Some(120.0),
+                min_ms: Some(1880.0),
+                max_ms: Some(2120.0),
+                measured_ms: Some(5.0),
+                ok: Some(false),
+                problem: None,
+                not_judged: None,
+            }
+            .not_judged(crate::timing::NOT_JUDGED_VIRTUAL),
+        ];
+        let w = widths([("pc-fast", r.id.clone())].into_iter());
+        let line = row(&r, w);
+        assert!(line.contains("PASS     virtual"), "{line}");
+        assert!(
+            line.contains("\n    timing GUEST_CRASHLOADED→WATCHDOG 2000ms → not judged under virtual time"),
+            "{line}"
+        );
+        assert!(line.ends_with("\n    guest timing ib700 arm→expiry 30s → 30000.030ms (±1ms)"), "{line}");
+        assert!(header(w).contains("RESULT   CLOCK        MS  EVENTS"), "{}", header(w));
+        let j = r.to_json();
+        assert_eq!(j["clock"], "virtual");
+        assert_eq!(j["guest_timing"][0]["measured_ms"], 30000.03);
+        assert_eq!((j["timing"][0]["ok"].is_null(), j["guest_timing"][0]["ok"].as_bool()), (true, Some(true)));
+        let mut forced = res("hyperv", "x", Verdict::Pass);
+        forced.clock_note = Some("real time: board hyperv cannot run in virtual time (…)".into());
+        assert!(row(&forced, w).contains("\n    clock real: real time: board hyperv"), "{}", row(&forced, w));
+        let cpu = cpu_line(&[r.clone(), forced.clone()], std::time::Duration::from_millis(900), 2);
+        assert_eq!(
+            cpu,
+            "CPU time: QEMU 0.1s (real-time rows 0.1s, virtual-time rows 0.1s), this tool 0.9s; on 2 CPUs that \
+             alone takes ≥ 0.5s"
+        );
+        let line = clock_line(&[r.clone(), forced, res("q35", "s", Verdict::Skipped("old".into()))]);
+        assert_eq!(
+            line,
+            "1 of 2 ran in virtual time (-icount shift=0,sleep=off), 1 in real time; 1 guest timing entry; \
+             1 QMP timing entry not judged (virtual time)"
+        );
+        let back = quick_junit::Report::deserialize_from_str(&junit(&[r], Default::default())).unwrap();
+        let case = &back.test_suites[0].test_cases[0];
+        assert_eq!(case.properties[0].value.as_str(), "virtual");
+        let out = case.system_out.as_ref().unwrap().as_str();
+        assert!(out.contains("not judged under virtual time") && out.contains("guest timing ib700"), "{out}");
     }
 }

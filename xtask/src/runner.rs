@@ -19,8 +19,10 @@ use serde_json::Value;
 
 use crate::agent;
 use crate::cases::Case;
+use crate::clock::Clock;
 use crate::config::{Board, End, QmpCommand, ScriptVia};
 use crate::defmt_log::{self, LogTable};
+use crate::guest_timing::{self, GuestTimingCheck, GuestTimingResult};
 use crate::images::{AgentImage, Arch, Images};
 use crate::launch::{self, Ending, EventClock, Launcher};
 use crate::matcher::{self, ExpectEntry, Progress, WATCHED_EVENTS};
@@ -110,6 +112,15 @@ pub struct CaseResult {
     pub wall_ms: u128,
     /// One entry per `timing` check of the scenario.
     pub timing: Vec<TimingResult>,
+    /// One entry per `guest_timing` check of the scenario.
+    pub guest_timing: Vec<GuestTimingResult>,
+    /// The clock the case ran on.
+    pub clock: Clock,
+    /// Why that is not the clock asked for (see [`Case::clock_note`]).
+    pub clock_note: Option<String>,
+    /// CPU time of its QEMU process (user + system, all threads; for a
+    /// nested board: L1's), in ms.
+    pub qemu_cpu_ms: Option<f64>,
 }
 
 impl CaseResult {
@@ -148,7 +159,11 @@ impl CaseResult {
             "artifact_dir": self.artifact_dir,
             "qemu_version": self.qemu_version.map(|v| v.to_string()),
             "wall_ms": self.wall_ms as u64,
+            "clock": self.clock,
+            "clock_note": self.clock_note,
+            "qemu_cpu_ms": self.qemu_cpu_ms,
             "timing": self.timing,
+            "guest_timing": self.guest_timing,
         })
     }
 }
@@ -163,6 +178,10 @@ pub struct Checks {
     pub log_contains: Vec<String>,
     pub stderr_contains: Vec<String>,
     pub timing: Vec<TimingCheck>,
+    pub guest_timing: Vec<GuestTimingCheck>,
+    /// The run's clock: QMP `timing` is not judged in virtual time, and
+    /// `guest_timing`'s default tolerance depends on it.
+    pub clock: Clock,
 }
 
 /// QEMU lets one WATCHDOG event out per second; later ones inside the
@@ -183,6 +202,8 @@ pub struct RunSpec {
     pub checks: Option<Checks>,
     /// Print events as they arrive (ad-hoc mode).
     pub live: bool,
+    /// The guest's clock.
+    pub clock: Clock,
 }
 
 /// What a boot produced.
@@ -199,6 +220,8 @@ pub struct RunRecord {
     /// QEMU's stderr (stderr.txt).
     pub stderr: String,
     pub qemu_version: Option<Version>,
+    /// CPU time of the QEMU process (see [`CaseResult::qemu_cpu_ms`]).
+    pub qemu_cpu: Option<Duration>,
 }
 
 struct Observer<'a> {
@@ -326,6 +349,7 @@ pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
                 rec.exit = p.kill().ok();
             }
         }
+        rec.qemu_cpu = p.cpu_time();
     }
     if let Some(e) = &mut rec.error {
         if let Some(st) = rec.exit.filter(|_| !rec.killed_by_us) {
@@ -386,6 +410,7 @@ fn boot(
 ) -> Result<()> {
     let image = env.images.boot_file(&spec.board)?;
     let cmd = QemuCmd::new(&spec.board, &image)
+        .clock(spec.clock)
         .serial_file(serial)
         .args(&spec.extra_args)
         .script(spec.script.as_deref(), Delivery::of(spec.script_via, dir));
@@ -460,6 +485,7 @@ fn boot(
                     let log = read_log(env, &spec.board, serial);
                     let stderr = launcher.live_stderr(dir);
                     if log_missing(&c.log_contains, &log).is_empty()
+                        && guest_timing::complete(&c.guest_timing, &log)
                         && log_missing(&c.stderr_contains, &stderr).is_empty()
                     {
                         break;
@@ -548,7 +574,9 @@ fn describe_exit(rec: &RunRecord) -> Option<String> {
 
 /// Measures the checks' `timing` entries on the run's watched events.
 /// The RESUME answering the runner's `cont` (not a watched event) counts as
-/// `RESUME#1`: rows with no guest-made marker (s390x) time from it.
+/// `RESUME#1`: rows with no guest-made marker (s390x) time from it. In
+/// virtual time they are measured (host time, for information) but not
+/// judged.
 pub fn measure_timing(checks: &Checks, rec: &RunRecord) -> Vec<TimingResult> {
     let cont = rec.events.iter().position(|e| e.event == "RESUME" && !e.watched);
     let stamped: Vec<Stamped<'_>> = rec
@@ -558,7 +586,16 @@ pub fn measure_timing(checks: &Checks, rec: &RunRecord) -> Vec<TimingResult> {
         .filter(|&(i, e)| e.watched || Some(i) == cont)
         .map(|(_, e)| Stamped { event: &e.event, ms: e.ms })
         .collect();
-    timing::measure(&checks.timing, &stamped)
+    let results = timing::measure(&checks.timing, &stamped);
+    match checks.clock {
+        Clock::Real => results,
+        Clock::Virtual => results.into_iter().map(|t| t.not_judged(timing::NOT_JUDGED_VIRTUAL)).collect(),
+    }
+}
+
+/// Judges the checks' `guest_timing` entries on the run's agent log.
+pub fn measure_guest_timing(checks: &Checks, rec: &RunRecord) -> Vec<GuestTimingResult> {
+    guest_timing::measure(&checks.guest_timing, &rec.agent_log, checks.clock)
 }
 
 /// Judges a finished run against its checks.
@@ -631,9 +668,13 @@ pub fn judge(checks: &Checks, timeout: Duration, rec: &RunRecord) -> Verdict {
     // Timing is judged on a complete event list only (otherwise the event
     // reason above says what is wrong).
     if matches!(rec.progress, Some(Progress::Complete) | None) {
-        for t in measure_timing(checks, rec).iter().filter(|t| !t.ok) {
+        for t in measure_timing(checks, rec).iter().filter(|t| t.failed()) {
             reasons.push(t.note());
         }
+    }
+    // The agent's own measurement: its line is there or the row fails.
+    for g in measure_guest_timing(checks, rec).iter().filter(|g| !g.ok) {
+        reasons.push(g.note());
     }
     if reasons.is_empty() { Verdict::Pass } else { Verdict::Fail(reasons.join("; ")) }
 }
@@ -705,6 +746,10 @@ pub fn run_case<G>(case: &Case, env: &RunEnv, admit: impl FnOnce(&dyn Launcher) 
         qemu_version: qemu::qemu_version(&case.board.binary).ok(),
         wall_ms: 0,
         timing: Vec::new(),
+        guest_timing: Vec::new(),
+        clock: case.clock,
+        clock_note: case.clock_note.clone(),
+        qemu_cpu_ms: None,
     };
     if let Some(reason) = skip_reason(case) {
         res.verdict = Verdict::Skipped(reason);
@@ -723,6 +768,8 @@ pub fn run_case<G>(case: &Case, env: &RunEnv, admit: impl FnOnce(&dyn Launcher) 
         log_contains: s.log_contains.clone(),
         stderr_contains: s.stderr_contains.clone(),
         timing: s.timing.clone(),
+        guest_timing: s.guest_timing.clone(),
+        clock: case.clock,
     };
     let spec = RunSpec {
         board: (*case.board).clone(),
@@ -733,6 +780,7 @@ pub fn run_case<G>(case: &Case, env: &RunEnv, admit: impl FnOnce(&dyn Launcher) 
         timeout: s.timeout,
         checks: Some(checks.clone()),
         live: false,
+        clock: case.clock,
     };
     let dir = case_dir(&env.run_dir, case);
     let _admitted = admit(&*launch::for_board(&case.board));
@@ -740,6 +788,8 @@ pub fn run_case<G>(case: &Case, env: &RunEnv, admit: impl FnOnce(&dyn Launcher) 
     let rec = execute(&spec, env, &dir);
     res.verdict = judge(&checks, s.timeout, &rec);
     res.timing = measure_timing(&checks, &rec);
+    res.guest_timing = measure_guest_timing(&checks, &rec);
+    res.qemu_cpu_ms = rec.qemu_cpu.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
     res.first_event_ms =
         if s.expect.is_empty() { None } else { rec.events.iter().find(|e| e.relevant()).and_then(|e| e.ms) };
     res.exit = describe_exit(&rec);
@@ -832,6 +882,8 @@ package = "qemu-system-x86"
             log_contains: vec!["hello".into()],
             stderr_contains: vec![],
             timing: vec![],
+            guest_timing: vec![],
+            clock: Clock::Real,
         }
     }
 
@@ -898,6 +950,57 @@ package = "qemu-system-x86"
                 assert!(m.contains("QEMU's stderr lacks \"watchdog: timer fired\""), "{m}");
                 assert!(m.contains("timing GUEST_PANICKED→SHUTDOWN 500ms → 600.0ms (±45ms)  OUT OF RANGE"), "{m}");
             }
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn judge_in_virtual_time() {
+        let mut c = checks(End::Exit(0));
+        c.log_contains.clear();
+        c.clock = Clock::Virtual;
+        c.timing = vec![TimingCheck {
+            from: timing::EventRef::parse("GUEST_PANICKED").unwrap(),
+            to: timing::EventRef::parse("SHUTDOWN").unwrap(),
+            bound: timing::Bound::Around { expect: Duration::from_secs(30), tolerance: timing::DEFAULT_TOLERANCE },
+        }];
+        c.guest_timing = vec![GuestTimingCheck {
+            watchdog: pvagent::watchdog::Model::Ib700,
+            occurrence: 1,
+            since: guest_timing::Since::Arm,
+            expect: Duration::from_secs(30),
+            tolerance: None,
+        }];
+        let evs = vec![
+            SeenEvent { ms: Some(100.0), ..ev("GUEST_PANICKED", Value::Null) },
+            SeenEvent { ms: Some(104.0), ..ev("SHUTDOWN", Value::Null) },
+        ];
+        let mut r = record(evs, 0, &c);
+        // The QMP timing (4 ms of host time for 30 s) is not judged; the guest's is.
+        r.agent_log = "INFO  watchdog timing: ib700 expired 30000030us after its last arm\n".into();
+        assert_eq!(judge(&c, Duration::from_secs(1), &r), Verdict::Pass);
+        let t = measure_timing(&c, &r);
+        assert_eq!((t[0].ok, t[0].measured_ms), (None, Some(4.0)));
+        assert!(measure_guest_timing(&c, &r)[0].ok);
+        // Out of ±1 ms, or no line at all: the row fails, naming it.
+        r.agent_log = "INFO  watchdog timing: ib700 expired 30001500us after its last arm\n".into();
+        match judge(&c, Duration::from_secs(1), &r) {
+            Verdict::Fail(m) => assert!(m.contains("30001.500ms (±1ms)  OUT OF RANGE"), "{m}"),
+            v => panic!("{v:?}"),
+        }
+        r.agent_log = "INFO  NMI received\n".into();
+        match judge(&c, Duration::from_secs(1), &r) {
+            Verdict::Fail(m) => assert!(
+                m.contains("not measured: the agent log has no \"watchdog timing: ib700 expired <N>us after its last arm\" line"),
+                "{m}"
+            ),
+            v => panic!("{v:?}"),
+        }
+        // In real time the same QMP timing is judged (and fails).
+        c.clock = Clock::Real;
+        r.agent_log = "INFO  watchdog timing: ib700 expired 30001500us after its last arm\n".into();
+        match judge(&c, Duration::from_secs(1), &r) {
+            Verdict::Fail(m) => assert!(m.contains("OUT OF RANGE") && !m.contains("guest timing"), "{m}"),
             v => panic!("{v:?}"),
         }
     }
@@ -1016,6 +1119,7 @@ package = "qemu-system-x86"
             timeout: Duration::from_secs(5),
             checks: None,
             live: false,
+            clock: Clock::Real,
         };
         let dir = tmp.path().join("run/pc/adhoc");
         let rec = execute(&spec, &env, &dir);

@@ -184,7 +184,7 @@ mod tests {
             &[board()],
         )
         .unwrap();
-        let cases = crate::cases::expand_cases(&[board()], &table, &[], &[]).unwrap();
+        let cases = crate::cases::expand_cases(&[board()], &table, &[], &[], None).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         assert_eq!(longest_first(&cases, tmp.path()), [0, 1, 2]);
         let write = |dir: &str, body: &str| {
@@ -214,7 +214,7 @@ mod tests {
             &[board()],
         )
         .unwrap();
-        let cases = crate::cases::expand_cases(&[board()], &table, &[], &[]).unwrap();
+        let cases = crate::cases::expand_cases(&[board()], &table, &[], &[], None).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         // Nothing known: by timeout (50 s first), ties in table order.
         assert_eq!(longest_first(&cases, tmp.path()), [2, 0, 1]);

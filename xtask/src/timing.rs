@@ -150,10 +150,19 @@ pub struct TimingResult {
     pub max_ms: Option<f64>,
     /// `to` − `from`, from QEMU's event timestamps; absent when an event is missing.
     pub measured_ms: Option<f64>,
-    pub ok: bool,
+    /// Within the limits; `None` when the entry was not judged (see
+    /// `not_judged`).
+    pub ok: Option<bool>,
     /// Why nothing was measured.
     pub problem: Option<String>,
+    /// Why the entry was not judged: a run in virtual time (QMP timestamps
+    /// are host time, the guest's are not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_judged: Option<String>,
 }
+
+/// Why a QMP `timing` entry of a run in virtual time is not judged.
+pub const NOT_JUDGED_VIRTUAL: &str = "not judged under virtual time (QMP timestamps are host time)";
 
 impl TimingResult {
     /// The requested time, e.g. `500ms`, `≥2900ms`, `100ms..300ms`.
@@ -167,15 +176,30 @@ impl TimingResult {
         }
     }
 
+    /// Whether the entry was judged and is out of its limits.
+    pub fn failed(&self) -> bool {
+        self.ok == Some(false)
+    }
+
+    /// The entry, marked as not judged for `why` (it keeps what was
+    /// measured, for information).
+    pub fn not_judged(self, why: &str) -> TimingResult {
+        TimingResult { ok: None, not_judged: Some(why.to_string()), ..self }
+    }
+
     /// `timing GUEST_CRASHLOADED→WATCHDOG 500ms → 500.8ms (±45ms)`.
     pub fn note(&self) -> String {
+        if let Some(why) = &self.not_judged {
+            let host = self.measured_ms.map(|m| format!("; host time {m:.1}ms")).unwrap_or_default();
+            return format!("timing {}→{} {} → {why}{host}", self.from, self.to, self.requested());
+        }
         let tol = self.tolerance_ms.map(|t| format!(" (±{t:.0}ms)")).unwrap_or_default();
         let got = match (self.measured_ms, &self.problem) {
             (Some(m), _) => format!("{m:.1}ms"),
             (None, Some(p)) => format!("not measured: {p}"),
             (None, None) => "not measured".into(),
         };
-        let verdict = if self.ok { "" } else { "  OUT OF RANGE" };
+        let verdict = if self.failed() { "  OUT OF RANGE" } else { "" };
         let verdict = if self.measured_ms.is_none() { "" } else { verdict };
         format!("timing {}→{} {} → {got}{tol}{verdict}", self.from, self.to, self.requested())
     }
@@ -361,9 +385,10 @@ pub fn measure(checks: &[TimingCheck], events: &[Stamped<'_>]) -> Vec<TimingResu
                 tolerance_ms,
                 min_ms: lo.is_finite().then_some(lo),
                 max_ms: hi.is_finite().then_some(hi),
-                ok: measured_ms.is_some_and(|m| m >= lo && m <= hi),
+                ok: Some(measured_ms.is_some_and(|m| m >= lo && m <= hi)),
                 measured_ms,
                 problem,
+                not_judged: None,
             }
         })
         .collect()
@@ -413,15 +438,15 @@ mod tests {
             bound: Bound::Around { expect: Duration::from_millis(expect), tolerance: DEFAULT_TOLERANCE },
         };
         let r = measure(&[around("GUEST_CRASHLOADED", "WATCHDOG", 500)], &events);
-        assert!(r[0].ok);
+        assert_eq!(r[0].ok, Some(true));
         assert_eq!(r[0].measured_ms, Some(500.5));
         assert_eq!(r[0].tolerance_ms, Some(45.0));
         assert_eq!(r[0].note(), "timing GUEST_CRASHLOADED→WATCHDOG 500ms → 500.5ms (±45ms)");
         let r = measure(&[around("WATCHDOG", "WATCHDOG#2", 200)], &events);
-        assert!(!r[0].ok);
+        assert!(r[0].failed());
         assert!(r[0].note().ends_with("319.5ms (±30ms)  OUT OF RANGE"), "{}", r[0].note());
         let r = measure(&[around("WATCHDOG", "WATCHDOG#3", 200)], &events);
-        assert!(!r[0].ok && r[0].measured_ms.is_none());
+        assert!(r[0].failed() && r[0].measured_ms.is_none());
         assert!(r[0].note().contains("not measured: no WATCHDOG#3"), "{}", r[0].note());
         let range = TimingCheck {
             from: EventRef::parse("GUEST_CRASHLOADED").unwrap(),
@@ -429,8 +454,19 @@ mod tests {
             bound: Bound::Range { min: Some(Duration::from_millis(800)), max: None },
         };
         let r = measure(&[range], &events);
-        assert!(r[0].ok);
+        assert_eq!(r[0].ok, Some(true));
         assert_eq!(r[0].requested(), "≥800ms");
         assert_eq!((r[0].min_ms, r[0].max_ms), (Some(800.0), None));
+        // Not judged (virtual time): no verdict, what was measured is kept.
+        let r = measure(&[around("WATCHDOG", "WATCHDOG#2", 200)], &events).remove(0).not_judged(NOT_JUDGED_VIRTUAL);
+        assert!(!r.failed() && r.ok.is_none());
+        assert_eq!(
+            r.note(),
+            "timing WATCHDOG→WATCHDOG#2 200ms → not judged under virtual time (QMP timestamps are host time); \
+             host time 319.5ms"
+        );
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!((j["ok"].clone(), j["measured_ms"].clone()), (serde_json::Value::Null, serde_json::json!(319.5)));
+        assert!(j["not_judged"].as_str().unwrap().starts_with("not judged under virtual time"));
     }
 }

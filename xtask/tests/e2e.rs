@@ -11,6 +11,9 @@
 //! there they fail with the set-up command to type, so that a CI machine
 //! without QEMU cannot pass by ignoring the whole matrix.
 //!
+//! Every trial runs on its row's clock (else its board's); `PVAGENT_CLOCK`
+//! (`real` or `virtual`, what `cargo xtask test --clock` sets) forces one.
+//!
 //! Trials run on libtest-mimic's worker threads, each trial's QEMU spawned,
 //! watched and reaped on the same thread. The number of threads is
 //! `--test-threads`, else `RUST_TEST_THREADS`, else `PVAGENT_JOBS`, else
@@ -27,7 +30,7 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use xtask::cases::{Case, expand_cases};
 use xtask::images::{self, Arch};
 use xtask::runner::{self, RunEnv, Verdict};
-use xtask::{Project, agent, artifacts, qemu, schedule, util};
+use xtask::{Project, agent, artifacts, clock, qemu, schedule, util};
 
 /// Images and run directory, prepared once by the first trial that runs.
 struct Shared {
@@ -87,9 +90,9 @@ fn run_trial(shared: &Shared, case: &Case) -> Result<Completion, Failed> {
     }
     let env = shared.env()?;
     let r = schedule::run_case(case, env);
-    // Requested vs measured time of every timing entry, passing or not.
-    for t in &r.timing {
-        eprintln!("e2e: {} {}", r.full_name(), t.note());
+    // The clock, requested vs measured time of every timing entry, passing or not.
+    for n in xtask::report::notes(&r) {
+        eprintln!("e2e: {} [{}] {n}", r.full_name(), r.clock);
     }
     match r.verdict.clone() {
         Verdict::Pass => Ok(Completion::Completed),
@@ -115,8 +118,10 @@ fn main() {
     qemu::install_signal_handlers();
     let root = agent::workspace_root();
     let shared = Arc::new(Shared { root: root.clone(), arches: OnceLock::new(), env: OnceLock::new() });
-    let trials: Vec<Trial> = match Project::load(&root, None)
-        .and_then(|p| expand_cases(&p.boards, &p.table, &[], &[]).map_err(anyhow::Error::msg))
+    let trials: Vec<Trial> = match clock::forced_from_env()
+        .map_err(anyhow::Error::msg)
+        .and_then(|forced| Ok((Project::load(&root, None)?, forced)))
+        .and_then(|(p, forced)| expand_cases(&p.boards, &p.table, &[], &[], forced).map_err(anyhow::Error::msg))
     {
         Err(e) => {
             let msg = format!("{e:#}");

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::arch::Arch;
+use crate::clock::Clock;
 use crate::error::{ConfigError, Place, Problem};
 
 #[derive(Deserialize)]
@@ -33,6 +34,9 @@ struct BoardFile {
     #[serde(default)]
     requires: Vec<String>,
     instead_of: Option<String>,
+    clock: Option<Clock>,
+    #[serde(default)]
+    virtual_args: Vec<String>,
     #[serde(default)]
     bench: Vec<BenchFile>,
 }
@@ -80,6 +84,11 @@ pub struct Board {
     pub launch: Launch,
     /// Its rows of `cargo xtask bench` (`[[bench]]`, none: no row).
     pub bench: Vec<BenchRow>,
+    /// The clock of its rows unless a row or `--clock` says otherwise.
+    pub clock: Clock,
+    /// Arguments a run in virtual time adds (after `-icount`), e.g.
+    /// `-machine pit=off` on x86_64 (see boards/pc.toml).
+    pub virtual_args: Vec<String>,
 }
 
 /// One row of `cargo xtask bench` (a `[[bench]]` table): the agent booted
@@ -209,7 +218,7 @@ pub fn parse(file: &Path, text: &str, root: &Path) -> Result<Board, ConfigError>
     let at = Place::new(file.display().to_string());
     let fix = "a board file has exactly the fields name, description, arch, binary, machine, \
                accel, memory, package, args and optionally cpu, firmware, boot, script_via, groups, \
-               kind, requires, instead_of and [[bench]] tables (see boards/pc.toml, \
+               kind, requires, instead_of, clock, virtual_args and [[bench]] tables (see boards/pc.toml, \
                boards/hyperv-nested.toml)";
     let b: BoardFile = at.deserialize(toml::Value::Table(at.parse_toml(text)?), fix)?;
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
@@ -263,6 +272,19 @@ pub fn parse(file: &Path, text: &str, root: &Path) -> Result<Board, ConfigError>
     }
     let launch = parse_launch(b.kind.as_deref(), &b.requires, b.instead_of.as_deref())
         .map_err(|(field, p)| at.problem(Some(field), p))?;
+    let clock = b.clock.unwrap_or_default();
+    if let Some(why) = virtual_time_problem(&b.accel, launch.kind) {
+        if clock == Clock::Virtual {
+            return Err(at.field("clock", format!("\"virtual\" is impossible here: {why}"), "remove `clock`"));
+        }
+        if !b.virtual_args.is_empty() {
+            return Err(at.field(
+                "virtual_args",
+                format!("this board never runs in virtual time: {why}"),
+                "remove `virtual_args`",
+            ));
+        }
+    }
     let resolve = |f: &String| {
         let p = PathBuf::from(f);
         if p.is_absolute() { p } else { root.join(p) }
@@ -328,7 +350,19 @@ pub fn parse(file: &Path, text: &str, root: &Path) -> Result<Board, ConfigError>
         groups: b.groups,
         launch,
         bench,
+        clock,
+        virtual_args: b.virtual_args,
     })
+}
+
+/// Why a board with `accel` of `kind` cannot run in virtual time (`None`:
+/// it can).
+fn virtual_time_problem(accel: &str, kind: BoardKind) -> Option<String> {
+    if kind != BoardKind::Qemu {
+        return Some("L2 runs under L1's KVM, and -icount needs TCG".into());
+    }
+    let name = accel.split(',').next().unwrap_or_default();
+    (name != "tcg").then(|| format!("-icount needs TCG, and this board's accel is \"{accel}\""))
 }
 
 /// Why `via` cannot deliver a script on a board of `arch` booting with
@@ -346,6 +380,11 @@ fn script_via_problem(arch: Arch, boot: Boot, via: ScriptVia) -> Option<String> 
 }
 
 impl Board {
+    /// Why this board cannot run in virtual time (`None`: it can).
+    pub fn virtual_time_problem(&self) -> Option<String> {
+        virtual_time_problem(&self.accel, self.launch.kind)
+    }
+
     /// Why this board cannot deliver a script through `via` (`None`: it can).
     pub fn script_via_problem(&self, via: ScriptVia) -> Option<String> {
         if via == ScriptVia::FwCfgFile && self.launch.kind != BoardKind::Qemu {
@@ -660,6 +699,30 @@ mod tests {
         let mut two = vec![named("a", &x), named("b", &x)];
         let e = check(&mut two);
         assert!(e.contains("boards/b.toml: bench row `x`: field `name`: board `a` has a bench row"), "{e}");
+    }
+
+    #[test]
+    fn clock_and_virtual_args() {
+        let b = parse_pc(&format!("{PC}clock = \"virtual\"\nvirtual_args = [\"-machine\", \"pit=off\"]\n")).unwrap();
+        assert_eq!(b.clock, Clock::Virtual);
+        assert_eq!(b.virtual_args, ["-machine", "pit=off"]);
+        let pc = parse_pc(PC).unwrap();
+        assert_eq!((pc.clock, pc.virtual_time_problem()), (Clock::Real, None));
+        let e = parse_pc(&format!("{PC}clock = \"icount\"\n")).unwrap_err();
+        assert!(e.contains("icount") && e.contains("fix:"), "{e}");
+        let e = hv("clock = \"virtual\"").unwrap_err();
+        assert_eq!(
+            e,
+            "boards/hv.toml: field `clock`: \"virtual\" is impossible here: -icount needs TCG, and this board's \
+             accel is \"kvm\"\n  fix: remove `clock`"
+        );
+        let e = hv("virtual_args = [\"-machine\", \"pit=off\"]").unwrap_err();
+        assert!(e.contains("field `virtual_args`: this board never runs in virtual time"), "{e}");
+        assert!(hv("clock = \"real\"").unwrap().virtual_time_problem().unwrap().contains("needs TCG"));
+        let nested = hv("kind = \"nested-hyperv\"\ncpu = \"x\"").unwrap();
+        assert!(nested.virtual_time_problem().unwrap().contains("L1's KVM"));
+        // tcg with options is still TCG.
+        assert_eq!(parse_pc(&PC.replace("\"tcg\"", "\"tcg,tb-size=64\"")).unwrap().virtual_time_problem(), None);
     }
 
     // ── kind, requires, instead_of (moved here from nested_run.rs) ──

@@ -20,6 +20,7 @@ pub(crate) mod fixtures;
 pub use board::{Board, BoardKind, Boot, HostFeature, Launch, ScriptVia};
 pub use scenario::{DEFAULT_SETTLE, DEFAULT_TIMEOUT, End, QmpCommand, RUN_STATES, Scenario, Scenarios, Variant};
 
+pub use crate::clock::Clock;
 pub use crate::error::ConfigError;
 pub use crate::matcher::{ExpectEntry, Expected, WATCHED_EVENTS};
 

@@ -12,7 +12,9 @@ use serde::Deserialize;
 
 use super::board::{Board, NAME_FIX, ScriptVia, board_subset, expand_board_list, valid_name};
 use super::scripts::{self, ScriptEntry, nul_problem};
+use crate::clock::Clock;
 use crate::error::{ConfigError, Place};
+use crate::guest_timing::{GuestTimingCheck, model_arch, validate_guest_timing};
 use crate::matcher::expect::{ExpectEntry, validate_expect, validate_ignore};
 use crate::timing::{TimingCheck, validate_timing};
 use crate::util::{Version, parse_duration};
@@ -91,6 +93,9 @@ struct ScenarioDef {
     stderr_contains: Vec<String>,
     #[serde(default)]
     timing: Vec<toml::Value>,
+    clock: Option<Clock>,
+    #[serde(default)]
+    guest_timing: Vec<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +161,10 @@ pub struct Scenario {
     pub stderr_contains: Vec<String>,
     /// Timing assertions between matched events.
     pub timing: Vec<TimingCheck>,
+    /// The row's clock (`None`: each board's).
+    pub clock: Option<Clock>,
+    /// Guest-time assertions on watchdog expiries, from the agent's log.
+    pub guest_timing: Vec<GuestTimingCheck>,
     /// From a `[scripts]` entry's `boards`: the row runs only on those of
     /// its boards (applied when its groups are expanded).
     pub only_boards: Option<Vec<String>>,
@@ -401,6 +410,14 @@ fn validate_scenario(
         }
     }
     let timing = validate_timing(at, def.timing, &expect, &def.ignore, &mut errs);
+    let guest_timing = validate_guest_timing(at, def.guest_timing, &mut errs);
+    if def.clock == Some(Clock::Virtual) && !timing.is_empty() {
+        errs.push(at.field(
+            "clock",
+            "is \"virtual\", but the row's `timing` entries measure QMP timestamps, which are host time",
+            VIRTUAL_TIMING_FIX,
+        ));
+    }
     let script = def.script.filter(|s| !s.trim().is_empty());
     let script_via = def.script_via;
     if script.is_none() && !has_script_list && def.script_via.is_some() {
@@ -428,6 +445,8 @@ fn validate_scenario(
             log_contains: def.log_contains,
             stderr_contains: def.stderr_contains,
             timing,
+            clock: def.clock,
+            guest_timing,
             only_boards: None,
         }),
         _ => Err(errs),
@@ -529,8 +548,13 @@ fn expand_script_list(file: &Place, row: &Scenario, entries: &[ScriptEntry]) -> 
         .collect()
 }
 
+/// The fix for QMP `timing` in virtual time.
+const VIRTUAL_TIMING_FIX: &str = "time the guest instead (`guest_timing`, from the agent's log; watchdogs under \
+     inject-nmi), or run the row in real time (clock = \"real\")";
+
 /// Expands the row's board groups and checks that every board of the row
-/// can deliver its script and that each variant runs somewhere.
+/// can deliver its script, run on the row's clock and have the watchdogs
+/// of its `guest_timing`, and that each variant runs somewhere.
 fn resolve_scenario_boards(
     at: &Place,
     s: &mut Scenario,
@@ -561,6 +585,57 @@ fn resolve_scenario_boards(
             }
         }
     }
+    for name in &s.boards {
+        let Some(b) = boards.iter().find(|b| &b.name == name) else { continue };
+        let clock = s.clock.unwrap_or(b.clock);
+        if clock == Clock::Virtual {
+            if let Some(why) = b.virtual_time_problem() {
+                errors.push(at.field(
+                    "clock",
+                    format!("board `{name}` cannot run in virtual time: {why}"),
+                    format!("remove `{name}` from `boards`, or remove `clock`"),
+                ));
+            } else if s.clock.is_none() && !s.timing.is_empty() {
+                errors.push(at.field(
+                    "timing",
+                    format!(
+                        "board `{name}` runs in virtual time (clock = \"virtual\" in {}), and QMP timestamps are \
+                         host time",
+                        b.file.display()
+                    ),
+                    format!("{VIRTUAL_TIMING_FIX}, or remove `{name}` from `boards`"),
+                ));
+            }
+        }
+        for g in &s.guest_timing {
+            if model_arch(g.watchdog).is_some_and(|a| a != b.arch) {
+                errors.push(at.field(
+                    "guest_timing",
+                    format!(
+                        "board `{name}` is {}, and {} exists on {} only",
+                        b.arch,
+                        g.watchdog.name(),
+                        g.watchdog.arch().name()
+                    ),
+                    format!("remove `{name}` from `boards`, or the entry"),
+                ));
+            }
+        }
+    }
+    if !s.guest_timing.is_empty() {
+        let variant_args = s.variants.iter().filter_map(|v| variants.get(v)).flat_map(|v| v.args.iter());
+        let qmp = s.qmp_before_cont.iter().filter_map(|c| c.arguments.as_ref()).map(|a| a.to_string());
+        let nmi = s.args.iter().chain(variant_args).any(|a| a.contains("watchdog=inject-nmi"))
+            || qmp.into_iter().any(|a| a.contains("inject-nmi"));
+        if !nmi {
+            errors.push(at.field(
+                "guest_timing",
+                "the agent times an expiry only when the guest survives it, under QEMU's watchdog action \
+                 inject-nmi (an NMI on x86_64, a restart interrupt on s390x), and this row does not set it",
+                "add \"-action\", \"watchdog=inject-nmi\" to `args`",
+            ));
+        }
+    }
     for v in &s.variants {
         if let Some(Variant { boards: Some(vb), .. }) = variants.get(v)
             && !s.boards.iter().any(|b| vb.contains(b))
@@ -578,6 +653,7 @@ fn resolve_scenario_boards(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Board;
     use crate::config::fixtures::{GOOD, GROUPED, LIST, TIMED, err_of, mixed_boards, parse_with};
     use crate::timing::{Bound, DEFAULT_TOLERANCE, EventRef};
 
@@ -805,6 +881,69 @@ end = { status = "crashed" }
         assert!(e.contains("variant `pci`: field `boards`") && e.contains("unknown board group"), "{e}");
         let e = parse(&GROUPED.replace(r#"boards = ["@x86"]"#, r#"boards = ["micro"]"#)).unwrap_err();
         assert!(e.contains("variant `pci` runs only on pc, fast"), "{e}");
+    }
+
+    const VIRTUAL_ROW: &str = r#"
+[variants.nmi]
+args = ["-action", "watchdog=inject-nmi"]
+
+[[scenario]]
+name = "w"
+script = "ib700.arm:30s"
+boards = ["pc"]
+args = ["-device", "ib700", "-action", "watchdog=inject-nmi"]
+clock = "virtual"
+expect = [{ event = "WATCHDOG" }]
+end = { status = "running" }
+guest_timing = [{ watchdog = "ib700", since = "arm", expect = "30s" }]
+"#;
+
+    #[test]
+    fn clocks_and_guest_timing() {
+        let mut b = mixed_boards();
+        let parse = |text: &str, b: &[Board]| parse_with(text, b);
+        let t = parse(VIRTUAL_ROW, &b).unwrap();
+        let s = &t.scenarios[0];
+        assert_eq!((s.clock, s.guest_timing.len()), (Some(Clock::Virtual), 1));
+        assert_eq!(s.guest_timing[0].expect, Duration::from_secs(30));
+        // QMP timing cannot be judged in virtual time.
+        let timed = VIRTUAL_ROW.replace(
+            "guest_timing =",
+            "timing = [{ from = \"RESUME\", to = \"WATCHDOG\", expect = \"30s\" }]\nguest_timing =",
+        );
+        let e = parse(&timed, &b).unwrap_err();
+        assert!(e.contains("scenario `w`: field `clock`: is \"virtual\", but the row's `timing` entries"), "{e}");
+        assert!(e.contains("fix: time the guest instead (`guest_timing`"), "{e}");
+        assert!(parse(&timed.replace("clock = \"virtual\"", "clock = \"real\""), &b).is_ok());
+        // A board whose default is virtual: the row must say clock = "real".
+        b[0].clock = Clock::Virtual;
+        let unset = timed.replace("clock = \"virtual\"\n", "");
+        let e = parse(&unset, &b).unwrap_err();
+        assert!(
+            e.contains("field `timing`: board `pc` runs in virtual time (clock = \"virtual\" in boards/pc.toml)"),
+            "{e}"
+        );
+        assert!(parse(&timed.replace("clock = \"virtual\"", "clock = \"real\""), &b).is_ok());
+        b[0].clock = Clock::Real;
+        // A board under KVM cannot run in virtual time.
+        b[0].accel = "kvm".into();
+        let e = parse(VIRTUAL_ROW, &b).unwrap_err();
+        assert!(e.contains("field `clock`: board `pc` cannot run in virtual time: -icount needs TCG"), "{e}");
+        assert!(e.contains("fix: remove `pc` from `boards`, or remove `clock`"), "{e}");
+        b[0].accel = "tcg".into();
+        // The watchdog must exist on every board of the row.
+        let e = parse(&VIRTUAL_ROW.replace("boards = [\"pc\"]", "boards = [\"pc\", \"s390\"]"), &b).unwrap_err();
+        assert!(e.contains("field `guest_timing`: board `s390` is s390x, and ib700 exists on x86_64 only"), "{e}");
+        // The guest must survive the expiry: inject-nmi in args, a variant or QMP.
+        let quiet = VIRTUAL_ROW.replace(", \"-action\", \"watchdog=inject-nmi\"]", "]");
+        let e = parse(&quiet, &b).unwrap_err();
+        assert!(e.contains("field `guest_timing`: the agent times an expiry only when the guest survives it"), "{e}");
+        assert!(e.contains("fix: add \"-action\", \"watchdog=inject-nmi\" to `args`"), "{e}");
+        assert!(parse(&quiet.replace("clock =", "variants = [\"nmi\"]\nclock ="), &b).is_ok());
+        let qmp = "qmp_before_cont = [{ execute = \"watchdog-set-action\", arguments = { action = \"inject-nmi\" } }]\nclock =";
+        assert!(parse(&quiet.replace("clock =", qmp), &b).is_ok());
+        let e = parse(&VIRTUAL_ROW.replace("clock = \"virtual\"", "clock = \"sometimes\""), &b).unwrap_err();
+        assert!(e.contains("scenario `w`") && e.contains("sometimes") && e.contains("fix:"), "{e}");
     }
 
     #[test]
