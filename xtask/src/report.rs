@@ -118,7 +118,8 @@ pub fn clock_line(results: &[CaseResult]) -> String {
 /// ≥ 52.8 s`. `own`: this process's CPU time.
 pub fn cpu_line(results: &[CaseResult], own: std::time::Duration, cpus: usize) -> String {
     let sum = |clock: Clock| -> f64 {
-        results.iter().filter(|r| r.clock == clock).filter_map(|r| r.qemu_cpu_ms).sum::<f64>() / 1000.0
+        // (An empty f64 sum is -0.0.)
+        results.iter().filter(|r| r.clock == clock).filter_map(|r| r.qemu_cpu_ms).fold(0.0, |a, b| a + b) / 1000.0
     };
     let (real, virt) = (sum(Clock::Real), sum(Clock::Virtual));
     let unknown = results
@@ -435,6 +436,7 @@ mod tests {
             "CPU time: QEMU 0.1s (real-time rows 0.1s, virtual-time rows 0.1s), this tool 0.9s; on 2 CPUs that \
              alone takes ≥ 0.5s"
         );
+        assert!(cpu_line(&[], std::time::Duration::ZERO, 2).contains("virtual-time rows 0.0s"));
         let line = clock_line(&[r.clone(), forced, res("q35", "s", Verdict::Skipped("old".into()))]);
         assert_eq!(
             line,
