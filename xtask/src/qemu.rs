@@ -382,13 +382,11 @@ impl QemuProcess {
         self.cpu
     }
 
-    /// Reads the CPU time of the exited process before it is reaped: a
-    /// zombie keeps its final counters in /proc/<pid>/stat. `block`: wait
-    /// for the exit (after a kill).
-    fn sample_cpu(&mut self, block: bool) {
-        if self.cpu.is_some() || self.status.is_some() {
-            return;
-        }
+    /// Whether the process has exited, without reaping it (`None`: waitid
+    /// failed); once it has, reads its CPU time: a zombie keeps its final
+    /// counters in /proc/<pid>/stat. `block`: wait for the exit (after a
+    /// kill).
+    fn exited_sampling_cpu(&mut self, block: bool) -> Option<bool> {
         let mut flags = libc::WEXITED | libc::WNOWAIT;
         if !block {
             flags |= libc::WNOHANG;
@@ -397,11 +395,15 @@ impl QemuProcess {
         // stays unreaped for Child::wait); `info` is a plain C struct.
         let exited = unsafe {
             let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, flags) == 0 && info.si_pid() != 0
+            if libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, flags) != 0 {
+                return None;
+            }
+            info.si_pid() != 0
         };
-        if exited {
+        if exited && self.cpu.is_none() {
             self.cpu = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok().and_then(|s| cpu_of_stat(&s));
         }
+        Some(exited)
     }
 
     fn reaped(&mut self, st: ExitStatus) -> ExitStatus {
@@ -415,7 +417,11 @@ impl QemuProcess {
         if let Some(s) = self.status {
             return Ok(Some(s));
         }
-        self.sample_cpu(false);
+        // Only a process known to have exited is reaped, so that its CPU
+        // time is read first.
+        if self.exited_sampling_cpu(false) == Some(false) {
+            return Ok(None);
+        }
         match self.child.try_wait()? {
             Some(st) => Ok(Some(self.reaped(st))),
             None => Ok(None),
@@ -441,7 +447,7 @@ impl QemuProcess {
             return Ok(s);
         }
         let _ = self.child.kill();
-        self.sample_cpu(true);
+        self.exited_sampling_cpu(true);
         let st = self.child.wait()?;
         Ok(self.reaped(st))
     }
