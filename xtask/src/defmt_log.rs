@@ -41,8 +41,10 @@ pub struct LogTable {
 pub enum BuildCheck {
     /// The log's banner names the image's build id.
     Match,
-    /// The banner names another build (`log: None`: a build from before
-    /// build ids).
+    /// The log names another build (`log: None`: a build from before build
+    /// ids): in its banner, or, when no frame reads as the banner with this
+    /// table (the usual case for another build: its format strings sit at
+    /// other indices), in the raw bytes of its first frames.
     Mismatch { log: Option<String>, image: String },
     /// No frame of the log reads as the agent's banner with this table: the
     /// log comes from another build, is not pvagent's, or lost its start.
@@ -133,6 +135,7 @@ impl LogTable {
         let bytes = &bytes[..bytes.len().min(MAX_LOG_BYTES)];
         let mut out = Output::default();
         let mut banner: Option<Option<String>> = None;
+        let mut raw_id: Option<String> = None;
         // One frame at a time: the stream decoder keeps what it was given
         // and moves the rest down after each frame, which is quadratic on a
         // log of many frames given at once.
@@ -148,6 +151,11 @@ impl LogTable {
                         };
                         frame.extend_from_slice(body);
                         if ended && !frame.is_empty() {
+                            // With a foreign table the banner may not decode
+                            // at all: its raw bytes still name the build.
+                            if banner.is_none() && raw_id.is_none() && out.frames + out.malformed < RAW_ID_FRAMES {
+                                raw_id = unrzcobs(&frame).as_deref().and_then(find_build_id);
+                            }
                             dec.received(&frame);
                             dec.received(&[0]);
                             match dec.decode() {
@@ -174,7 +182,11 @@ impl LogTable {
         }
         let build = match (banner, &self.build_id) {
             _ if out.frames == 0 && out.malformed == 0 => BuildCheck::NoFrames,
-            (None, _) => BuildCheck::NoBanner,
+            (None, Some(image)) => match raw_id {
+                Some(log) if log != *image => BuildCheck::Mismatch { log: Some(log), image: image.clone() },
+                _ => BuildCheck::NoBanner,
+            },
+            (None, None) => BuildCheck::NoBanner,
             (Some(log), None) => BuildCheck::ImageWithoutId { log },
             (Some(Some(log)), Some(image)) if log == *image => BuildCheck::Match,
             (Some(log), Some(image)) => BuildCheck::Mismatch { log, image: image.clone() },
@@ -294,6 +306,63 @@ pub fn banner_build_id(message: &str) -> Option<Option<String>> {
     }
     let id = rest.strip_prefix("build ")?.split(' ').next()?;
     Some(Some(id.to_string()))
+}
+
+/// How many of a log's first frames are searched for a build id when none
+/// decodes as the banner (the banner comes first, after at most a few
+/// device warnings).
+const RAW_ID_FRAMES: usize = 8;
+
+/// Undoes rzCOBS on one frame (without its 0x00): read from the end, a
+/// byte below 0x80 covers seven bytes, one bit per zero byte among them
+/// (most significant bit first); 0x80 + n is a zero then n + 7 bytes as they
+/// are; 0xff is 134 bytes as they are. Trailing zeros come out as padding.
+fn unrzcobs(frame: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(frame.len() * 2);
+    let mut rest = frame;
+    while let Some((&code, before)) = rest.split_last() {
+        rest = before;
+        let mut take = |out: &mut Vec<u8>| -> Option<()> {
+            let (&b, before) = rest.split_last()?;
+            rest = before;
+            out.push(b);
+            Some(())
+        };
+        match code {
+            0 => return None,
+            0x01..=0x7f => {
+                for bit in (0..7).rev() {
+                    if code & (1 << bit) != 0 {
+                        out.push(0);
+                    } else {
+                        take(&mut out)?;
+                    }
+                }
+            }
+            0x80..=0xfe => {
+                out.push(0);
+                for _ in 0..(code & 0x7f) + 7 {
+                    take(&mut out)?;
+                }
+            }
+            0xff => {
+                for _ in 0..134 {
+                    take(&mut out)?;
+                }
+            }
+        }
+    }
+    out.reverse();
+    Some(out)
+}
+
+/// A build id as the banner's `{=str}` argument carries it on the wire: a
+/// little-endian u32 length of 16, then 16 hex digits.
+fn find_build_id(raw: &[u8]) -> Option<String> {
+    const LEN: [u8; 4] = (BUILD_ID_LEN as u32).to_le_bytes();
+    raw.windows(4 + BUILD_ID_LEN)
+        .find(|w| w[..4] == LEN && w[4..].iter().all(u8::is_ascii_hexdigit))
+        .map(|w| String::from_utf8_lossy(&w[4..]).into_owned())
 }
 
 /// The build id kept in `elf`'s [`BUILD_ID_SYMBOL`]; `None` if the image has
@@ -615,6 +684,16 @@ mod tests {
         let d = table(Some(ID)).decode_log(&[frame(9, &[]), frame(9, &[])].concat());
         assert_eq!((d.build, d.malformed), (BuildCheck::NoBanner, 2));
         assert_eq!(d.lines, ["<2 malformed defmt frames skipped>"]);
+        // Another build's banner under an index this table reads as
+        // something else, or not at all: its bytes still name the build.
+        for index in [2, 9] {
+            let foreign = [frame(index, &[Arg::S("0.1.0"), Arg::S(other), Arg::S("x86_64"), Arg::B(1)]), frame(2, &[])];
+            let d = table(Some(ID)).decode_log(&foreign.concat());
+            assert_eq!(d.build, BuildCheck::Mismatch { log: Some(other.into()), image: ID.into() }, "index {index}");
+        }
+        // The same id in a frame that is not the banner proves nothing.
+        let ours = frame(9, &[Arg::S(ID)]);
+        assert_eq!(table(Some(ID)).decode_log(&ours).build, BuildCheck::NoBanner);
     }
 
     #[test]
@@ -789,6 +868,32 @@ D:{}
         assert!(e.to_string().contains("is not 16 hex digits"), "{e}");
         assert!(read_build_id(&tiny_elf(BUILD_ID_SYMBOL, b"0123")).is_err(), "too short");
         assert!(read_build_id(b"not an elf").is_err());
+    }
+
+    #[test]
+    fn rzcobs_round_trips() {
+        let cases: [Vec<u8>; 6] = [
+            vec![1],
+            vec![0, 1, 0, 2],
+            (1..=20).collect(),
+            (1..=200).collect(),
+            [vec![7; 140], vec![0, 0, 9]].concat(),
+            b"\x10\x00\x00\x000123456789abcdef".to_vec(),
+        ];
+        for raw in cases {
+            let encoded = rzcobs(&raw);
+            let decoded = unrzcobs(&encoded[..encoded.len() - 1]).unwrap();
+            // Trailing zeros are padding.
+            assert_eq!(decoded[..raw.len()], raw[..]);
+            assert!(decoded[raw.len()..].iter().all(|&b| b == 0));
+        }
+        assert_eq!(unrzcobs(&[0x01]), None, "a group with its bytes missing");
+        assert_eq!(unrzcobs(&[5, 0]), None, "a zero inside a frame");
+        assert_eq!(
+            find_build_id(b"\x05\x00\x00\x000.1.0\x10\x00\x00\x00fedcba9876543210\x06"),
+            Some("fedcba9876543210".into())
+        );
+        assert_eq!(find_build_id(b"\x10\x00\x00\x00fedcba987654321x"), None);
     }
 
     #[test]
