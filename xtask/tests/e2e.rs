@@ -125,6 +125,8 @@ fn main() {
     {
         Err(e) => {
             let msg = format!("{e:#}");
+            // Also here: a libtest filter may leave the failing trial out.
+            eprintln!("e2e: {msg}");
             vec![Trial::test("scenarios.toml", move || Err(msg.into()))]
         }
         Ok(cases) => {
