@@ -70,6 +70,27 @@ pub fn init() {
     TAKEN.store(false, Ordering::Release);
 }
 
+/// Ends the open frame on the console and frees the logger: the owner's
+/// release, and the hand-over in [`abandon_interrupted_frame`].
+///
+/// # Safety
+///
+/// As [`with_state`]: the caller is the logger's owner and no other
+/// `&mut State` is alive.
+unsafe fn end_frame_and_free() {
+    // SAFETY: this function's contract.
+    unsafe {
+        with_state(|s| {
+            let State { console, encoder } = s;
+            encoder.end_frame(|bytes| emit(console, bytes));
+            if let Some(console) = console {
+                console.end_frame();
+            }
+        })
+    };
+    TAKEN.store(false, Ordering::Release);
+}
+
 /// Runs `f` on the logger's state.
 ///
 /// # Safety
@@ -113,16 +134,7 @@ pub unsafe fn abandon_interrupted_frame() {
     // and holds no `&mut State` (BORROWED is clear, and only the owner sets
     // it); the contexts of dropped frames hold none by construction. This
     // context takes the owner's place, with NESTED back at 0.
-    unsafe {
-        with_state(|s| {
-            let State { console, encoder } = s;
-            encoder.end_frame(|bytes| emit(console, bytes));
-            if let Some(console) = console {
-                console.end_frame();
-            }
-        })
-    };
-    TAKEN.store(false, Ordering::Release);
+    unsafe { end_frame_and_free() };
     defmt::warn!("the log line above was cut short by the exception below (the decoder may show it as malformed)");
 }
 
@@ -172,16 +184,7 @@ unsafe impl defmt::Logger for Logger {
         }
         // SAFETY: NESTED is 0, so this is the owner's release (defmt pairs
         // it with the owner's acquire).
-        unsafe {
-            with_state(|s| {
-                let State { console, encoder } = s;
-                encoder.end_frame(|bytes| emit(console, bytes));
-                if let Some(console) = console {
-                    console.end_frame();
-                }
-            })
-        };
-        TAKEN.store(false, Ordering::Release);
+        unsafe { end_frame_and_free() };
         report_dropped();
     }
 
