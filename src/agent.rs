@@ -18,12 +18,12 @@
 //! under `panic=pause`/`poweroff`, `exit:`, a disabled wait) leaves no
 //! chance to log after it: such a run has no inventory in its log.
 
-use crate::Arch;
 use crate::clock::{Clock, wait_us};
 use crate::exit::ErrorExit;
 use crate::pvpanic::{PvDevice, PvEvent};
 use crate::script::{self, Action, Fault, Step};
 use crate::watchdog::{Countdowns, Model};
+use crate::{Arch, Archs};
 use defmt::{error, info, warn};
 
 /// Why a step cannot run on this machine; found before the first step runs.
@@ -40,14 +40,14 @@ pub enum DeviceError {
     NoWatchdog(Model),
     /// The Hyper-V crash MSRs are unavailable (the reason) and there is no fallback.
     NoHyperV(&'static str),
-    /// The verb exists, but only on this other architecture (decided by
-    /// the agent from [`Action::arch`], never by a machine).
-    OtherArchitecture(Arch),
+    /// The verb exists, but only on these other architectures (decided by
+    /// the agent from [`Action::archs`], never by a machine).
+    OtherArchitecture(Archs),
 }
 
 /// What an architecture provides to the agent.
 pub trait Machine {
-    /// Which steps exist here: those whose [`Action::arch`] is this or none.
+    /// Which steps exist here: those whose [`Action::archs`] hold this one, or are `None`.
     const ARCH: Arch;
     /// For the first log line, e.g. "x86_64, PVH boot".
     const DESCRIPTION: &'static str;
@@ -126,8 +126,8 @@ fn log_device_error(number: usize, step: &Step<'_>, e: DeviceError) {
             "step {=usize} ({=str}): the Hyper-V crash MSRs are unavailable: {=str} (hv.crash-or-pvpanic would fall back to pvpanic instead)",
             n, t, reason
         ),
-        DeviceError::OtherArchitecture(arch) => {
-            error!("step {=usize} ({=str}): not available on this architecture ({=str} only)", n, t, arch.name())
+        DeviceError::OtherArchitecture(archs) => {
+            error!("step {=usize} ({=str}): not available on this architecture ({=str} only)", n, t, archs.names())
         }
     }
 }
@@ -201,8 +201,8 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
         }
         // Whether the verb exists here is the step's own property, decided
         // once, here; the machine only checks its devices.
-        let checked = match step.action.arch() {
-            Some(arch) if arch != M::ARCH => Err(DeviceError::OtherArchitecture(arch)),
+        let checked = match step.action.archs() {
+            Some(archs) if !archs.contains(M::ARCH) => Err(DeviceError::OtherArchitecture(archs)),
             Some(_) | None => machine.check(&step.action),
         };
         if let Err(e) = checked {
@@ -268,6 +268,7 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
             | Action::HvProbe
             | Action::S390DisabledWait { .. }
             | Action::S390Shutdown
+            | Action::Psci(_)
             | Action::Fault(
                 Fault::InvalidOpcode
                 | Fault::GeneralProtection
@@ -276,7 +277,9 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
                 | Fault::StackOverflow
                 | Fault::Triple
                 | Fault::Operation
-                | Fault::Specification,
+                | Fault::Specification
+                | Fault::Undefined
+                | Fault::DataAbort,
             ) => machine.run(&step.action),
         }
     }

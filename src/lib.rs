@@ -29,21 +29,66 @@ pub mod arch;
 pub mod log;
 
 /// The architectures the agent runs on. Whether a step exists on one is a
-/// property of the step ([`script::Action::arch`]), decided before any
+/// property of the step ([`script::Action::archs`]), decided before any
 /// step runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(image, derive(defmt::Format))]
 pub enum Arch {
     X86_64,
     S390x,
+    Aarch64,
 }
 
 impl Arch {
+    pub const ALL: [Arch; 3] = [Arch::X86_64, Arch::S390x, Arch::Aarch64];
+
     /// As the README and the logs name it.
     pub const fn name(self) -> &'static str {
         match self {
             Arch::X86_64 => "x86_64",
             Arch::S390x => "s390x",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// A set of architectures: where a step or a device exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Archs(u8);
+
+impl Archs {
+    pub const fn of(arch: Arch) -> Self {
+        Archs(arch.bit())
+    }
+
+    pub const fn and(self, arch: Arch) -> Self {
+        Archs(self.0 | arch.bit())
+    }
+
+    pub const fn contains(self, arch: Arch) -> bool {
+        self.0 & arch.bit() != 0
+    }
+
+    /// The architectures in the set, in [`Arch::ALL`]'s order.
+    pub fn iter(self) -> impl Iterator<Item = Arch> {
+        Arch::ALL.into_iter().filter(move |a| self.contains(*a))
+    }
+
+    /// As the logs name the set, e.g. "x86_64 and aarch64".
+    pub const fn names(self) -> &'static str {
+        match self.0 {
+            0b001 => "x86_64",
+            0b010 => "s390x",
+            0b100 => "aarch64",
+            0b011 => "x86_64 and s390x",
+            0b101 => "x86_64 and aarch64",
+            0b110 => "s390x and aarch64",
+            0b111 => "x86_64, s390x and aarch64",
+            _ => "no architecture",
         }
     }
 }

@@ -11,9 +11,9 @@
 //! script before the agent runs any step, so a script with an error anywhere
 //! never fires an event.
 
-use crate::Arch;
 use crate::s390_psw as psw;
 use crate::watchdog::{self, Model, diag288, i6300esb, ib700};
+use crate::{Arch, Archs};
 use heapless::Vec;
 
 pub use crate::pvpanic::{PvDevice, PvEvent};
@@ -73,6 +73,37 @@ pub enum Action<'a> {
     },
     /// s390x: the special wait PSW QEMU turns into a guest shutdown.
     S390Shutdown,
+    /// aarch64: a PSCI call that powers the machine off or resets it.
+    Psci(Psci),
+}
+
+/// The PSCI calls `psci.<call>` makes (aarch64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(image, derive(defmt::Format))]
+pub enum Psci {
+    /// `system-off`: QEMU reports SHUTDOWN (guest-shutdown).
+    SystemOff,
+    /// `system-reset`: QEMU reports RESET (guest-reset) and boots again.
+    SystemReset,
+}
+
+impl Psci {
+    pub const ALL: [Psci; 2] = [Psci::SystemOff, Psci::SystemReset];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Psci::SystemOff => "system-off",
+            Psci::SystemReset => "system-reset",
+        }
+    }
+
+    /// The PSCI 0.2 function ID (SMC32 convention).
+    pub const fn function_id(self) -> u32 {
+        match self {
+            Psci::SystemOff => 0x8400_0008,
+            Psci::SystemReset => 0x8400_0009,
+        }
+    }
 }
 
 /// The faults `fault:<kind>` causes.
@@ -97,6 +128,10 @@ pub enum Fault {
     Operation,
     /// s390x `specification`: a branch to an odd address (code 6).
     Specification,
+    /// aarch64 `undefined`: an undefined instruction (`udf`).
+    Undefined,
+    /// aarch64 `data-abort`: a load from an address nothing decodes.
+    DataAbort,
     /// `internal-panic`: a Rust panic while the script is being checked,
     /// before any step runs: the agent's internal-error path (no event).
     InternalPanic,
@@ -106,7 +141,7 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 13] = [
         Fault::InvalidOpcode,
         Fault::GeneralProtection,
         Fault::PageFault,
@@ -116,6 +151,8 @@ impl Fault {
         Fault::Triple,
         Fault::Operation,
         Fault::Specification,
+        Fault::Undefined,
+        Fault::DataAbort,
         Fault::InternalPanic,
         Fault::InternalException,
     ];
@@ -131,21 +168,24 @@ impl Fault {
             Fault::Triple => "triple",
             Fault::Operation => "operation",
             Fault::Specification => "specification",
+            Fault::Undefined => "undefined",
+            Fault::DataAbort => "data-abort",
             Fault::InternalPanic => "internal-panic",
             Fault::InternalException => "internal-exception",
         }
     }
 
-    /// The one architecture the fault exists on (`None`: every one).
-    pub const fn arch(self) -> Option<Arch> {
+    /// The architectures the fault exists on (`None`: every one).
+    pub const fn archs(self) -> Option<Archs> {
         match self {
             Fault::InvalidOpcode
             | Fault::GeneralProtection
             | Fault::PageFault
             | Fault::DivideError
             | Fault::StackOverflow
-            | Fault::Triple => Some(Arch::X86_64),
-            Fault::Operation | Fault::Specification => Some(Arch::S390x),
+            | Fault::Triple => Some(Archs::of(Arch::X86_64)),
+            Fault::Operation | Fault::Specification => Some(Archs::of(Arch::S390x)),
+            Fault::Undefined | Fault::DataAbort => Some(Archs::of(Arch::Aarch64)),
             Fault::RustPanic | Fault::InternalPanic | Fault::InternalException => None,
         }
     }
@@ -167,20 +207,26 @@ impl Action<'_> {
             | Action::HvCrash { .. }
             | Action::HvProbe
             | Action::S390DisabledWait { .. }
-            | Action::S390Shutdown => None,
+            | Action::S390Shutdown
+            | Action::Psci(_) => None,
         }
     }
 
-    /// The one architecture the step exists on (`None`: every one). The
+    /// The architectures the step exists on (`None`: every one). The
     /// agent refuses a step of another architecture from this alone,
     /// before any step runs and before any machine looks at it.
-    pub const fn arch(&self) -> Option<Arch> {
+    pub const fn archs(&self) -> Option<Archs> {
+        // pvpanic is PCI on aarch64 (pvpanic-pci); `exit:` is isa-debug-exit
+        // on x86_64 and semihosting's SYS_EXIT on aarch64.
+        let pci_machines = Archs::of(Arch::X86_64).and(Arch::Aarch64);
         match *self {
-            Action::Pvpanic(..) | Action::Exit(_) | Action::HvCrash { .. } | Action::HvProbe => Some(Arch::X86_64),
-            Action::S390DisabledWait { .. } | Action::S390Shutdown => Some(Arch::S390x),
-            Action::WatchdogArm(timeout) => Some(timeout.model().arch()),
-            Action::WatchdogFeed(m) | Action::WatchdogStop(m) | Action::FeedFor { model: m, .. } => Some(m.arch()),
-            Action::Fault(fault) => fault.arch(),
+            Action::Pvpanic(..) | Action::Exit(_) => Some(pci_machines),
+            Action::HvCrash { .. } | Action::HvProbe => Some(Archs::of(Arch::X86_64)),
+            Action::S390DisabledWait { .. } | Action::S390Shutdown => Some(Archs::of(Arch::S390x)),
+            Action::Psci(_) => Some(Archs::of(Arch::Aarch64)),
+            Action::WatchdogArm(timeout) => Some(timeout.model().archs()),
+            Action::WatchdogFeed(m) | Action::WatchdogStop(m) | Action::FeedFor { model: m, .. } => Some(m.archs()),
+            Action::Fault(fault) => fault.archs(),
             Action::Sleep(_) | Action::Log(_) | Action::Halt | Action::FirstBoot => None,
         }
     }
@@ -620,6 +666,12 @@ fn parse_step(step: &str) -> Result<Action<'_>, (usize, ErrorKind<'_>)> {
         }
         if same(device_name, "s390") {
             return parse_s390(event, verb, args, args_at, step.len());
+        }
+        if same(device_name, "psci") {
+            let call =
+                Psci::ALL.into_iter().find(|c| same(c.name(), event)).ok_or((0, ErrorKind::UnknownVerb(verb)))?;
+            no_args()?;
+            return Ok(Action::Psci(call));
         }
         if let Some(model) = Model::from_name(device_name) {
             return parse_watchdog(model, event, verb, args, args_at, step.len());
@@ -1115,26 +1167,34 @@ mod tests {
 
     #[test]
     fn every_step_knows_its_architecture() {
-        use crate::Arch::{S390x, X86_64};
+        use crate::Arch::{Aarch64, S390x, X86_64};
+        let x86 = Some(Archs::of(X86_64));
+        let s390 = Some(Archs::of(S390x));
+        let arm = Some(Archs::of(Aarch64));
+        let pci = Some(Archs::of(X86_64).and(Aarch64));
         let cases = [
-            ("pvpanic.panicked", Some(X86_64)),
-            ("pvpanic-pci.shutdown", Some(X86_64)),
-            ("exit:1", Some(X86_64)),
-            ("hv.probe", Some(X86_64)),
-            ("hv.crash-or-pvpanic:1,2,3,4,5", Some(X86_64)),
-            ("ib700.arm:2s", Some(X86_64)),
-            ("i6300esb.stop", Some(X86_64)),
-            ("feed:i6300esb,every=1s,for=2s", Some(X86_64)),
-            ("fault:ud", Some(X86_64)),
-            ("fault:stack-overflow", Some(X86_64)),
-            ("fault:triple", Some(X86_64)),
-            ("s390.disabled-wait:0x12340", Some(S390x)),
-            ("s390.shutdown", Some(S390x)),
-            ("diag288.arm:15s", Some(S390x)),
-            ("diag288.feed", Some(S390x)),
-            ("feed:diag288,every=5s,for=20s", Some(S390x)),
-            ("fault:operation", Some(S390x)),
-            ("fault:specification", Some(S390x)),
+            ("pvpanic.panicked", pci),
+            ("pvpanic-pci.shutdown", pci),
+            ("exit:1", pci),
+            ("hv.probe", x86),
+            ("hv.crash-or-pvpanic:1,2,3,4,5", x86),
+            ("ib700.arm:2s", x86),
+            ("i6300esb.stop", pci),
+            ("feed:i6300esb,every=1s,for=2s", pci),
+            ("fault:ud", x86),
+            ("fault:stack-overflow", x86),
+            ("fault:triple", x86),
+            ("s390.disabled-wait:0x12340", s390),
+            ("s390.shutdown", s390),
+            ("diag288.arm:15s", s390),
+            ("diag288.feed", s390),
+            ("feed:diag288,every=5s,for=20s", s390),
+            ("fault:operation", s390),
+            ("fault:specification", s390),
+            ("fault:undefined", arm),
+            ("fault:data-abort", arm),
+            ("psci.system-off", arm),
+            ("psci.system-reset", arm),
             ("sleep:1ms", None),
             ("log:x", None),
             ("halt", None),
@@ -1143,12 +1203,20 @@ mod tests {
             ("fault:internal-panic", None),
             ("fault:internal-exception", None),
         ];
-        for (step, arch) in cases {
-            assert_eq!(actions(step)[0].arch(), arch, "{step}");
+        for (step, archs) in cases {
+            assert_eq!(actions(step)[0].archs(), archs, "{step}");
         }
+        assert_eq!(Archs::of(X86_64).and(Aarch64).names(), "x86_64 and aarch64");
+        assert_eq!(Archs::of(X86_64).and(Aarch64).iter().collect::<std::vec::Vec<_>>(), [X86_64, Aarch64]);
+        assert_eq!(
+            actions("psci.system-off; psci.system-reset"),
+            [Action::Psci(Psci::SystemOff), Action::Psci(Psci::SystemReset)]
+        );
+        assert_eq!(error("psci.system-off:1").kind, ErrorKind::UnexpectedArgument { verb: "psci.system-off" });
+        assert_eq!(error("psci.cpu-off").kind, ErrorKind::UnknownVerb("psci.cpu-off"));
         for fault in Fault::ALL {
             let step = std::format!("fault:{}", fault.name());
-            assert_eq!(actions(&step)[0].arch(), fault.arch(), "{step}");
+            assert_eq!(actions(&step)[0].archs(), fault.archs(), "{step}");
         }
     }
 

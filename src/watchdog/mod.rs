@@ -31,11 +31,14 @@ impl Model {
         [Model::Ib700, Model::I6300Esb, Model::Diag288].into_iter().find(|m| crate::script::same(m.name(), name))
     }
 
-    /// The architecture the device exists on.
-    pub const fn arch(self) -> crate::Arch {
+    /// The architectures the device exists on (i6300esb is a PCI device:
+    /// QEMU offers it on x86 and on aarch64's `virt`).
+    pub const fn archs(self) -> crate::Archs {
+        use crate::{Arch, Archs};
         match self {
-            Model::Ib700 | Model::I6300Esb => crate::Arch::X86_64,
-            Model::Diag288 => crate::Arch::S390x,
+            Model::Ib700 => Archs::of(Arch::X86_64),
+            Model::I6300Esb => Archs::of(Arch::X86_64).and(Arch::Aarch64),
+            Model::Diag288 => Archs::of(Arch::S390x),
         }
     }
 }

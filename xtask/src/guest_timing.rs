@@ -53,9 +53,9 @@ fn model_named(name: &str) -> Option<Model> {
     MODELS.into_iter().find(|m| m.name() == name)
 }
 
-/// The architecture a watchdog model exists on.
-pub fn model_arch(model: Model) -> Option<Arch> {
-    Arch::parse(model.arch().name())
+/// Whether a watchdog model exists on `arch`.
+pub fn model_exists_on(model: Model, arch: Arch) -> bool {
+    model.archs().iter().any(|a| a.name() == arch.as_str())
 }
 
 /// What started the countdown the expiry ends.

@@ -76,7 +76,7 @@ impl S390 {
     fn need_watchdog(&mut self, model: Model) -> Result<(), DeviceError> {
         let present = match model {
             Model::Diag288 => self.probe_diag288(),
-            // x86's: the agent refuses them from `Action::arch`.
+            // x86's: the agent refuses them from `Action::archs`.
             Model::Ib700 | Model::I6300Esb => true,
         };
         if present { Ok(()) } else { Err(DeviceError::NoWatchdog(model)) }
@@ -128,9 +128,11 @@ impl Machine for S390 {
             | Action::Halt
             | Action::FirstBoot
             | Action::Fault(_) => Ok(()),
-            // x86_64's steps: the agent refuses them from `Action::arch`
-            // before asking; there is nothing of theirs to check here.
-            Action::Pvpanic(..) | Action::Exit(_) | Action::HvCrash { .. } | Action::HvProbe => Ok(()),
+            // Other architectures' steps: the agent refuses them from
+            // `Action::archs` before asking; there is nothing to check here.
+            Action::Pvpanic(..) | Action::Exit(_) | Action::HvCrash { .. } | Action::HvProbe | Action::Psci(_) => {
+                Ok(())
+            }
         }
     }
 
@@ -173,8 +175,9 @@ impl Machine for S390 {
             | Action::WatchdogFeed(_)
             | Action::WatchdogStop(_)
             | Action::Fault(Fault::RustPanic | Fault::InternalPanic | Fault::InternalException) => {}
-            // x86_64's: refused before any step runs (`Action::arch`).
+            // Other architectures': refused before any step runs (`Action::archs`).
             Action::Pvpanic(..)
+            | Action::Psci(_)
             | Action::Exit(_)
             | Action::HvCrash { .. }
             | Action::HvProbe
@@ -185,7 +188,9 @@ impl Machine for S390 {
                 | Fault::PageFault
                 | Fault::DivideError
                 | Fault::StackOverflow
-                | Fault::Triple,
+                | Fault::Triple
+                | Fault::Undefined
+                | Fault::DataAbort,
             ) => {}
         }
     }

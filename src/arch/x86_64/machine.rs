@@ -294,7 +294,7 @@ impl X86 {
             // Write-only ports: it cannot be detected, only used.
             Model::Ib700 => true,
             Model::I6300Esb => self.pci().i6300esb.is_some(),
-            // s390x's: the agent refuses it from `Action::arch`.
+            // s390x's: the agent refuses it from `Action::archs`.
             Model::Diag288 => true,
         };
         if present { Ok(()) } else { Err(DeviceError::NoWatchdog(model)) }
@@ -389,9 +389,9 @@ impl Machine for X86 {
             | Action::Halt
             | Action::FirstBoot
             | Action::Fault(_) => Ok(()),
-            // s390x's steps: the agent refuses them from `Action::arch`
-            // before asking; there is nothing of theirs to check here.
-            Action::S390DisabledWait { .. } | Action::S390Shutdown => Ok(()),
+            // Other architectures' steps: the agent refuses them from
+            // `Action::archs` before asking; there is nothing to check here.
+            Action::S390DisabledWait { .. } | Action::S390Shutdown | Action::Psci(_) => Ok(()),
         }
     }
 
@@ -445,8 +445,8 @@ impl Machine for X86 {
                     Fault::Triple => cpu::triple_fault(),
                     // Run by the agent itself, never passed here.
                     Fault::RustPanic | Fault::InternalPanic | Fault::InternalException => {}
-                    // s390x's: refused before any step runs (`Action::arch`).
-                    Fault::Operation | Fault::Specification => {}
+                    // Other architectures': refused before any step runs (`Action::archs`).
+                    Fault::Operation | Fault::Specification | Fault::Undefined | Fault::DataAbort => {}
                 }
             }
             // Run by the agent itself, never passed here.
@@ -457,10 +457,11 @@ impl Machine for X86 {
             | Action::FeedFor { .. }
             | Action::WatchdogFeed(_)
             | Action::WatchdogStop(_) => {}
-            // s390x's: refused before any step runs (`Action::arch`).
+            // s390x's: refused before any step runs (`Action::archs`).
             Action::WatchdogArm(watchdog::Timeout::Diag288(_))
             | Action::S390DisabledWait { .. }
-            | Action::S390Shutdown => {}
+            | Action::S390Shutdown
+            | Action::Psci(_) => {}
         }
     }
 

@@ -14,7 +14,7 @@ use super::board::{Board, NAME_FIX, ScriptVia, board_subset, expand_board_list, 
 use super::scripts::{self, ScriptEntry, nul_problem};
 use crate::clock::Clock;
 use crate::error::{ConfigError, Place};
-use crate::guest_timing::{GuestTimingCheck, model_arch, validate_guest_timing};
+use crate::guest_timing::{GuestTimingCheck, model_exists_on, validate_guest_timing};
 use crate::matcher::expect::{ExpectEntry, validate_expect, validate_ignore};
 use crate::timing::{TimingCheck, validate_timing};
 use crate::util::{Version, parse_duration};
@@ -608,14 +608,14 @@ fn resolve_scenario_boards(
             }
         }
         for g in &s.guest_timing {
-            if model_arch(g.watchdog).is_some_and(|a| a != b.arch) {
+            if !model_exists_on(g.watchdog, b.arch) {
                 errors.push(at.field(
                     "guest_timing",
                     format!(
                         "board `{name}` is {}, and {} exists on {} only",
                         b.arch,
                         g.watchdog.name(),
-                        g.watchdog.arch().name()
+                        g.watchdog.archs().names()
                     ),
                     format!("remove `{name}` from `boards`, or the entry"),
                 ));
