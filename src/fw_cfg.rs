@@ -1,4 +1,5 @@
-//! QEMU's fw_cfg interface (x86 I/O ports): the file directory and files.
+//! QEMU's fw_cfg interface (x86 I/O ports, aarch64 MMIO): the file
+//! directory and files.
 //!
 //! What fw_cfg hands the agent is untrusted input (a `-fw_cfg` file of any
 //! size, a directory whose count says anything). The logic that turns those
@@ -145,20 +146,97 @@ impl FileEntry {
     }
 }
 
-#[cfg(all(image, target_arch = "x86_64"))]
+#[cfg(all(image, any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub use hw::FwCfg;
 
-#[cfg(all(image, target_arch = "x86_64"))]
+/// MMIO fw_cfg (aarch64 `virt`): register offsets from the device's base.
+pub mod mmio {
+    /// Data register (reads of 1 byte advance by one).
+    pub const DATA: usize = 0x0;
+    /// Selector register (16-bit, big-endian).
+    pub const SELECTOR: usize = 0x8;
+    /// DMA address register (64-bit, big-endian; writing it starts the transfer).
+    pub const DMA: usize = 0x10;
+}
+
+#[cfg(all(image, any(target_arch = "x86_64", target_arch = "aarch64")))]
 mod hw {
     use super::*;
-    use x86_64::instructions::port::Port;
+
+    /// Where the registers are: the x86 ports, or the MMIO base that the
+    /// device tree gives on aarch64. Only this type touches them.
+    #[derive(Clone, Copy)]
+    struct Regs {
+        #[cfg(target_arch = "aarch64")]
+        base: usize,
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    impl Regs {
+        fn select(self, key: u16) {
+            use x86_64::instructions::port::Port;
+            // SAFETY: 0x510 is fw_cfg's selector on every x86 QEMU machine;
+            // selecting an item has no other effect.
+            unsafe { Port::<u16>::new(SELECTOR_PORT).write(key) }
+        }
+
+        fn read_byte(self) -> u8 {
+            use x86_64::instructions::port::Port;
+            // SAFETY: reading fw_cfg's data port only advances its offset
+            // within the selected item.
+            unsafe { Port::<u8>::new(DATA_PORT).read() }
+        }
+
+        /// Hands QEMU the descriptor at `address`; the transfer is done
+        /// when this returns.
+        fn start_dma(self, address: u64) {
+            use x86_64::instructions::port::Port;
+            // SAFETY: fw_cfg's DMA register (two big-endian halves; the
+            // low one starts the transfer). The empty asm statements (no
+            // `nomem`) make the compiler store the descriptor before, and
+            // reload the buffer after, the transfer: the port writes
+            // themselves are declared not to touch memory.
+            unsafe {
+                core::arch::asm!("", options(nostack, preserves_flags));
+                Port::<u32>::new(DMA_PORT).write(((address >> 32) as u32).swap_bytes());
+                Port::<u32>::new(DMA_PORT + 4).write((address as u32).swap_bytes());
+                core::arch::asm!("", options(nostack, preserves_flags));
+            }
+        }
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    impl Regs {
+        fn select(self, key: u16) {
+            // SAFETY: the selector of the fw_cfg device the device tree
+            // names (`FwCfg::probe_mmio`'s contract): selecting an item has
+            // no other effect.
+            unsafe { core::ptr::write_volatile((self.base + mmio::SELECTOR) as *mut u16, key.to_be()) }
+        }
+
+        fn read_byte(self) -> u8 {
+            // SAFETY: the data register of the same device: a read only
+            // advances its offset in the selected item.
+            unsafe { core::ptr::read_volatile((self.base + mmio::DATA) as *const u8) }
+        }
+
+        fn start_dma(self, address: u64) {
+            use core::sync::atomic::{Ordering, fence};
+            fence(Ordering::SeqCst);
+            // SAFETY: the DMA register of the same device, written whole
+            // (big-endian): QEMU runs the transfer before the store
+            // completes. The fences keep the descriptor's stores before it
+            // and the buffer's loads after it.
+            unsafe { core::ptr::write_volatile((self.base + mmio::DMA) as *mut u64, address.to_be()) }
+            fence(Ordering::SeqCst);
+        }
+    }
 
     /// The fw_cfg device, known to be present.
     pub struct FwCfg {
-        selector: Port<u16>,
-        data: Port<u8>,
-        /// The DMA interface is there: whole items in one port write
-        /// instead of one port read per byte.
+        regs: Regs,
+        /// The DMA interface is there: whole items in one register write
+        /// instead of one read per byte.
         dma: bool,
     }
 
@@ -171,9 +249,26 @@ mod hw {
     }
 
     impl FwCfg {
-        /// Finds fw_cfg by its "QEMU" signature.
+        /// Finds fw_cfg at the x86 ports by its "QEMU" signature.
+        #[cfg(target_arch = "x86_64")]
         pub fn probe() -> Option<Self> {
-            let mut fw = FwCfg { selector: Port::new(SELECTOR_PORT), data: Port::new(DATA_PORT), dma: false };
+            Self::probe_regs(Regs {})
+        }
+
+        /// Finds fw_cfg at `base` by its "QEMU" signature.
+        ///
+        /// # Safety
+        ///
+        /// `base` must be the MMIO base of QEMU's fw_cfg (the device tree's
+        /// `qemu,fw-cfg-mmio` node): the agent writes its selector and DMA
+        /// registers.
+        #[cfg(target_arch = "aarch64")]
+        pub unsafe fn probe_mmio(base: usize) -> Option<Self> {
+            Self::probe_regs(Regs { base })
+        }
+
+        fn probe_regs(regs: Regs) -> Option<Self> {
+            let mut fw = FwCfg { regs, dma: false };
             let mut sig = [0; 4];
             fw.read(Some(KEY_SIGNATURE), &mut sig);
             if &sig != b"QEMU" {
@@ -197,20 +292,16 @@ mod hw {
                 return;
             }
             if let Some(key) = key {
-                // SAFETY: 0x510 is fw_cfg's selector on every x86 QEMU
-                // machine; selecting an item has no other effect.
-                unsafe { self.selector.write(key) };
+                self.regs.select(key);
             }
             for b in buf {
-                // SAFETY: reading fw_cfg's data port only advances its offset
-                // within the selected item.
-                *b = unsafe { self.data.read() };
+                *b = self.regs.read_byte();
             }
         }
 
         /// One DMA read; false if QEMU reported an error.
         fn read_dma(&mut self, key: Option<u16>, buf: &mut [u8]) -> bool {
-            // A length the descriptor cannot hold goes through the data port.
+            // A length the descriptor cannot hold goes through the data register.
             let Ok(length) = u32::try_from(buf.len()) else {
                 return false;
             };
@@ -219,20 +310,12 @@ mod hw {
                 length: length.to_be(),
                 address: (buf.as_mut_ptr() as u64).to_be(),
             };
-            let address = &raw const access as u64;
-            // SAFETY: the descriptor and the buffer are identity mapped and
-            // live across the transfer, which QEMU completes before the
-            // port write returns; the halves are written big-endian. The
-            // empty asm statements (no `nomem`) make the compiler store the
-            // descriptor before, and reload the buffer after, the transfer:
-            // the port writes themselves are declared not to touch memory.
-            let control = unsafe {
-                core::arch::asm!("", options(nostack, preserves_flags));
-                Port::<u32>::new(DMA_PORT).write(((address >> 32) as u32).swap_bytes());
-                Port::<u32>::new(DMA_PORT + 4).write((address as u32).swap_bytes());
-                core::arch::asm!("", options(nostack, preserves_flags));
-                core::ptr::read_volatile(&raw const access.control)
-            };
+            // The descriptor and the buffer live across the transfer, at
+            // their physical addresses (identity map on x86_64, no MMU on
+            // aarch64).
+            self.regs.start_dma(&raw const access as u64);
+            // SAFETY: the descriptor, which QEMU has finished writing.
+            let control = unsafe { core::ptr::read_volatile(&raw const access.control) };
             u32::from_be(control) & DMA_ERROR == 0
         }
 

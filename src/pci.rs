@@ -1,5 +1,6 @@
-//! PCI configuration space (mechanism #1, ports 0xcf8/0xcfc): enumeration and
-//! BAR decoding.
+//! PCI configuration space (x86: mechanism #1, ports 0xcf8/0xcfc; aarch64:
+//! ECAM): enumeration with bus numbering, BAR decoding and placement,
+//! bridge windows.
 
 /// A function's address on the bus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,8 +90,14 @@ impl Bar {
     /// Whether the whole range `[address, address + size)` is inside the
     /// identity map, so that the agent can reach every byte of it.
     pub const fn in_identity_map(&self) -> bool {
+        self.below(IDENTITY_MAP_END)
+    }
+
+    /// Whether the whole range `[address, address + size)` ends at or
+    /// below `end`.
+    pub const fn below(&self, end: u64) -> bool {
         match self.address.checked_add(self.size) {
-            Some(end) => end <= IDENTITY_MAP_END,
+            Some(last) => last <= end,
             None => false,
         }
     }
@@ -116,65 +123,244 @@ impl Bar {
     }
 }
 
-#[cfg(all(image, target_arch = "x86_64"))]
-pub use hw::{BarError, find, has_ids, map_memory_bar, read8, read16, read32, write8, write16, write32};
+#[cfg(all(image, target_arch = "aarch64"))]
+pub use hw::config::set_ecam;
+#[cfg(all(image, any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub use hw::{
+    BarError, find, has_ids, map_memory_bar, read8, read16, read32, set_memory_window, write8, write16, write32,
+};
 
-#[cfg(all(image, target_arch = "x86_64"))]
+/// Bridge (type 1 header) registers.
+pub mod bridge {
+    /// Primary (byte 0), secondary (1) and subordinate (2) bus numbers.
+    pub const BUS_NUMBERS: u8 = 0x18;
+    pub const SUBORDINATE_BUS: u8 = 0x1a;
+    /// Memory base (low word) and limit (high word): address bits 31:20
+    /// in bits 15:4 of each.
+    pub const MEMORY_WINDOW: u8 = 0x20;
+    /// The granularity of a bridge's memory window.
+    pub const WINDOW_ALIGN: u64 = 1 << 20;
+}
+
+/// A bridge's memory window, from its register (`None`: closed).
+pub const fn window_from_register(value: u32) -> Option<(u64, u64)> {
+    let base = ((value & 0xfff0) as u64) << 16;
+    let limit = ((value >> 16 & 0xfff0) as u64) << 16 | 0xf_ffff;
+    if base > limit { None } else { Some((base, limit)) }
+}
+
+/// The window register that forwards `[base, limit]` (both inside 4 GiB,
+/// rounded out to 1 MiB).
+pub const fn window_register(base: u64, limit: u64) -> u32 {
+    ((base >> 16) as u32 & 0xfff0) | ((limit >> 16) as u32 & 0xfff0) << 16
+}
+
+/// The window a bridge needs so that it forwards `[address, address +
+/// size)` too: `None` when it already does, else the smallest window that
+/// holds what it forwarded and the new range (or just the range, when the
+/// window was closed).
+pub const fn widened_window(current: Option<(u64, u64)>, address: u64, size: u64) -> Option<(u64, u64)> {
+    let align = bridge::WINDOW_ALIGN;
+    let last = address + size - 1;
+    match current {
+        Some((base, limit)) if base <= address && last <= limit => None,
+        Some((base, limit)) => {
+            let new_base = if address < base { address & !(align - 1) } else { base };
+            let new_limit = if last > limit { last | (align - 1) } else { limit };
+            Some((new_base, new_limit))
+        }
+        None => Some((address & !(align - 1), last | (align - 1))),
+    }
+}
+
+#[cfg(all(image, any(target_arch = "x86_64", target_arch = "aarch64")))]
 mod hw {
     use super::*;
-    use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-    use x86_64::instructions::port::Port;
+    use core::sync::atomic::{AtomicU8, AtomicU16, AtomicU64, Ordering};
 
-    const ADDRESS_PORT: u16 = 0xcf8;
-    const DATA_PORT: u16 = 0xcfc;
+    /// Configuration-space access, one way per architecture: ports
+    /// 0xcf8/0xcfc on x86, the ECAM window from the device tree on aarch64.
+    /// A read that cannot be done gives all ones, like an absent function.
+    #[cfg(target_arch = "x86_64")]
+    mod config {
+        use super::Bdf;
+        use core::sync::atomic::{AtomicBool, Ordering};
+        use x86_64::instructions::port::Port;
 
-    /// Where the agent places BARs that firmware left unassigned: inside the
-    /// PCI hole of both `pc` and `q35` (above q35's MMCONFIG window).
-    const ASSIGN_BASE: u32 = 0xe000_0000;
-    static NEXT_FREE: AtomicU32 = AtomicU32::new(ASSIGN_BASE);
-    /// A configuration access (select, then data) is under way.
-    static BUSY: AtomicBool = AtomicBool::new(false);
+        const ADDRESS_PORT: u16 = 0xcf8;
+        const DATA_PORT: u16 = 0xcfc;
+        /// A configuration access (select, then data) is under way.
+        static BUSY: AtomicBool = AtomicBool::new(false);
 
-    /// Selects `offset` of `bdf` and runs `f` with the data port for it,
-    /// unless another access is under way (an interrupt handler that came
-    /// between its select and its data access): then `None`, and neither
-    /// access is disturbed. Ports 0xcf8/0xcfc are used only here.
-    fn access<R>(bdf: Bdf, offset: u8, f: impl FnOnce(u16) -> R) -> Option<R> {
-        if BUSY.swap(true, Ordering::AcqRel) {
-            return None;
+        /// Selects `offset` of `bdf` and runs `f` with the data port for it,
+        /// unless another access is under way (an interrupt handler that came
+        /// between its select and its data access): then `None`, and neither
+        /// access is disturbed. Ports 0xcf8/0xcfc are used only here.
+        fn access<R>(bdf: Bdf, offset: u8, f: impl FnOnce(u16) -> R) -> Option<R> {
+            if BUSY.swap(true, Ordering::AcqRel) {
+                return None;
+            }
+            // SAFETY: 0xcf8 is the PCI configuration address register of QEMU's
+            // x86 host bridges; selecting an address has no other effect.
+            unsafe { Port::<u32>::new(ADDRESS_PORT).write(bdf.config_address(offset)) };
+            let result = f(DATA_PORT + u16::from(offset & 3));
+            BUSY.store(false, Ordering::Release);
+            Some(result)
         }
-        // SAFETY: 0xcf8 is the PCI configuration address register of QEMU's
-        // x86 host bridges; selecting an address has no other effect.
-        unsafe { Port::<u32>::new(ADDRESS_PORT).write(bdf.config_address(offset)) };
-        let result = f(DATA_PORT + u16::from(offset & 3));
-        BUSY.store(false, Ordering::Release);
-        Some(result)
+
+        // Each access uses exactly its own width at 0xcfc + (offset & 3): some
+        // devices (i6300esb) act only on accesses of one width.
+
+        pub fn read32(bdf: Bdf, offset: u8) -> u32 {
+            // SAFETY: a configuration read only returns the register (QEMU's
+            // devices have no read side effects in configuration space); the
+            // dword at 0xcfc is the one `access` selected.
+            access(bdf, offset & !3, |port| unsafe { Port::<u32>::new(port).read() }).unwrap_or(u32::MAX)
+        }
+
+        pub fn read16(bdf: Bdf, offset: u8) -> u16 {
+            // SAFETY: as in read32, for the selected dword's aligned word.
+            access(bdf, offset & !1, |port| unsafe { Port::<u16>::new(port).read() }).unwrap_or(u16::MAX)
+        }
+
+        pub fn read8(bdf: Bdf, offset: u8) -> u8 {
+            // SAFETY: as in read32, for one byte of the selected dword.
+            access(bdf, offset, |port| unsafe { Port::<u8>::new(port).read() }).unwrap_or(u8::MAX)
+        }
+
+        /// # Safety
+        ///
+        /// See [`super::write32`].
+        pub unsafe fn write32(bdf: Bdf, offset: u8, value: u32) {
+            // SAFETY: by the caller's contract; 0xcfc is the selected dword.
+            access(bdf, offset & !3, |port| unsafe { Port::<u32>::new(port).write(value) });
+        }
+
+        /// # Safety
+        ///
+        /// See [`super::write32`].
+        pub unsafe fn write16(bdf: Bdf, offset: u8, value: u16) {
+            // SAFETY: as in write32, for the selected dword's aligned word.
+            access(bdf, offset & !1, |port| unsafe { Port::<u16>::new(port).write(value) });
+        }
+
+        /// # Safety
+        ///
+        /// See [`super::write32`].
+        pub unsafe fn write8(bdf: Bdf, offset: u8, value: u8) {
+            // SAFETY: as in write32, for one byte of the selected dword.
+            access(bdf, offset, |port| unsafe { Port::<u8>::new(port).write(value) });
+        }
     }
 
-    // Each access uses exactly its own width at 0xcfc + (offset & 3): some
-    // devices (i6300esb) act only on accesses of one width. A read that
-    // cannot be done (see `access`) gives all ones, like an absent function.
+    #[cfg(target_arch = "aarch64")]
+    pub mod config {
+        use super::Bdf;
+        use core::sync::atomic::{AtomicU64, Ordering};
 
-    pub fn read32(bdf: Bdf, offset: u8) -> u32 {
-        // SAFETY: a configuration read only returns the register (QEMU's
-        // devices have no read side effects in configuration space); the
-        // dword at 0xcfc is the one `access` selected.
-        access(bdf, offset & !3, |port| unsafe { Port::<u32>::new(port).read() }).unwrap_or(u32::MAX)
+        /// The ECAM window's base (0: none) and how many buses it covers.
+        static ECAM_BASE: AtomicU64 = AtomicU64::new(0);
+        static ECAM_BUSES: AtomicU64 = AtomicU64::new(0);
+
+        /// Sets the ECAM window (from the device tree's PCIe host bridge).
+        ///
+        /// # Safety
+        ///
+        /// `[base, base + buses << 20)` must be the host bridge's ECAM
+        /// window: every configuration access goes there from now on.
+        pub unsafe fn set_ecam(base: u64, buses: u64) {
+            ECAM_BUSES.store(buses.min(256), Ordering::Relaxed);
+            ECAM_BASE.store(base, Ordering::Release);
+        }
+
+        /// The address of `offset` in `bdf`'s configuration space, if the
+        /// window covers its bus.
+        fn address(bdf: Bdf, offset: u8) -> Option<usize> {
+            let base = ECAM_BASE.load(Ordering::Acquire);
+            if base == 0 || u64::from(bdf.bus) >= ECAM_BUSES.load(Ordering::Relaxed) {
+                return None;
+            }
+            let at = u64::from(bdf.bus) << 20
+                | u64::from(bdf.device & 0x1f) << 15
+                | u64::from(bdf.function & 7) << 12
+                | u64::from(offset);
+            Some((base + at) as usize)
+        }
+
+        pub fn read32(bdf: Bdf, offset: u8) -> u32 {
+            // SAFETY: an aligned dword of the ECAM window (`set_ecam`'s
+            // contract); configuration reads have no side effects.
+            address(bdf, offset & !3).map_or(u32::MAX, |a| unsafe { core::ptr::read_volatile(a as *const u32) })
+        }
+
+        pub fn read16(bdf: Bdf, offset: u8) -> u16 {
+            // SAFETY: as in read32, for an aligned word.
+            address(bdf, offset & !1).map_or(u16::MAX, |a| unsafe { core::ptr::read_volatile(a as *const u16) })
+        }
+
+        pub fn read8(bdf: Bdf, offset: u8) -> u8 {
+            // SAFETY: as in read32, for a byte.
+            address(bdf, offset).map_or(u8::MAX, |a| unsafe { core::ptr::read_volatile(a as *const u8) })
+        }
+
+        /// # Safety
+        ///
+        /// See [`super::write32`].
+        pub unsafe fn write32(bdf: Bdf, offset: u8, value: u32) {
+            if let Some(a) = address(bdf, offset & !3) {
+                // SAFETY: an aligned dword of the ECAM window; what the write
+                // does is the caller's contract.
+                unsafe { core::ptr::write_volatile(a as *mut u32, value) }
+            }
+        }
+
+        /// # Safety
+        ///
+        /// See [`super::write32`].
+        pub unsafe fn write16(bdf: Bdf, offset: u8, value: u16) {
+            if let Some(a) = address(bdf, offset & !1) {
+                // SAFETY: as in write32, for an aligned word.
+                unsafe { core::ptr::write_volatile(a as *mut u16, value) }
+            }
+        }
+
+        /// # Safety
+        ///
+        /// See [`super::write32`].
+        pub unsafe fn write8(bdf: Bdf, offset: u8, value: u8) {
+            if let Some(a) = address(bdf, offset) {
+                // SAFETY: as in write32, for a byte.
+                unsafe { core::ptr::write_volatile(a as *mut u8, value) }
+            }
+        }
     }
 
-    pub fn read16(bdf: Bdf, offset: u8) -> u16 {
-        // SAFETY: as in read32, for the selected dword's aligned word.
-        access(bdf, offset & !1, |port| unsafe { Port::<u16>::new(port).read() }).unwrap_or(u16::MAX)
-    }
+    pub use config::{read8, read16, read32};
 
-    pub fn read8(bdf: Bdf, offset: u8) -> u8 {
-        // SAFETY: as in read32, for one byte of the selected dword.
-        access(bdf, offset, |port| unsafe { Port::<u8>::new(port).read() }).unwrap_or(u8::MAX)
+    /// How far the agent reaches: the identity map's 0–4 GiB on x86_64;
+    /// every physical address on aarch64 (the MMU is off).
+    #[cfg(target_arch = "x86_64")]
+    const REACH_END: u64 = IDENTITY_MAP_END;
+    #[cfg(target_arch = "aarch64")]
+    const REACH_END: u64 = 1 << 48;
+
+    /// Where the agent places BARs that firmware left unassigned: by
+    /// default inside the PCI hole of both `pc` and `q35` (above q35's
+    /// MMCONFIG window, below the IOAPIC); aarch64 sets it from the device
+    /// tree ([`set_memory_window`]).
+    static NEXT_FREE: AtomicU64 = AtomicU64::new(0xe000_0000);
+    static WINDOW_END: AtomicU64 = AtomicU64::new(0xfec0_0000);
+
+    /// Sets the window the agent assigns BARs from: `[base, end)`, inside
+    /// the host bridge's 32-bit memory range and free of anything else.
+    pub fn set_memory_window(base: u64, end: u64) {
+        WINDOW_END.store(end, Ordering::Relaxed);
+        NEXT_FREE.store(base, Ordering::Relaxed);
     }
 
     /// Writes a dword of configuration space (`offset` rounded down to a
-    /// multiple of 4). A write from an interrupt handler in the middle of
-    /// another access is not done.
+    /// multiple of 4). On x86 a write from an interrupt handler in the
+    /// middle of another access is not done.
     ///
     /// # Safety
     ///
@@ -184,9 +370,8 @@ mod hw {
     /// command register, bridge windows and host-bridge registers such as
     /// PAM, SMRAM or PCIEXBAR are the dangerous ones).
     pub unsafe fn write32(bdf: Bdf, offset: u8, value: u32) {
-        // SAFETY: harmless by this function's contract; 0xcfc is the
-        // selected dword.
-        access(bdf, offset & !3, |port| unsafe { Port::<u32>::new(port).write(value) });
+        // SAFETY: the same contract.
+        unsafe { config::write32(bdf, offset, value) }
     }
 
     /// Writes a word of configuration space (`offset` rounded down to even).
@@ -195,8 +380,8 @@ mod hw {
     ///
     /// As for [`write32`].
     pub unsafe fn write16(bdf: Bdf, offset: u8, value: u16) {
-        // SAFETY: as in write32, for the selected dword's aligned word.
-        access(bdf, offset & !1, |port| unsafe { Port::<u16>::new(port).write(value) });
+        // SAFETY: the same contract.
+        unsafe { config::write16(bdf, offset, value) }
     }
 
     /// Writes a byte of configuration space.
@@ -205,8 +390,8 @@ mod hw {
     ///
     /// As for [`write32`].
     pub unsafe fn write8(bdf: Bdf, offset: u8, value: u8) {
-        // SAFETY: as in write32, for one byte of the selected dword.
-        access(bdf, offset, |port| unsafe { Port::<u8>::new(port).write(value) });
+        // SAFETY: the same contract.
+        unsafe { config::write8(bdf, offset, value) }
     }
 
     /// Whether the function at `bdf` has these vendor and device IDs.
@@ -214,8 +399,43 @@ mod hw {
         read16(bdf, reg::VENDOR_ID) == vendor && read16(bdf, reg::DEVICE_ID) == device
     }
 
-    /// Finds, in one scan of every bus (bridges are followed to their
-    /// secondary buses), the first function with each (vendor, device) ID.
+    /// For every bus behind a bridge, the bridge (packed bus << 8 | devfn,
+    /// plus bit 16 when known): the path a BAR's range must be forwarded
+    /// along.
+    static BRIDGE_OF: [BridgeSlot; 256] = [const { BridgeSlot::new() }; 256];
+    /// The highest bus number in use so far (bridges the agent numbers get
+    /// the next one).
+    static LAST_BUS: AtomicU8 = AtomicU8::new(0);
+
+    struct BridgeSlot(AtomicU16, AtomicU8);
+
+    impl BridgeSlot {
+        const fn new() -> Self {
+            BridgeSlot(AtomicU16::new(0), AtomicU8::new(0))
+        }
+
+        fn set(&self, bridge: Bdf) {
+            self.0.store(
+                u16::from(bridge.bus) << 8 | u16::from(bridge.device) << 3 | u16::from(bridge.function),
+                Ordering::Relaxed,
+            );
+            self.1.store(1, Ordering::Release);
+        }
+
+        fn get(&self) -> Option<Bdf> {
+            if self.1.load(Ordering::Acquire) == 0 {
+                return None;
+            }
+            let v = self.0.load(Ordering::Relaxed);
+            Some(Bdf { bus: (v >> 8) as u8, device: (v >> 3) as u8 & 0x1f, function: v as u8 & 7 })
+        }
+    }
+
+    /// Finds, in one scan of every bus, the first function with each
+    /// (vendor, device) ID. Bridges are followed to their secondary buses;
+    /// a bridge nobody numbered (the agent booted as the firmware, or with
+    /// `-kernel` on aarch64, where no firmware enumerates PCI) gets the next
+    /// free bus numbers.
     pub fn find<const N: usize>(ids: [(u16, u16); N]) -> [Option<Bdf>; N] {
         let mut found = [None; N];
         scan_bus(0, 0, &mut |bdf, v, d| {
@@ -228,7 +448,11 @@ mod hw {
         found
     }
 
-    fn scan_bus(bus: u8, depth: u8, f: &mut dyn FnMut(Bdf, u16, u16)) {
+    /// Scans `bus` and the buses behind its bridges; returns the highest
+    /// bus number behind it.
+    fn scan_bus(bus: u8, depth: u8, f: &mut dyn FnMut(Bdf, u16, u16)) -> u8 {
+        LAST_BUS.fetch_max(bus, Ordering::Relaxed);
+        let mut highest = bus;
         for device in 0..32 {
             let first = Bdf { bus, device, function: 0 };
             if read16(first, reg::VENDOR_ID) == 0xffff {
@@ -243,16 +467,70 @@ mod hw {
                 }
                 f(bdf, vendor, read16(bdf, reg::DEVICE_ID));
                 // A PCI-to-PCI bridge: continue on its secondary bus.
-                if read8(bdf, reg::HEADER_TYPE) & 0x7f == 1 {
-                    let secondary = read8(bdf, reg::SECONDARY_BUS);
-                    if secondary > bus && depth < 16 {
-                        scan_bus(secondary, depth + 1, f);
-                    }
+                if read8(bdf, reg::HEADER_TYPE) & 0x7f == 1 && depth < 16 {
+                    highest = highest.max(scan_bridge(bdf, depth, f));
                 }
             }
         }
+        highest
     }
 
+    /// Scans behind the bridge at `bdf`, numbering it first if nobody did.
+    fn scan_bridge(bdf: Bdf, depth: u8, f: &mut dyn FnMut(Bdf, u16, u16)) -> u8 {
+        let secondary = read8(bdf, reg::SECONDARY_BUS);
+        if secondary > bdf.bus {
+            BRIDGE_OF[usize::from(secondary)].set(bdf);
+            let below = scan_bus(secondary, depth + 1, f);
+            return below.max(read8(bdf, bridge::SUBORDINATE_BUS));
+        }
+        let Some(secondary) = LAST_BUS.load(Ordering::Relaxed).checked_add(1) else {
+            return bdf.bus;
+        };
+        let numbers = read32(bdf, bridge::BUS_NUMBERS) & 0xff00_0000;
+        // SAFETY: the bus-number registers of a type-1 function nobody
+        // numbered: they decide which configuration cycles it forwards and
+        // map no memory; the subordinate bus is closed after the scan.
+        unsafe {
+            write32(bdf, bridge::BUS_NUMBERS, numbers | 0xff << 16 | u32::from(secondary) << 8 | u32::from(bdf.bus))
+        };
+        BRIDGE_OF[usize::from(secondary)].set(bdf);
+        let below = scan_bus(secondary, depth + 1, f);
+        // SAFETY: as above: the subordinate bus number of the same bridge.
+        unsafe { write8(bdf, bridge::SUBORDINATE_BUS, below) };
+        below
+    }
+
+    /// Makes every bridge between the root bus and `bdf` forward
+    /// `[address, address + size)` (a BAR of `bdf`), opening or widening
+    /// their memory windows and enabling them; a window that already holds
+    /// it is left as it was.
+    fn forward(bdf: Bdf, address: u64, size: u64) {
+        let mut bus = bdf.bus;
+        while let Some(bridge) = BRIDGE_OF[usize::from(bus)].get() {
+            let current = window_from_register(read32(bridge, bridge::MEMORY_WINDOW));
+            if let Some((base, limit)) = widened_window(current, address, size) {
+                let command = read16(bridge, reg::COMMAND);
+                // SAFETY: the memory window of a bridge on the path to the
+                // device whose BAR the agent placed: it now forwards that
+                // range (inside the agent's window of the host bridge's
+                // memory, where nothing else decodes) and what it forwarded
+                // before.
+                unsafe {
+                    write32(bridge, bridge::MEMORY_WINDOW, window_register(base, limit));
+                    write16(bridge, reg::COMMAND, command | COMMAND_MEMORY);
+                }
+            } else if read16(bridge, reg::COMMAND) & COMMAND_MEMORY == 0 {
+                let command = read16(bridge, reg::COMMAND);
+                // SAFETY: the bridge already forwards the range; enabling
+                // its memory decoding makes it act on the window it has.
+                unsafe { write16(bridge, reg::COMMAND, command | COMMAND_MEMORY) };
+            }
+            if bridge.bus == 0 || bridge.bus >= bus {
+                break;
+            }
+            bus = bridge.bus;
+        }
+    }
     /// Why a memory BAR could not be mapped.
     #[derive(Clone, Copy, Debug)]
     pub enum BarError {
@@ -265,8 +543,8 @@ mod hw {
         Unimplemented,
         /// It is unassigned, and too big or 64-bit-only for the agent to place.
         CannotAssign,
-        /// It is (partly) above the identity-mapped 0–4 GiB, which is all
-        /// the agent can reach: left disabled.
+        /// It is (partly) beyond what the agent can reach (x86_64: the
+        /// identity-mapped 0–4 GiB): left disabled.
         OutsideIdentityMap { address: u64, size: u64 },
     }
 
@@ -277,11 +555,11 @@ mod hw {
                 BarError::NotMemory => defmt::write!(f, "not a memory BAR"),
                 BarError::Unimplemented => defmt::write!(f, "not implemented (size 0)"),
                 BarError::CannotAssign => {
-                    defmt::write!(f, "unassigned, and the agent cannot place it below the IOAPIC")
+                    defmt::write!(f, "unassigned, and the agent's window for BARs has no room for it")
                 }
                 BarError::OutsideIdentityMap { address, size } => defmt::write!(
                     f,
-                    "at {=u64:#x}, size {=u64:#x}: not inside the identity-mapped 0-4 GiB the agent can reach, so not used",
+                    "at {=u64:#x}, size {=u64:#x}: beyond what the agent can reach (x86_64: the identity-mapped 0-4 GiB), so not used",
                     address,
                     size
                 ),
@@ -338,7 +616,7 @@ mod hw {
             return Err(restore(BarError::Unimplemented));
         }
         if bar.address == 0 {
-            bar.address = u64::from(assign(bar.size).ok_or(BarError::CannotAssign).map_err(restore)?);
+            bar.address = assign(bar.size, bdf.bus != 0).ok_or(BarError::CannotAssign).map_err(restore)?;
             // SAFETY: an address from the agent's window in the PCI hole,
             // where neither RAM nor another BAR is (`assign`); decoding is
             // still off.
@@ -349,26 +627,33 @@ mod hw {
                 }
             }
         }
-        if !bar.in_identity_map() {
+        if !bar.below(REACH_END) {
             return Err(restore(BarError::OutsideIdentityMap { address: bar.address, size: bar.size }));
         }
         // SAFETY: the BAR is at the address firmware (or `assign`) gave it;
         // the function's other memory BARs are absent or assigned (this
         // function's contract).
         unsafe { write16(bdf, reg::COMMAND, command | COMMAND_MEMORY) };
+        forward(bdf, bar.address, bar.size);
         Ok(bar)
     }
 
-    /// Hands out naturally aligned addresses from the agent's window.
-    fn assign(size: u64) -> Option<u32> {
-        let size = u32::try_from(size.max(16)).ok()?;
+    /// Hands out naturally aligned addresses from the agent's window; a
+    /// BAR behind a bridge gets a 1 MiB block of its own (a bridge's window
+    /// granularity), so that no two bridges need to forward the same block.
+    fn assign(size: u64, behind_bridge: bool) -> Option<u64> {
+        let size = size.max(16);
+        if !size.is_power_of_two() {
+            return None;
+        }
+        let align = if behind_bridge { size.max(bridge::WINDOW_ALIGN) } else { size };
+        let end_limit = WINDOW_END.load(Ordering::Relaxed);
         let mut chosen = None;
         NEXT_FREE
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
-                let start = next.checked_add(size - 1)? & !(size - 1);
-                let end = start.checked_add(size)?;
-                // Stay below the IOAPIC at 0xfec00000.
-                (end <= 0xfec0_0000).then(|| {
+                let start = next.checked_add(align - 1)? & !(align - 1);
+                let end = start.checked_add(size.max(align))?;
+                (end <= end_limit).then(|| {
                     chosen = Some(start);
                     end
                 })
@@ -422,6 +707,24 @@ mod tests {
         assert!(!bar(u64::MAX - 7, 16).in_identity_map());
         // A 64-bit BAR decoded from its two halves, placed above 4 GiB.
         assert!(!Bar::decode(0x0000_000c, 0xffe0_000c, 0x1).unwrap().in_identity_map());
+    }
+
+    #[test]
+    fn bridge_windows() {
+        // Closed: base above limit (what a bridge nobody set up reads).
+        assert_eq!(window_from_register(0x0000_fff0), None);
+        assert_eq!(window_from_register(0xfeb0_fe80), Some((0xfe80_0000, 0xfebf_ffff)));
+        assert_eq!(window_register(0xfe80_0000, 0xfebf_ffff), 0xfeb0_fe80);
+        // A closed window opens on the BAR's 1 MiB block.
+        assert_eq!(widened_window(None, 0x1010_0000, 16), Some((0x1010_0000, 0x101f_ffff)));
+        // Already forwarded: nothing to do.
+        assert_eq!(widened_window(Some((0x1000_0000, 0x102f_ffff)), 0x1010_0000, 16), None);
+        // Widened up and down to hold the new range.
+        assert_eq!(widened_window(Some((0x1000_0000, 0x100f_ffff)), 0x1010_0000, 16), Some((0x1000_0000, 0x101f_ffff)));
+        assert_eq!(widened_window(Some((0x1010_0000, 0x101f_ffff)), 0x1000_0000, 16), Some((0x1000_0000, 0x101f_ffff)));
+        for (base, limit) in [(0x1000_0000, 0x100f_ffff), (0xe000_0000, 0xfebf_ffff)] {
+            assert_eq!(window_from_register(window_register(base, limit)), Some((base, limit)));
+        }
     }
 
     #[test]

@@ -87,14 +87,15 @@ pub const fn advertises(events: u8, event: PvEvent) -> bool {
     events & event.bit() != 0
 }
 
-#[cfg(all(image, target_arch = "x86_64"))]
+#[cfg(all(image, any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub use hw::Pvpanic;
 
-#[cfg(all(image, target_arch = "x86_64"))]
+#[cfg(all(image, any(target_arch = "x86_64", target_arch = "aarch64")))]
 mod hw {
     use super::*;
     use crate::pci::{self, Bdf};
     use core::sync::atomic::{AtomicU64, Ordering};
+    #[cfg(target_arch = "x86_64")]
     use x86_64::instructions::port::Port;
 
     /// A present pvpanic device and the events it advertises. Only the
@@ -105,8 +106,16 @@ mod hw {
 
     #[derive(Clone, Copy)]
     enum Device {
-        Isa { port: u16, events: u8 },
-        Pci { base: u64, events: u8 },
+        /// x86 only (aarch64 has no ISA bus).
+        #[cfg(target_arch = "x86_64")]
+        Isa {
+            port: u16,
+            events: u8,
+        },
+        Pci {
+            base: u64,
+            events: u8,
+        },
     }
 
     /// What the probes found, packed by `to_raw` (0 = nothing): the only
@@ -123,6 +132,7 @@ mod hw {
         /// (`etc/pvpanic-port`), or [`ISA_DEFAULT_PORT`] on a machine
         /// without fw_cfg, where nothing else sits. A device found here
         /// gets event bits written to that port by [`Self::fire`].
+        #[cfg(target_arch = "x86_64")]
         pub unsafe fn probe_isa(port: u16) -> Option<Self> {
             // SAFETY: pvpanic's port (this function's contract) returns its
             // capabilities; if it is unassigned it reads 0xff.
@@ -150,8 +160,8 @@ mod hw {
             };
             let base = bar.address;
             // SAFETY: BAR0 of pvpanic-pci, a byte-wide register whose
-            // memory decoding map_memory_bar enabled, inside the identity
-            // map (checked by map_memory_bar); reading it returns the
+            // memory decoding map_memory_bar enabled, within the agent's
+            // reach (checked by map_memory_bar); reading it returns the
             // capability byte.
             let events = unsafe { core::ptr::read_volatile(base as *const u8) };
             let device = Pvpanic(Device::Pci { base, events });
@@ -161,6 +171,7 @@ mod hw {
 
         pub fn name(&self) -> &'static str {
             match self.0 {
+                #[cfg(target_arch = "x86_64")]
                 Device::Isa { .. } => "pvpanic-isa",
                 Device::Pci { .. } => "pvpanic-pci",
             }
@@ -169,6 +180,7 @@ mod hw {
         /// The I/O port or MMIO address the device answers at.
         pub fn address(&self) -> u64 {
             match self.0 {
+                #[cfg(target_arch = "x86_64")]
                 Device::Isa { port, .. } => u64::from(port),
                 Device::Pci { base, .. } => base,
             }
@@ -176,7 +188,9 @@ mod hw {
 
         pub fn events(&self) -> u8 {
             match self.0 {
-                Device::Isa { events, .. } | Device::Pci { events, .. } => events,
+                #[cfg(target_arch = "x86_64")]
+                Device::Isa { events, .. } => events,
+                Device::Pci { events, .. } => events,
             }
         }
 
@@ -184,6 +198,7 @@ mod hw {
         /// and panic handlers can find it without touching shared state.
         pub fn to_raw(&self) -> u64 {
             let kind = match self.0 {
+                #[cfg(target_arch = "x86_64")]
                 Device::Isa { .. } => 0,
                 Device::Pci { .. } => 1 << 62,
             };
@@ -200,11 +215,13 @@ mod hw {
             }
             let events = (raw >> 48) as u8;
             let address = raw & 0xffff_ffff_ffff;
-            Some(Pvpanic(if raw & 1 << 62 == 0 {
-                Device::Isa { port: address as u16, events }
-            } else {
-                Device::Pci { base: address, events }
-            }))
+            if raw & 1 << 62 != 0 {
+                return Some(Pvpanic(Device::Pci { base: address, events }));
+            }
+            #[cfg(target_arch = "x86_64")]
+            return Some(Pvpanic(Device::Isa { port: address as u16, events }));
+            #[cfg(not(target_arch = "x86_64"))]
+            None
         }
 
         /// Reports one event. Only one bit is ever written: QEMU acts on the
@@ -214,9 +231,10 @@ mod hw {
                 // SAFETY: pvpanic's port, by `probe_isa`'s contract (only
                 // the probes make a `Pvpanic`); writing one event bit is the
                 // device's purpose: QEMU turns it into a QMP event.
+                #[cfg(target_arch = "x86_64")]
                 Device::Isa { port, .. } => unsafe { Port::<u8>::new(port).write(event.bit()) },
                 // SAFETY: as above, through BAR0 as mapped by the probe,
-                // inside the identity map (byte access: a wider one would
+                // within the agent's reach (byte access: a wider one would
                 // be split and could fire twice).
                 Device::Pci { base, .. } => unsafe { core::ptr::write_volatile(base as *mut u8, event.bit()) },
             }

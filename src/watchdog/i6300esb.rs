@@ -230,10 +230,10 @@ impl<B: EsbBus> super::Watchdog for I6300Esb<B> {
     }
 }
 
-#[cfg(all(image, target_arch = "x86_64"))]
+#[cfg(all(image, any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub use hw::{PciEsbBus, probe};
 
-#[cfg(all(image, target_arch = "x86_64"))]
+#[cfg(all(image, any(target_arch = "x86_64", target_arch = "aarch64")))]
 mod hw {
     use super::*;
     use crate::pci::{self, Bdf};
@@ -315,7 +315,7 @@ mod hw {
 
         fn mmio_read16(&mut self, offset: usize) -> u16 {
             // SAFETY: a register of the i6300esb's BAR0, which `probe`
-            // mapped inside the identity map (0-4 GiB), aligned
+            // mapped within the agent's reach, aligned
             // (`register`); the driver only reads the reload register's flags.
             self.register(offset).map_or(0, |register| unsafe { core::ptr::read_volatile(register) })
         }
