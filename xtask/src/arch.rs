@@ -9,16 +9,18 @@ use std::fmt;
 pub enum Arch {
     X86_64,
     S390x,
+    Aarch64,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::S390x];
+    pub const ALL: [Arch; 3] = [Arch::X86_64, Arch::S390x, Arch::Aarch64];
 
     /// The name boards use (`arch = "…"`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Arch::X86_64 => "x86_64",
             Arch::S390x => "s390x",
+            Arch::Aarch64 => "aarch64",
         }
     }
 
@@ -27,7 +29,7 @@ impl Arch {
         Arch::ALL.into_iter().find(|a| a.as_str() == s)
     }
 
-    /// The known names, for messages: `x86_64, s390x`.
+    /// The known names, for messages: `x86_64, s390x, aarch64`.
     pub fn known() -> String {
         Arch::ALL.map(Arch::as_str).join(", ")
     }
@@ -37,14 +39,16 @@ impl Arch {
         match self {
             Arch::X86_64 => "x86_64-unknown-none",
             Arch::S390x => "s390x-unknown-linux-gnu",
+            Arch::Aarch64 => "aarch64-unknown-none",
         }
     }
 
     /// ELF `e_machine` → architecture.
     pub const fn from_elf_machine(machine: u16) -> Option<Arch> {
         match machine {
-            62 => Some(Arch::X86_64), // EM_X86_64
-            22 => Some(Arch::S390x),  // EM_S390
+            62 => Some(Arch::X86_64),   // EM_X86_64
+            22 => Some(Arch::S390x),    // EM_S390
+            183 => Some(Arch::Aarch64), // EM_AARCH64
             _ => None,
         }
     }
@@ -80,10 +84,12 @@ mod tests {
             assert_eq!(a.to_string(), a.as_str());
         }
         assert_eq!(Arch::parse("mips"), None);
-        assert_eq!(Arch::known(), "x86_64, s390x");
+        assert_eq!(Arch::known(), "x86_64, s390x, aarch64");
         assert_eq!(Arch::S390x.target(), "s390x-unknown-linux-gnu");
+        assert_eq!(Arch::Aarch64.target(), "aarch64-unknown-none");
         assert_eq!(Arch::from_elf_machine(62), Some(Arch::X86_64));
-        assert_eq!(Arch::from_elf_machine(183), None);
+        assert_eq!(Arch::from_elf_machine(183), Some(Arch::Aarch64));
+        assert_eq!(Arch::from_elf_machine(40), None); // EM_ARM (32-bit)
         assert!(Arch::S390x == "s390x" && Arch::X86_64 != "s390x");
     }
 }

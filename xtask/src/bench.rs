@@ -17,12 +17,17 @@
 //! ([`crate::rom::floor`]: the reset vector writes "panicked" to the ISA
 //! pvpanic port) in place of the agent and any firmware: QEMU start-up plus
 //! three instructions, nothing can reach GUEST_PANICKED sooner on that
-//! machine. The floor `qmp-ready` (s390x) is QEMU start to QMP ready (the
-//! answer to `qmp_capabilities`, sent once the machine is built and the main
-//! loop runs) of the agent's own command line.
+//! machine. The floor `image` (aarch64) is an arm64 `Image` generated here
+//! ([`crate::arm64_image::floor`]: ten instructions that give pvpanic-pci at
+//! a fixed slot a BAR through the ECAM, enable it and write "panicked"),
+//! booted with `-kernel` in place of the agent's Image. The floor
+//! `qmp-ready` (s390x) is QEMU start to QMP ready (the answer to
+//! `qmp_capabilities`, sent once the machine is built and the main loop
+//! runs) of the agent's own command line.
 //!
 //! Artifacts: `target/pvagent-bench/<stamp>-<pid>/` (`latest` points at the
-//! newest) holds the ROMs that were booted, `bench.json` and `bench.txt`.
+//! newest) holds the ROMs and Images that were booted, `bench.json` and
+//! `bench.txt`.
 
 use std::fmt::Write as _;
 use std::io::{Read, Seek};
@@ -38,11 +43,12 @@ use serde_json::Value;
 use crate::arch::Arch;
 use crate::config::board::{BenchFloor, BenchRow};
 use crate::config::{Board, Boot};
+use crate::images::BootFile;
 use crate::qemu::{QmpListener, Session, Start, describe_status, start_session};
 use crate::qemu_cmd::{Delivery, QemuCmd};
 use crate::qmp::{self, Message, Polled, QmpEvent};
 use crate::util::{find_program, glob_match, shell_join, unix_micros};
-use crate::{artifacts, rom};
+use crate::{arm64_image, artifacts, rom};
 
 /// Arguments of every boot: a guest panic stops the guest (the asserted
 /// event is its GUEST_PANICKED), whatever the board's defaults.
@@ -77,6 +83,9 @@ pub struct BenchArgs {
     /// The s390x image to use (not built) [default: built, in the target dir]
     #[arg(long, value_name = "PATH")]
     pub s390_image: Option<PathBuf>,
+    /// The aarch64 image (its ELF, not built) [default: built, in the target dir]
+    #[arg(long, value_name = "PATH")]
+    pub aarch64_image: Option<PathBuf>,
     /// Limit of one boot
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::util::parse_timeout)]
     pub timeout: Duration,
@@ -94,15 +103,17 @@ impl Row<'_> {
     }
 
     fn image_kind(&self) -> &'static str {
-        match self.board.boot {
-            Boot::Kernel => "ELF -kernel",
-            Boot::Firmware => "ROM -bios",
+        match BootFile::of(self.board.arch, self.board.boot) {
+            BootFile::Elf => "ELF -kernel",
+            BootFile::Rom => "ROM -bios",
+            BootFile::Arm64Image => "Image -kernel",
         }
     }
 
     fn floor_label(&self) -> &'static str {
         match self.spec.floor {
             BenchFloor::Rom => "-bios floor.rom",
+            BenchFloor::Image => "floor.Image",
             BenchFloor::QmpReady => "QMP ready",
         }
     }
@@ -200,7 +211,7 @@ impl Sample {
     /// The measured value of a boot of the floor.
     fn floor_ms(&self, floor: BenchFloor) -> f64 {
         match floor {
-            BenchFloor::Rom => self.event_ms.unwrap_or(f64::NAN),
+            BenchFloor::Rom | BenchFloor::Image => self.event_ms.unwrap_or(f64::NAN),
             BenchFloor::QmpReady => self.ready_ms,
         }
     }
@@ -232,14 +243,16 @@ pub struct BoardResult {
     pub description: String,
     pub agent_cmdline: String,
     pub floor_cmdline: String,
-    /// `-bios floor.rom` or `QMP ready`.
+    /// `-bios floor.rom`, `floor.Image` or `QMP ready`.
     pub floor_kind: String,
-    /// What the floor's time is: the event of floor.rom or QMP ready.
+    /// What the floor's time is: the event of floor.rom or floor.Image, or QMP ready.
     pub floor_measure: String,
-    /// `ELF -kernel` or `ROM -bios`.
+    /// `ELF -kernel`, `ROM -bios` or `Image -kernel`.
     pub image_kind: String,
+    /// The booted file: the ELF's or ROM's size; the arm64 Image's (its
+    /// file-backed bytes).
     pub image_file_bytes: u64,
-    /// x86 ROM: the ROM's size; ELF: sum of PT_LOAD p_memsz.
+    /// x86 ROM: the ROM's size; ELF and arm64 Image: the ELF's sum of PT_LOAD p_memsz.
     pub image_loaded_bytes: u64,
     pub agent: Stats,
     pub floor: Stats,
@@ -281,6 +294,10 @@ pub struct Images {
     pub x86_64_rom_bytes: Option<u64>,
     pub floor_rom_bytes: Option<u64>,
     pub s390x_elf: Option<ElfSizes>,
+    pub aarch64_elf: Option<ElfSizes>,
+    /// The agent as arm64 `Image` (`-kernel` on virt): its file-backed bytes.
+    pub aarch64_image_bytes: Option<u64>,
+    pub floor_image_bytes: Option<u64>,
 }
 
 /// The whole report (`bench.json`).
@@ -300,8 +317,8 @@ const MEASURE: &str = "ms from the host's wall clock just before spawning QEMU t
     GUEST_PANICKED (floor \"QMP ready\": to reading the answer to qmp_capabilities); agent and floor alternate";
 
 /// Runs the benchmark on the `[[bench]]` rows of `boards`. Builds the images
-/// it needs (x86_64 and/or s390x, release) with cargo unless `--no-build` or
-/// an explicit image is given.
+/// it needs (x86_64, s390x and/or aarch64, release) with cargo unless
+/// `--no-build` or an explicit image is given.
 pub fn run(root: &Path, boards: &[Board], args: &BenchArgs) -> Result<()> {
     let rows = select(boards, &args.boards)?;
     let target = crate::util::target_dir(root);
@@ -311,6 +328,11 @@ pub fn run(root: &Path, boards: &[Board], args: &BenchArgs) -> Result<()> {
         if want(Arch::X86_64) { Some(image(root, Arch::X86_64, args.image.as_deref(), args.no_build)?) } else { None };
     let s390_elf = if want(Arch::S390x) {
         Some(image(root, Arch::S390x, args.s390_image.as_deref(), args.no_build)?)
+    } else {
+        None
+    };
+    let aarch64_elf = if want(Arch::Aarch64) {
+        Some(image(root, Arch::Aarch64, args.aarch64_image.as_deref(), args.no_build)?)
     } else {
         None
     };
@@ -335,11 +357,23 @@ pub fn run(root: &Path, boards: &[Board], args: &BenchArgs) -> Result<()> {
     if let Some(elf) = &s390_elf {
         images.s390x_elf = Some(ElfSizes::read(elf)?);
     }
+    if let Some(elf) = &aarch64_elf {
+        images.aarch64_elf = Some(ElfSizes::read(elf)?);
+        let bytes = std::fs::read(elf).with_context(|| format!("reading {}", elf.display()))?;
+        let image =
+            arm64_image::build(&bytes).with_context(|| format!("making an arm64 Image of {}", elf.display()))?;
+        images.aarch64_image_bytes = Some(image.len() as u64);
+        roms.push(("agent.Image", image));
+    }
+    if rows.iter().any(|r| r.spec.floor == BenchFloor::Image) {
+        let floor = arm64_image::floor();
+        images.floor_image_bytes = Some(floor.len() as u64);
+        roms.push(("floor.Image", floor));
+    }
     let dir = artifacts::new_run_dir(&target.join("pvagent-bench"))?;
-    let (mut agent_rom, mut floor_rom) = (None, None);
+    let mut written = std::collections::BTreeMap::new();
     for (name, bytes) in &roms {
-        let path = write(&dir.join(name), bytes)?;
-        if *name == "agent.rom" { agent_rom = Some(path) } else { floor_rom = Some(path) }
+        written.insert(*name, write(&dir.join(name), bytes)?);
     }
 
     let mut out: Box<dyn std::io::Write> =
@@ -365,17 +399,20 @@ pub fn run(root: &Path, boards: &[Board], args: &BenchArgs) -> Result<()> {
     write!(out, "{text}")?;
     out.flush()?;
 
+    let made = |name: &str| written.get(name).map(PathBuf::as_path);
     let paths = Paths {
         x86_elf: x86_elf.as_deref(),
         s390_elf: s390_elf.as_deref(),
-        agent_rom: agent_rom.as_deref(),
-        floor_rom: floor_rom.as_deref(),
+        agent_rom: made("agent.rom"),
+        floor_rom: made("floor.rom"),
+        agent_image: made("agent.Image"),
+        floor_image: made("floor.Image"),
     };
     for r in &rows {
         let (agent, floor) = commands(r, &paths, &dir)?;
         agent.write_files()?;
         let (agent_argv, floor_argv) = (agent.argv(), floor.argv());
-        let want_floor_event = r.spec.floor == BenchFloor::Rom;
+        let want_floor_event = r.spec.floor != BenchFloor::QmpReady;
         let mut agent_samples = Vec::new();
         let mut floor_samples = Vec::new();
         for i in 0..args.warmup.saturating_add(args.runs) {
@@ -491,6 +528,9 @@ struct Paths<'a> {
     s390_elf: Option<&'a Path>,
     agent_rom: Option<&'a Path>,
     floor_rom: Option<&'a Path>,
+    /// The aarch64 agent as arm64 Image.
+    agent_image: Option<&'a Path>,
+    floor_image: Option<&'a Path>,
 }
 
 fn need<'p>(p: Option<&'p Path>, what: &str) -> Result<&'p Path> {
@@ -500,12 +540,14 @@ fn need<'p>(p: Option<&'p Path>, what: &str) -> Result<&'p Path> {
 /// The agent's and the floor's command lines of a row, without the QMP
 /// socket: the board's own, with the row's script and arguments. They differ
 /// only in what boots (the floor `rom`: floor.rom as `-bios`, no other
-/// firmware).
+/// firmware; the floor `image`: floor.Image as `-kernel`).
 fn commands(r: &Row<'_>, paths: &Paths<'_>, dir: &Path) -> Result<(QemuCmd, QemuCmd)> {
-    let image = match (r.board.arch, r.board.boot) {
-        (Arch::X86_64, Boot::Kernel) => need(paths.x86_elf, "x86_64 image")?,
-        (Arch::X86_64, Boot::Firmware) => need(paths.agent_rom, "agent ROM")?,
-        (Arch::S390x, _) => need(paths.s390_elf, "s390x image")?,
+    let image = match (r.board.arch, BootFile::of(r.board.arch, r.board.boot)) {
+        (_, BootFile::Rom) => need(paths.agent_rom, "agent ROM")?,
+        (_, BootFile::Arm64Image) => need(paths.agent_image, "aarch64 agent Image")?,
+        (Arch::X86_64, BootFile::Elf) => need(paths.x86_elf, "x86_64 image")?,
+        (Arch::S390x, BootFile::Elf) => need(paths.s390_elf, "s390x image")?,
+        (Arch::Aarch64, BootFile::Elf) => bail!("aarch64 boards boot the arm64 Image"),
     };
     let mut agent = QemuCmd::new(r.board, image)
         .args(&r.spec.args)
@@ -519,6 +561,12 @@ fn commands(r: &Row<'_>, paths: &Paths<'_>, dir: &Path) -> Result<(QemuCmd, Qemu
             firmware: None,
             boot: Boot::Firmware,
             image: need(paths.floor_rom, "floor ROM")?.to_path_buf(),
+            ..agent.clone()
+        },
+        BenchFloor::Image => QemuCmd {
+            firmware: None,
+            boot: Boot::Kernel,
+            image: need(paths.floor_image, "floor Image")?.to_path_buf(),
             ..agent.clone()
         },
         BenchFloor::QmpReady => agent.clone(),
@@ -621,6 +669,9 @@ fn summarize(
         (_, Boot::Firmware) => (images.x86_64_rom_bytes.unwrap_or(0), images.x86_64_rom_bytes.unwrap_or(0)),
         (Arch::X86_64, _) => images.x86_64_elf.as_ref().map_or((0, 0), |e| (e.file_bytes, e.load_memsz_bytes)),
         (Arch::S390x, _) => images.s390x_elf.as_ref().map_or((0, 0), |e| (e.file_bytes, e.load_memsz_bytes)),
+        (Arch::Aarch64, _) => {
+            (images.aarch64_image_bytes.unwrap_or(0), images.aarch64_elf.as_ref().map_or(0, |e| e.load_memsz_bytes))
+        }
     };
     BoardResult {
         board: r.name().to_string(),
@@ -630,6 +681,7 @@ fn summarize(
         floor_kind: r.floor_label().to_string(),
         floor_measure: match r.spec.floor {
             BenchFloor::Rom => format!("{EVENT} of floor.rom"),
+            BenchFloor::Image => format!("{EVENT} of floor.Image"),
             BenchFloor::QmpReady => "QMP ready (qmp_capabilities answered)".into(),
         },
         image_kind: r.image_kind().to_string(),
@@ -694,8 +746,11 @@ fn row(r: &BoardResult) -> String {
 
 fn footer(results: &[BoardResult], images: &Images, host: &Host) -> String {
     let mut s = String::new();
-    let _ =
-        writeln!(s, "\nratio = median of the per-pair ratios agent/floor; loaded = PT_LOAD memsz (ELF) or ROM size");
+    let _ = writeln!(
+        s,
+        "\nratio = median of the per-pair ratios agent/floor; file = the booted file (an arm64 Image: the ELF's \
+         file-backed bytes); loaded = PT_LOAD memsz (ELF, Image) or ROM size"
+    );
     let _ = writeln!(s, "\nwhere the time goes (medians, ms, agent / floor):");
     let _ = writeln!(s, "  QMP ready = spawn → qmp_capabilities answered; guest = RESUME → {EVENT} (firmware + image)");
     let opt = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |x| format!("{x:.1}"));
@@ -724,6 +779,15 @@ fn footer(results: &[BoardResult], images: &Images, host: &Host) -> String {
     }
     if let Some(e) = &images.s390x_elf {
         let _ = writeln!(s, "  s390x ELF   {}", elf_line(e));
+    }
+    if let Some(e) = &images.aarch64_elf {
+        let _ = writeln!(s, "  aarch64 ELF {}", elf_line(e));
+    }
+    if let Some(n) = images.aarch64_image_bytes {
+        let _ = writeln!(s, "  agent Image {n} B (-kernel; the aarch64 ELF's file-backed bytes from __image_start)");
+    }
+    if let Some(n) = images.floor_image_bytes {
+        let _ = writeln!(s, "  floor Image {n} B (-kernel; the 64-byte header and 10 instructions)");
     }
     let _ = writeln!(s, "\nhost");
     let _ = writeln!(s, "  cpu     {} ({} CPUs), Linux {}", host.cpu_model, host.nproc, host.kernel);
@@ -799,6 +863,7 @@ mod tests {
             ("q35-fast", "q35-fast"),
             ("microvm", "microvm"),
             ("s390-ccw-virtio", "s390-ccw-virtio"),
+            ("virt", "virt"),
         ] {
             assert!(rows.contains(&want), "{want:?} in {rows:?}");
         }
@@ -809,7 +874,14 @@ mod tests {
         let elf = Path::new("/img/pvagent");
         let rom = Path::new("/a/agent.rom");
         let floor = Path::new("/a/floor.rom");
-        let paths = Paths { x86_elf: Some(elf), s390_elf: Some(elf), agent_rom: Some(rom), floor_rom: Some(floor) };
+        let paths = Paths {
+            x86_elf: Some(elf),
+            s390_elf: Some(elf),
+            agent_rom: Some(rom),
+            floor_rom: Some(floor),
+            agent_image: Some(Path::new("/a/agent.Image")),
+            floor_image: Some(Path::new("/a/floor.Image")),
+        };
         let boards = boards();
         let rows: Vec<Row<'_>> =
             boards.iter().flat_map(|board| board.bench.iter().map(move |spec| Row { board, spec })).collect();
@@ -818,9 +890,14 @@ mod tests {
             let (a, f) = (a.argv(), f.argv());
             assert_eq!(a[0], r.board.binary);
             assert!(a.windows(2).any(|w| w == ["-action", "panic=pause"]), "{a:?}");
-            if r.spec.floor == BenchFloor::Rom {
-                assert!(f.windows(2).any(|w| w == ["-bios", "/a/floor.rom"]), "{f:?}");
-                assert!(!f.iter().any(|x| x == "-kernel"), "{f:?}");
+            if r.spec.floor != BenchFloor::QmpReady {
+                if r.spec.floor == BenchFloor::Rom {
+                    assert!(f.windows(2).any(|w| w == ["-bios", "/a/floor.rom"]), "{f:?}");
+                    assert!(!f.iter().any(|x| x == "-kernel"), "{f:?}");
+                } else {
+                    assert!(f.windows(2).any(|w| w == ["-kernel", "/a/floor.Image"]), "{f:?}");
+                    assert!(!f.iter().any(|x| x == "-bios"), "{f:?}");
+                }
                 let strip = |v: &[String]| -> Vec<String> {
                     let mut out = Vec::new();
                     let mut i = 0;
@@ -851,6 +928,16 @@ mod tests {
         let s390 = rows.iter().find(|r| r.name() == "s390-ccw-virtio").unwrap();
         let a = commands(s390, &paths, Path::new("/a")).unwrap().0.argv();
         assert_eq!(&a[a.len() - 4..], ["-kernel", "/img/pvagent", "-append", "s390.disabled-wait:0x12340"]);
+        // virt: the agent's Image with -kernel, pvpanic-pci at the slot the floor programs.
+        let virt = rows.iter().find(|r| r.name() == "virt").unwrap();
+        let (a, f) = commands(virt, &paths, Path::new("/a")).unwrap();
+        let (a, f) = (a.argv(), f.argv());
+        assert_eq!(a[0], "qemu-system-aarch64");
+        assert!(a.windows(2).any(|w| w == ["-kernel", "/a/agent.Image"]), "{a:?}");
+        assert!(a.windows(2).any(|w| w == ["-device", "pvpanic-pci,addr=0x2"]), "{a:?}");
+        assert!(a.iter().any(|x| x == "name=opt/pvagent/script,string=pvpanic-pci.panicked"), "{a:?}");
+        assert!(f.windows(2).any(|w| w == ["-device", "pvpanic-pci,addr=0x2"]), "{f:?}");
+        assert_eq!(crate::arm64_image::FLOOR_PCI_SLOT, 2, "the slot of the virt row's addr=0x2");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The agent's images, one per guest architecture: which Rust target builds
 //! each, where cargo puts it, building only the ones the selected boards
 //! need, recognising a given image's architecture from its ELF header, and
-//! what a board boots (the ELF with `-kernel`, or for `boot = "firmware"`
-//! boards the `-bios` ROM made from it, see [`crate::rom`]).
+//! what a board boots (the ELF with `-kernel`; for `boot = "firmware"`
+//! boards the `-bios` ROM made from it, see [`crate::rom`]; on aarch64 the
+//! flat arm64 `Image` made from it for `-kernel`, see [`crate::arm64_image`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -49,7 +50,8 @@ pub fn arch_of_elf(bytes: &[u8]) -> Result<Arch> {
         2 => u16::from_be_bytes([bytes[18], bytes[19]]),
         d => bail!("bad ELF data encoding {d}"),
     };
-    Arch::from_elf_machine(machine).with_context(|| format!("ELF machine {machine} is neither x86_64 nor s390x"))
+    Arch::from_elf_machine(machine)
+        .with_context(|| format!("ELF machine {machine} is none of the agent's ({})", Arch::known()))
 }
 
 /// The architecture of the image at `path`.
@@ -98,6 +100,59 @@ pub fn write_rom(elf: &Path, out: &Path) -> Result<()> {
     std::fs::write(out, rom).with_context(|| format!("writing {}", out.display()))
 }
 
+/// Writes the flat arm64 `Image` made from the aarch64 image `elf` to `out`
+/// (what `-kernel` boots on `-M virt`).
+pub fn write_arm64_image(elf: &Path, out: &Path) -> Result<()> {
+    let bytes = std::fs::read(elf).with_context(|| format!("reading {}", elf.display()))?;
+    let image =
+        crate::arm64_image::build(&bytes).with_context(|| format!("making an arm64 Image of {}", elf.display()))?;
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(out, image).with_context(|| format!("writing {}", out.display()))
+}
+
+/// What a board boots, made from an architecture's ELF.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootFile {
+    /// The ELF itself, with `-kernel` (x86_64 PVH, s390x).
+    Elf,
+    /// The x86_64 `-bios` ROM ([`crate::rom`]).
+    Rom,
+    /// The flat arm64 `Image`, with `-kernel` ([`crate::arm64_image`]).
+    Arm64Image,
+}
+
+impl BootFile {
+    /// What a board of `arch` booting with `boot` needs.
+    pub fn of(arch: Arch, boot: Boot) -> BootFile {
+        match (arch, boot) {
+            (_, Boot::Firmware) => BootFile::Rom,
+            (Arch::Aarch64, Boot::Kernel) => BootFile::Arm64Image,
+            (Arch::X86_64 | Arch::S390x, Boot::Kernel) => BootFile::Elf,
+        }
+    }
+
+    /// The file name of what is made from the ELF of `arch` (`None`: the
+    /// ELF is booted as it is).
+    pub fn made_name(self, arch: Arch) -> Option<String> {
+        match self {
+            BootFile::Elf => None,
+            BootFile::Rom => Some(format!("pvagent-{arch}.rom")),
+            BootFile::Arm64Image => Some(format!("pvagent-{arch}.Image")),
+        }
+    }
+
+    /// Writes what is made from `elf` to `out`.
+    pub fn write(self, elf: &Path, out: &Path) -> Result<()> {
+        match self {
+            BootFile::Elf => bail!("the ELF is booted as it is"),
+            BootFile::Rom => write_rom(elf, out),
+            BootFile::Arm64Image => write_arm64_image(elf, out),
+        }
+    }
+}
+
 /// Environment variable with given images, `:`-separated (`PVAGENT_IMAGE`).
 pub const IMAGE_ENV: &str = "PVAGENT_IMAGE";
 
@@ -122,19 +177,20 @@ pub fn resolve(root: &Path, given: &[PathBuf], arches: &BTreeSet<Arch>) -> Resul
     Ok(out)
 }
 
-/// One architecture's image, its defmt table and (x86_64, on demand) its ROM.
+/// One architecture's image, its defmt table and, made on demand, the file
+/// boards boot when it is not the ELF (x86_64's ROM, aarch64's Image).
 pub struct AgentImage {
     pub arch: Arch,
     pub elf: PathBuf,
     /// `Err` keeps the reason for agent.log.
     pub log_table: Result<LogTable, String>,
-    rom: OnceLock<Result<PathBuf, String>>,
+    made: OnceLock<Result<PathBuf, String>>,
 }
 
 /// The images of a run.
 pub struct Images {
     images: BTreeMap<Arch, AgentImage>,
-    /// Where ROMs are written (the run directory).
+    /// Where ROMs and Images are written (the run directory).
     rom_dir: PathBuf,
 }
 
@@ -144,7 +200,7 @@ impl Images {
             .into_iter()
             .map(|(arch, elf)| {
                 let log_table = LogTable::from_file(&elf).map_err(|e| format!("{e:#}"));
-                (arch, AgentImage { arch, elf, log_table, rom: OnceLock::new() })
+                (arch, AgentImage { arch, elf, log_table, made: OnceLock::new() })
             })
             .collect();
         Images { images, rom_dir }
@@ -166,12 +222,13 @@ impl Images {
         })
     }
 
-    /// What `board` boots: the ELF (`-kernel`) or the ROM (`-bios`).
+    /// What `board` boots: the ELF (`-kernel`), the ROM (`-bios`) or the
+    /// arm64 Image (`-kernel`), see [`BootFile`].
     pub fn boot_file(&self, board: &Board) -> Result<PathBuf> {
         let image = self.for_board(board)?;
-        match board.boot {
-            Boot::Kernel => Ok(image.elf.clone()),
-            Boot::Firmware => image.rom(&self.rom_dir).map_err(anyhow::Error::msg),
+        match BootFile::of(board.arch, board.boot) {
+            BootFile::Elf => Ok(image.elf.clone()),
+            kind => image.made(kind, &self.rom_dir).map_err(anyhow::Error::msg),
         }
     }
 }
@@ -181,14 +238,23 @@ impl AgentImage {
         self.log_table.as_ref().ok()
     }
 
-    /// The `-bios` ROM, written once to `<dir>/pvagent-<arch>.rom`.
-    pub fn rom(&self, dir: &Path) -> Result<PathBuf, String> {
-        self.rom
+    /// The file of `kind` made from the ELF, written once to
+    /// `<dir>/pvagent-<arch>.rom` or `<dir>/pvagent-<arch>.Image` (an
+    /// architecture's boards all boot the same kind).
+    pub fn made(&self, kind: BootFile, dir: &Path) -> Result<PathBuf, String> {
+        self.made
             .get_or_init(|| {
-                let path = dir.join(format!("pvagent-{}.rom", self.arch));
-                write_rom(&self.elf, &path).map(|()| path).map_err(|e| format!("{e:#}"))
+                let name =
+                    kind.made_name(self.arch).ok_or_else(|| format!("the {} ELF is booted as it is", self.arch))?;
+                let path = dir.join(name);
+                kind.write(&self.elf, &path).map(|()| path).map_err(|e| format!("{e:#}"))
             })
             .clone()
+    }
+
+    /// The `-bios` ROM, written once to `<dir>/pvagent-<arch>.rom`.
+    pub fn rom(&self, dir: &Path) -> Result<PathBuf, String> {
+        self.made(BootFile::Rom, dir)
     }
 }
 
@@ -209,8 +275,50 @@ mod tests {
     fn arch_from_elf_header() {
         assert_eq!(arch_of_elf(&elf_header(1, [62, 0])).unwrap(), Arch::X86_64);
         assert_eq!(arch_of_elf(&elf_header(2, [0, 22])).unwrap(), Arch::S390x);
-        assert!(arch_of_elf(&elf_header(1, [183, 0])).is_err());
+        assert_eq!(arch_of_elf(&elf_header(1, [183, 0])).unwrap(), Arch::Aarch64);
+        let e = arch_of_elf(&elf_header(1, [40, 0])).unwrap_err().to_string();
+        assert_eq!(e, "ELF machine 40 is none of the agent's (x86_64, s390x, aarch64)");
         assert!(arch_of_elf(b"MZ").is_err());
+    }
+
+    #[test]
+    fn boot_files_per_architecture_and_boot() {
+        assert_eq!(BootFile::of(Arch::X86_64, Boot::Kernel), BootFile::Elf);
+        assert_eq!(BootFile::of(Arch::X86_64, Boot::Firmware), BootFile::Rom);
+        assert_eq!(BootFile::of(Arch::S390x, Boot::Kernel), BootFile::Elf);
+        assert_eq!(BootFile::of(Arch::Aarch64, Boot::Kernel), BootFile::Arm64Image);
+        assert_eq!(BootFile::Arm64Image.made_name(Arch::Aarch64).unwrap(), "pvagent-aarch64.Image");
+        assert_eq!(BootFile::Elf.made_name(Arch::S390x), None);
+    }
+
+    /// An aarch64 board boots the Image made (once, into the run directory)
+    /// from the ELF; the ELF stays the image of the run (defmt table).
+    #[test]
+    fn an_aarch64_board_boots_the_image_made_per_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let elf = tmp.path().join("pvagent");
+        std::fs::write(&elf, crate::arm64_image::tests::agent_like(0x2000)).unwrap();
+        let run = tmp.path().join("run");
+        let images = Images::new(BTreeMap::from([(Arch::Aarch64, elf.clone())]), run.clone());
+        let board = crate::config::parse_board(
+            Path::new("boards/virt.toml"),
+            "name = \"virt\"\ndescription = \"d\"\narch = \"aarch64\"\nbinary = \"qemu-system-aarch64\"\n\
+             machine = \"virt\"\naccel = \"tcg\"\nmemory = \"128M\"\npackage = \"qemu-system-arm\"\n",
+            Path::new("/w"),
+        )
+        .unwrap();
+        let file = images.boot_file(&board).unwrap();
+        assert_eq!(file, run.join("pvagent-aarch64.Image"));
+        let bytes = std::fs::read(&file).unwrap();
+        assert_eq!(bytes.len(), 0x1008);
+        assert_eq!(&bytes[56..60], b"ARM\x64");
+        assert_eq!(images.boot_file(&board).unwrap(), file, "made once");
+        assert_eq!(images.for_board(&board).unwrap().elf, elf);
+        // A broken ELF: the reason, for the run's error.
+        std::fs::write(&elf, b"\x7fELF").unwrap();
+        let images = Images::new(BTreeMap::from([(Arch::Aarch64, elf)]), run);
+        let e = format!("{:#}", images.boot_file(&board).unwrap_err());
+        assert!(e.contains("making an arm64 Image of"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod agent;
 pub mod arch;
+pub mod arm64_image;
 pub mod artifacts;
 pub mod bench;
 pub mod cases;

@@ -116,6 +116,10 @@ pub enum BenchFloor {
     /// `-bios floor.rom` instead of the agent (x86_64: a ROM whose reset
     /// vector writes "panicked" to the ISA pvpanic port), to GUEST_PANICKED.
     Rom,
+    /// `-kernel floor.Image` instead of the agent's Image (aarch64: an arm64
+    /// Image that programs pvpanic-pci at slot 2 and writes "panicked", see
+    /// `arm64_image::floor`), to GUEST_PANICKED.
+    Image,
     /// The same command line, to QMP ready (`qmp_capabilities` answered).
     QmpReady,
 }
@@ -125,7 +129,8 @@ pub enum BenchFloor {
 #[serde(rename_all = "snake_case")]
 pub enum Boot {
     /// `-kernel <ELF>`: PVH on x86_64 (after SeaBIOS, qboot or the board's
-    /// `firmware`), the ELF IPL on s390x.
+    /// `firmware`), the ELF IPL on s390x; on aarch64 `-kernel <Image>`, the
+    /// flat arm64 Image made from the ELF (`arm64_image.rs`).
     #[default]
     Kernel,
     /// x86_64 only: the agent is the firmware, `-bios <ROM>` (`rom.rs`). No
@@ -306,11 +311,23 @@ pub fn parse(file: &Path, text: &str, root: &Path) -> Result<Board, ConfigError>
                 "remove the [[bench]] table",
             ));
         }
+        let floor_fix = || match arch {
+            Arch::Aarch64 => "use floor = \"image\" or \"qmp-ready\"",
+            Arch::X86_64 => "use floor = \"rom\" or \"qmp-ready\"",
+            Arch::S390x => "use floor = \"qmp-ready\"",
+        };
         if r.floor == BenchFloor::Rom && arch != Arch::X86_64 {
             return Err(row.field(
                 "floor",
                 format!("\"rom\" is an x86_64 reset vector, this board is {arch}"),
-                "use floor = \"qmp-ready\"",
+                floor_fix(),
+            ));
+        }
+        if r.floor == BenchFloor::Image && arch != Arch::Aarch64 {
+            return Err(row.field(
+                "floor",
+                format!("\"image\" is an arm64 Image for -M virt, this board is {arch}"),
+                floor_fix(),
             ));
         }
         if r.script.trim().is_empty() {
@@ -618,7 +635,7 @@ pub(super) fn board_subset(list: &[String], boards: &[Board]) -> Result<Vec<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::fixtures::{PC, S390, mixed_boards};
+    use crate::config::fixtures::{PC, S390, VIRT, mixed_boards};
 
     fn parse_pc(text: &str) -> Result<Board, String> {
         parse(Path::new("boards/pc.toml"), text, Path::new("/w")).map_err(|e| e.to_string())
@@ -635,7 +652,7 @@ mod tests {
         let e = parse_pc(&PC.replace("\"x86_64\"", "\"mips\"")).unwrap_err();
         assert_eq!(
             e,
-            "boards/pc.toml: field `arch`: unsupported architecture \"mips\"\n  fix: use one of: x86_64, s390x"
+            "boards/pc.toml: field `arch`: unsupported architecture \"mips\"\n  fix: use one of: x86_64, s390x, aarch64"
         );
         let e = parse_pc(&PC.replace("package = \"qemu-system-x86\"\n", "")).unwrap_err();
         assert!(e.contains("package"), "{e}");
@@ -692,6 +709,18 @@ mod tests {
         let s390 = |extra: &str| parse(Path::new("boards/s390.toml"), &format!("{S390}{extra}"), Path::new("/w"));
         let e = s390(row).unwrap_err().to_string();
         assert!(e.contains("bench row `s390`: field `floor`: \"rom\" is an x86_64 reset vector"), "{e}");
+        let e = s390(&row.replace("\"rom\"", "\"image\"")).unwrap_err().to_string();
+        assert!(e.contains("\"image\" is an arm64 Image for -M virt, this board is s390x"), "{e}");
+        assert!(e.contains("fix: use floor = \"qmp-ready\""), "{e}");
+        let e = parse_pc(&format!("{PC}{}", row.replace("\"rom\"", "\"image\""))).unwrap_err();
+        assert!(e.contains("this board is x86_64") && e.contains("fix: use floor = \"rom\" or \"qmp-ready\""), "{e}");
+        let virt = |extra: &str| parse(Path::new("boards/virt.toml"), &format!("{VIRT}{extra}"), Path::new("/w"));
+        assert_eq!(virt(&row.replace("\"rom\"", "\"image\"")).unwrap().bench[0].floor, BenchFloor::Image);
+        let e = virt(row).unwrap_err().to_string();
+        assert!(
+            e.contains("this board is aarch64") && e.contains("fix: use floor = \"image\" or \"qmp-ready\""),
+            "{e}"
+        );
         assert_eq!(s390(&row.replace("\"rom\"", "\"qmp-ready\"")).unwrap().bench[0].floor, BenchFloor::QmpReady);
         let e = hv(&format!("kind = \"nested-hyperv\"\ncpu = \"qemu64,hv-crash\"\n{row}")).unwrap_err();
         assert!(e.contains("bench row `hv`") && e.contains("remove the [[bench]] table"), "{e}");

@@ -28,6 +28,19 @@ package = "qemu-system-s390x"
 groups = ["big"]
 "#;
 
+pub const VIRT: &str = r#"
+name = "virt"
+description = "aarch64 virt"
+arch = "aarch64"
+binary = "qemu-system-aarch64"
+machine = "virt"
+accel = "tcg"
+memory = "128M"
+cpu = "max"
+args = ["-semihosting-config", "enable=on,target=native"]
+package = "qemu-system-arm"
+"#;
+
 /// The `pc` board alone.
 pub fn boards() -> Vec<Board> {
     vec![parse_board(Path::new("boards/pc.toml"), PC, Path::new("/w")).unwrap()]
