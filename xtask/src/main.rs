@@ -33,8 +33,8 @@ struct Cli {
 enum Cmd {
     /// Benchmark: spawn → GUEST_PANICKED of the agent against a floor image, per board
     Bench(xtask::bench::BenchArgs),
-    /// Build the agent images (cargo build --release -p pvagent --target <each board architecture's target>)
-    /// and the x86_64 -bios ROM
+    /// Build the agent images (cargo build --release -p pvagent --target <each board architecture's target>),
+    /// the x86_64 -bios ROM and the aarch64 -kernel Image
     Build,
     /// Run the scenario table under QEMU (or boot once ad hoc with --script/--device/--qemu-arg)
     #[command(
@@ -47,8 +47,9 @@ enum Cmd {
     Decode {
         /// The captured COM1 output (e.g. from `-serial file:x.bin`)
         serial: PathBuf,
-        /// The image that produced it [default: the release image in the target dir, x86_64 or, for
-        /// a log of `D:` text lines, s390x]
+        /// The image that produced it [default: the release image in the target dir: for a log of `D:`
+        /// text lines s390x's, else the x86_64 or aarch64 one whose build id the log names (x86_64
+        /// when neither does)]
         #[arg(long)]
         elf: Option<PathBuf>,
         /// Decode even a log that another build wrote (its build id differs from the image's): the
@@ -113,7 +114,8 @@ struct QemuRunArgs {
     /// Ad hoc: boot once with this script (prints events live)
     #[arg(long, conflicts_with_all = ["scenarios", "json", "junit", "scenarios_file"])]
     script: Option<String>,
-    /// Ad hoc: how the script is delivered [default: the board's, fw-cfg on x86_64, append on s390x]
+    /// Ad hoc: how the script is delivered [default: the board's, fw-cfg on x86_64 and aarch64, append on
+    /// s390x]
     #[arg(long, value_enum, requires = "script")]
     script_via: Option<Via>,
     /// Ad hoc: add `-device X` (repeatable)
@@ -188,15 +190,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     images::write_rom(&img, &rom)?;
                     println!("{} ({arch} -bios ROM, {} bytes)", rom.display(), xtask::rom::ROM_SIZE);
                 }
+                if arch == images::Arch::Aarch64 {
+                    // What -kernel boots on -M virt: the flat arm64 Image.
+                    let image = img.with_extension("Image");
+                    images::write_arm64_image(&img, &image)?;
+                    let size = std::fs::metadata(&image)?.len();
+                    println!("{} ({arch} -kernel Image, {size} bytes)", image.display());
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Decode { serial, elf, any_build } => {
-            let elf = elf.unwrap_or_else(|| {
-                // s390x's SCLP console carries the frames as `D:<hex>` lines.
-                let text = xtask::defmt_log::is_text_log(&serial);
-                images::image_path(&root, if text { images::Arch::S390x } else { images::Arch::X86_64 })
-            });
+            let elf = elf.unwrap_or_else(|| images::decoding_image(&root, &serial));
             let lines = xtask::defmt_log::decode_command(&serial, &elf, any_build)?;
             let mut out = std::io::stdout().lock();
             for l in lines {

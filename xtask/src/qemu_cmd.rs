@@ -81,7 +81,8 @@ pub enum Delivery {
     /// `-fw_cfg name=opt/pvagent/script,file=<path>`: the script's bytes
     /// verbatim (a NUL byte included), written to `path` before the boot.
     FwCfgFile(PathBuf),
-    /// `-append <script>` (PVH command line, s390x kernel command line).
+    /// `-append <script>` (PVH command line, s390x kernel command line,
+    /// aarch64 device-tree bootargs).
     Append,
 }
 

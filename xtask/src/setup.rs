@@ -9,7 +9,6 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::config::Board;
-use crate::images;
 use crate::qemu;
 use crate::util::{Version, fmt_min_version};
 
@@ -218,8 +217,13 @@ fn run(cmd: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The Rust targets that build the images `boards` boot, each once.
+pub fn rust_targets(boards: &[&Board]) -> Vec<&'static str> {
+    boards.iter().map(|b| b.arch).collect::<BTreeSet<_>>().into_iter().map(|a| a.target()).collect()
+}
+
 /// Ensures the Rust targets that build the images are installed
-/// (`x86_64-unknown-none`, `s390x-unknown-linux-gnu`).
+/// (`x86_64-unknown-none`, `s390x-unknown-linux-gnu`, `aarch64-unknown-none`).
 pub fn ensure_rust_targets(root: &Path, targets: &[&str]) -> Result<()> {
     if targets.is_empty() {
         return Ok(());
@@ -417,9 +421,7 @@ fn install_qemu(board: &Board, have: Option<Version>) -> Result<()> {
 /// each board's architecture, each board's QEMU and, for a nested board,
 /// L1's kernel and initramfs (`launch::setup`).
 pub fn setup(root: &Path, boards: &[&Board]) -> Result<Vec<(String, Version)>> {
-    let arches = images::arches(boards.iter().copied())?;
-    let targets: Vec<&str> = arches.iter().map(|a| a.target()).collect();
-    ensure_rust_targets(root, &targets)?;
+    ensure_rust_targets(root, &rust_targets(boards))?;
     let versions = ensure_qemu(boards)?;
     // Host probes of boards with `requires`, and the nested board's L1.
     crate::launch::setup(boards);
@@ -606,6 +608,30 @@ deb http://ftp.example/debian bookworm-backports main  # trailing
         let e = ensure_qemu_with(&[&b], probe_qemu, |_, _| panic!("must not install")).unwrap_err();
         assert!(format!("{e:#}").contains("is installed but does not work"), "{e:#}");
         assert_eq!(probe_qemu(tmp.path().join("qemu-system-none").to_str().unwrap()), QemuProbe::Missing);
+    }
+
+    /// Each board's QEMU package and Rust target: what `setup --board`
+    /// installs on a fresh machine (virt: qemu-system-arm, whose
+    /// qemu-system-aarch64 `ensure_qemu` probes, and aarch64-unknown-none).
+    #[test]
+    fn packages_and_targets_of_the_workspace_boards() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let boards = crate::config::load_boards(&root.join("boards"), root).unwrap();
+        let board = |n: &str| boards.iter().find(|b| b.name == n).unwrap();
+        let virt = board("virt");
+        assert_eq!((virt.binary.as_str(), virt.package.as_str()), ("qemu-system-aarch64", "qemu-system-arm"));
+        assert_eq!(rust_targets(&[virt]), ["aarch64-unknown-none"]);
+        assert_eq!(
+            rust_targets(&[board("pc"), virt, board("q35"), board("s390-ccw-virtio")]),
+            ["x86_64-unknown-none", "s390x-unknown-linux-gnu", "aarch64-unknown-none"]
+        );
+        // rust-toolchain.toml lists every target, so that rustup installs
+        // them with the toolchain, before `setup` runs.
+        let toolchain = std::fs::read_to_string(root.join("rust-toolchain.toml")).unwrap();
+        let targets = toolchain.lines().find(|l| l.starts_with("targets")).unwrap();
+        for a in crate::arch::Arch::ALL {
+            assert!(targets.contains(&format!("\"{}\"", a.target())), "{} missing from {targets}", a.target());
+        }
     }
 
     #[test]
