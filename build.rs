@@ -18,6 +18,7 @@ fn main() {
     let script = match (os.as_str(), arch.as_str()) {
         ("none", "x86_64") => Some("linker.ld"),
         (_, "s390x") => Some("linker-s390x.ld"),
+        ("none", "aarch64") => Some("linker-aarch64.ld"),
         _ => None,
     };
     if let Some(script) = script {
@@ -26,7 +27,7 @@ fn main() {
         println!("cargo::rustc-link-arg-bins=-Tdefmt.x");
     }
     let mut hash = Fnv::default();
-    for input in ["linker.ld", "linker-s390x.ld", "Cargo.lock", "Cargo.toml", "build.rs", "src"] {
+    for input in ["linker.ld", "linker-s390x.ld", "linker-aarch64.ld", "Cargo.lock", "Cargo.toml", "build.rs", "src"] {
         println!("cargo::rerun-if-changed={input}");
         hash_path(&mut hash, &Path::new(&dir).join(input));
     }

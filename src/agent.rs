@@ -37,6 +37,10 @@ pub enum DeviceError {
         event: PvEvent,
     },
     NoDebugExit,
+    /// aarch64: `exit:` needs semihosting.
+    NoSemihosting,
+    /// aarch64: the device tree names no PSCI conduit.
+    NoPsci,
     NoWatchdog(Model),
     /// The Hyper-V crash MSRs are unavailable (the reason) and there is no fallback.
     NoHyperV(&'static str),
@@ -119,6 +123,11 @@ fn log_device_error(number: usize, step: &Step<'_>, e: DeviceError) {
             "step {=usize} ({=str}): no isa-debug-exit (add -device isa-debug-exit,iobase=0xf4,iosize=0x04)",
             n, t
         ),
+        DeviceError::NoSemihosting => error!(
+            "step {=usize} ({=str}): semihosting is not enabled (add -semihosting-config enable=on,target=native)",
+            n, t
+        ),
+        DeviceError::NoPsci => error!("step {=usize} ({=str}): the device tree has no PSCI node with a method", n, t),
         DeviceError::NoWatchdog(model) => {
             error!("step {=usize} ({=str}): no {=str} device (add -device {=str})", n, t, model.name(), model.name())
         }

@@ -173,6 +173,29 @@ pub const fn widened_window(current: Option<(u64, u64)>, address: u64, size: u64
     }
 }
 
+/// The 32-bit memory range of a PCI host bridge's device-tree `ranges`
+/// (entries of 3 PCI address cells, 2 CPU address cells, 2 size cells, as
+/// QEMU's `virt` writes them): `[base, end)`, the first range whose space
+/// code is 32-bit memory and that maps PCI addresses 1:1 (BARs hold the
+/// PCI address, the agent uses the CPU's).
+pub fn mem32_range(ranges: &[u8]) -> Option<(u64, u64)> {
+    const ENTRY: usize = 7 * 4;
+    const SPACE_MEM32: u32 = 0b10;
+    let cell = |entry: &[u8], i: usize| -> u64 {
+        let at = i * 4;
+        u64::from(u32::from_be_bytes([entry[at], entry[at + 1], entry[at + 2], entry[at + 3]]))
+    };
+    let (entries, _) = ranges.as_chunks::<ENTRY>();
+    entries.iter().find_map(|entry| {
+        let space = (cell(entry, 0) >> 24) as u32 & 0b11;
+        let pci = cell(entry, 1) << 32 | cell(entry, 2);
+        let cpu = cell(entry, 3) << 32 | cell(entry, 4);
+        let size = cell(entry, 5) << 32 | cell(entry, 6);
+        let end = cpu.checked_add(size)?;
+        (space == SPACE_MEM32 && pci == cpu && size > 0 && end <= 1 << 32).then_some((cpu, end))
+    })
+}
+
 #[cfg(all(image, any(target_arch = "x86_64", target_arch = "aarch64")))]
 mod hw {
     use super::*;
@@ -725,6 +748,43 @@ mod tests {
         for (base, limit) in [(0x1000_0000, 0x100f_ffff), (0xe000_0000, 0xfebf_ffff)] {
             assert_eq!(window_from_register(window_register(base, limit)), Some((base, limit)));
         }
+    }
+
+    #[test]
+    fn host_bridge_ranges() {
+        // QEMU's virt: I/O, 32-bit memory, 64-bit memory.
+        let cells: [u32; 21] = [
+            0x0100_0000,
+            0,
+            0,
+            0,
+            0x3eff_0000,
+            0,
+            0x1_0000, //
+            0x0200_0000,
+            0,
+            0x1000_0000,
+            0,
+            0x1000_0000,
+            0,
+            0x2eff_0000, //
+            0x0300_0000,
+            0x80,
+            0,
+            0x80,
+            0,
+            0x80,
+            0,
+        ];
+        let bytes: std::vec::Vec<u8> = cells.iter().flat_map(|c| c.to_be_bytes()).collect();
+        assert_eq!(mem32_range(&bytes), Some((0x1000_0000, 0x3eff_0000)));
+        assert_eq!(mem32_range(&bytes[..28]), None);
+        assert_eq!(mem32_range(&bytes[..30]), None);
+        assert_eq!(mem32_range(&[]), None);
+        // A translated range (PCI 0 at CPU 0x1000_0000) is not used.
+        let mut moved = bytes.clone();
+        moved[36..40].copy_from_slice(&0u32.to_be_bytes());
+        assert_eq!(mem32_range(&moved), None);
     }
 
     #[test]

@@ -1,0 +1,104 @@
+//! The image's first bytes (the arm64 Linux Image header), the entry, and
+//! the exception vectors.
+//!
+//! QEMU loads an Image at RAM base + `text_offset` and enters it at EL1
+//! (EL2 with `virtualization=on`, which the entry leaves for EL1) with the
+//! MMU and caches off and x0 = the device tree's address. The entry zeroes
+//! `.bss` (QEMU reloads the file's bytes on a reset, not the rest), lets
+//! EL1 use the FP/SIMD registers (the compiler may), and calls
+//! `pvagent_main(dtb)` on the agent's stack. Every exception goes to
+//! `pvagent_exception(kind)`, which returns only for the one it handles
+//! (the semihosting probe); all registers it may clobber are saved.
+
+use core::arch::global_asm;
+
+global_asm!(
+    r#"
+    .section .text.head, "ax"
+    .globl _start
+_start:
+    b       pvagent_entry           /* code0 */
+    .long   0                       /* code1 */
+    .quad   0x80000                 /* text_offset */
+    .quad   __image_size            /* image_size: file and .bss, .stack, .noinit */
+    .quad   0x2                     /* flags: little-endian, 4 KiB pages */
+    .quad   0, 0, 0                 /* res2..res4 */
+    .ascii  "ARM\x64"               /* magic */
+    .long   0                       /* res5: no PE header */
+
+    .text
+pvagent_entry:
+    mov     x19, x0                 /* the device tree, kept across the set-up */
+    mrs     x1, CurrentEL
+    lsr     x1, x1, #2
+    cmp     x1, #2
+    b.ne    1f
+    /* EL2: run EL1 as AArch64 and drop to it, interrupts masked. */
+    mov     x1, #(1 << 31)
+    msr     hcr_el2, x1
+    mov     x1, #0x3c5              /* EL1h, D A I F masked */
+    msr     spsr_el2, x1
+    adr     x1, 1f
+    msr     elr_el2, x1
+    eret
+1:  msr     daifset, #0xf
+    ldr     x1, =__stack_top
+    mov     sp, x1
+    /* FP/SIMD at EL1 and EL0 (CPACR_EL1.FPEN = 0b11). */
+    mov     x1, #(3 << 20)
+    msr     cpacr_el1, x1
+    ldr     x1, =pvagent_vectors
+    msr     vbar_el1, x1
+    isb
+    /* Zero .bss, 16 bytes at a time (both ends are 16-aligned). */
+    ldr     x1, =__bss_start
+    ldr     x2, =__bss_end
+2:  cmp     x1, x2
+    b.hs    3f
+    stp     xzr, xzr, [x1], #16
+    b       2b
+3:  mov     x0, x19
+    bl      pvagent_main
+4:  wfi
+    b       4b
+
+    /* Exception vectors: 16 slots of 0x80 bytes, 2 KiB aligned. Each saves
+       x0/x1, puts its slot number in x0 and joins the common path. */
+    .balign 2048
+    .globl pvagent_vectors
+pvagent_vectors:
+    .irp slot, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+    .balign 0x80
+    sub     sp, sp, #0xb0
+    stp     x0, x1, [sp]
+    mov     x0, #\slot
+    b       pvagent_exception_entry
+    .endr
+
+pvagent_exception_entry:
+    stp     x2, x3, [sp, #0x10]
+    stp     x4, x5, [sp, #0x20]
+    stp     x6, x7, [sp, #0x30]
+    stp     x8, x9, [sp, #0x40]
+    stp     x10, x11, [sp, #0x50]
+    stp     x12, x13, [sp, #0x60]
+    stp     x14, x15, [sp, #0x70]
+    stp     x16, x17, [sp, #0x80]
+    stp     x18, x29, [sp, #0x90]
+    str     x30, [sp, #0xa0]
+    bl      pvagent_exception
+    ldp     x2, x3, [sp, #0x10]
+    ldp     x4, x5, [sp, #0x20]
+    ldp     x6, x7, [sp, #0x30]
+    ldp     x8, x9, [sp, #0x40]
+    ldp     x10, x11, [sp, #0x50]
+    ldp     x12, x13, [sp, #0x60]
+    ldp     x14, x15, [sp, #0x70]
+    ldp     x16, x17, [sp, #0x80]
+    ldp     x18, x29, [sp, #0x90]
+    ldr     x30, [sp, #0xa0]
+    ldp     x0, x1, [sp]
+    add     sp, sp, #0xb0
+    eret
+"#
+);
