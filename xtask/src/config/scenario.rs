@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::board::{Board, NAME_FIX, ScriptVia, board_subset, expand_board_list, valid_name};
 use super::scripts::{self, ScriptEntry, nul_problem};
+use crate::arch::Arch;
 use crate::clock::Clock;
 use crate::error::{ConfigError, Place};
 use crate::guest_timing::{GuestTimingCheck, model_exists_on, validate_guest_timing};
@@ -607,6 +608,17 @@ fn resolve_scenario_boards(
                 ));
             }
         }
+        if b.arch == Arch::Aarch64 && !s.guest_timing.is_empty() {
+            errors.push(at.field(
+                "guest_timing",
+                format!(
+                    "board `{name}` is aarch64, and QEMU's virt machine has no NMI: under inject-nmi the guest never \
+                     learns of the expiry, so the agent cannot time it"
+                ),
+                format!("time the expiry over QMP (`timing`, in real time), or remove `{name}` from `boards`"),
+            ));
+            continue;
+        }
         for g in &s.guest_timing {
             if !model_exists_on(g.watchdog, b.arch) {
                 errors.push(at.field(
@@ -934,6 +946,18 @@ guest_timing = [{ watchdog = "ib700", since = "arm", expect = "30s" }]
         // The watchdog must exist on every board of the row.
         let e = parse(&VIRTUAL_ROW.replace("boards = [\"pc\"]", "boards = [\"pc\", \"s390\"]"), &b).unwrap_err();
         assert!(e.contains("field `guest_timing`: board `s390` is s390x, and ib700 exists on x86_64 only"), "{e}");
+        // aarch64's virt has no NMI: the guest never times an expiry, even of
+        // a watchdog that exists there.
+        let mut with_virt = b.clone();
+        with_virt.push(
+            crate::config::parse_board(Path::new("boards/virt.toml"), crate::config::fixtures::VIRT, Path::new("/w"))
+                .unwrap(),
+        );
+        let esb = VIRTUAL_ROW.replace("ib700", "i6300esb").replace("boards = [\"pc\"]", "boards = [\"pc\", \"virt\"]");
+        let e = parse(&esb, &with_virt).unwrap_err();
+        assert!(e.contains("field `guest_timing`: board `virt` is aarch64, and QEMU's virt machine has no NMI"), "{e}");
+        assert!(e.contains("fix: time the expiry over QMP (`timing`, in real time)"), "{e}");
+        assert!(parse(&esb.replace(", \"virt\"]", "]"), &with_virt).is_ok());
         // The guest must survive the expiry: inject-nmi in args, a variant or QMP.
         let quiet = VIRTUAL_ROW.replace(", \"-action\", \"watchdog=inject-nmi\"]", "]");
         let e = parse(&quiet, &b).unwrap_err();
