@@ -14,9 +14,17 @@ use core::arch::global_asm;
 
 global_asm!(
     r#"
+    /* The image's first 2 KiB are also the exception vector table
+       (VBAR_EL1 = _start): 16 slots of 0x80 bytes. The agent runs on
+       SP_EL1 and has no lower EL, so only slots 4-7 (current EL, SPx) can
+       be taken; slots 0-3 (current EL, SP0) hold the Image header and the
+       entry instead. Every slot that can be taken saves x0/x1, puts its
+       number in x0 and joins slot 4's common path. */
     .section .text.head, "ax"
     .globl _start
+    .globl pvagent_vectors
 _start:
+pvagent_vectors:
     b       pvagent_entry           /* code0 */
     .long   0                       /* code1 */
     .quad   0x80000                 /* text_offset */
@@ -26,7 +34,6 @@ _start:
     .ascii  "ARM\x64"               /* magic */
     .long   0                       /* res5: no PE header */
 
-    .text
 pvagent_entry:
     mov     x19, x0                 /* the device tree, kept across the set-up */
     mrs     x1, CurrentEL
@@ -47,7 +54,7 @@ pvagent_entry:
     /* FP/SIMD at EL1 and EL0 (CPACR_EL1.FPEN = 0b11). */
     mov     x1, #(3 << 20)
     msr     cpacr_el1, x1
-    ldr     x1, =pvagent_vectors
+    adr     x1, pvagent_vectors
     msr     vbar_el1, x1
     isb
     /* Zero .bss, 16 bytes at a time (both ends are 16-aligned). */
@@ -61,20 +68,13 @@ pvagent_entry:
     bl      pvagent_main
 4:  wfi
     b       4b
+    .ltorg
 
-    /* Exception vectors: 16 slots of 0x80 bytes, 2 KiB aligned. Each saves
-       x0/x1, puts its slot number in x0 and joins the common path. */
-    .balign 2048
-    .globl pvagent_vectors
-pvagent_vectors:
-    .irp slot, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
-    .balign 0x80
+    /* Slot 4: a synchronous exception at EL1; the common path. */
+    .org    0x200
     sub     sp, sp, #0xb0
     stp     x0, x1, [sp]
-    mov     x0, #\slot
-    b       pvagent_exception_entry
-    .endr
-
+    mov     x0, #4
 pvagent_exception_entry:
     stp     x2, x3, [sp, #0x10]
     stp     x4, x5, [sp, #0x20]
@@ -87,6 +87,19 @@ pvagent_exception_entry:
     stp     x18, x29, [sp, #0x90]
     str     x30, [sp, #0xa0]
     bl      pvagent_exception
+    b       pvagent_exception_return
+
+    /* Slots 5-15: IRQ, FIQ, SError at EL1, and the lower-EL ones (never
+       taken: there is no EL0). */
+    .irp slot, 5,6,7,8,9,10,11,12,13,14,15
+    .org    \slot * 0x80
+    sub     sp, sp, #0xb0
+    stp     x0, x1, [sp]
+    mov     x0, #\slot
+    b       pvagent_exception_entry
+    .endr
+
+pvagent_exception_return:
     ldp     x2, x3, [sp, #0x10]
     ldp     x4, x5, [sp, #0x20]
     ldp     x6, x7, [sp, #0x30]
