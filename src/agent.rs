@@ -22,7 +22,7 @@ use crate::clock::{Clock, wait_us};
 use crate::exit::ErrorExit;
 use crate::pvpanic::{PvDevice, PvEvent};
 use crate::script::{self, Action, Fault, Step};
-use crate::watchdog::{Countdowns, Model};
+use crate::watchdog::{self, Countdowns, Model};
 use crate::{Arch, Archs};
 use defmt::{error, info, warn};
 
@@ -249,6 +249,7 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
             Action::FirstBoot => {}
             Action::FeedFor { model, every_us, for_us } => feed_for(machine, model, every_us, for_us),
             Action::WatchdogArm(timeout) => {
+                log_arm(timeout);
                 machine.run(&step.action);
                 // Right after the device took it: its countdown runs from here.
                 let now_us = machine.clock().now_us();
@@ -294,6 +295,24 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
     }
     info!("script finished: halting");
     end(machine)
+}
+
+/// Says how a watchdog is about to be armed (the same line on every
+/// architecture the model exists on).
+fn log_arm(timeout: watchdog::Timeout) {
+    match timeout {
+        watchdog::Timeout::Ib700(t) => info!("ib700: armed, WATCHDOG after {=u64}us", t.us()),
+        watchdog::Timeout::I6300Esb(settings) => info!(
+            "i6300esb: armed, {=str} prescaler, preloads {=u32}/{=u32}, reboot {=str}, free-run {=str}: WATCHDOG after {=u64}us",
+            settings.prescaler.name(),
+            settings.preload1,
+            settings.preload2,
+            yes_no(settings.reboot),
+            yes_no(settings.free_run),
+            settings.total_us()
+        ),
+        watchdog::Timeout::Diag288(t) => info!("diag288: armed, WATCHDOG after {=u32}s", t.seconds()),
+    }
 }
 
 /// Feeds a watchdog; its countdown restarts now.

@@ -27,6 +27,8 @@ pub mod agent;
 pub mod arch;
 #[cfg(image)]
 pub mod log;
+#[cfg(all(image, any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub mod pci_devices;
 
 /// The architectures the agent runs on. Whether a step exists on one is a
 /// property of the step ([`script::Action::archs`]), decided before any

@@ -224,6 +224,18 @@ mod hw {
             None
         }
 
+        /// Runs a `pvpanic*.<event>` step: says so, then reports the event.
+        pub fn fire_step(&self, event: PvEvent) {
+            defmt::info!(
+                "{=str} at {=u64:#x}: writing {=str} ({=u8:#04x})",
+                self.name(),
+                self.address(),
+                event.name(),
+                event.bit()
+            );
+            self.fire(event);
+        }
+
         /// Reports one event. Only one bit is ever written: QEMU acts on the
         /// first bit it recognises.
         pub fn fire(&self, event: PvEvent) {

@@ -11,9 +11,10 @@ use crate::Arch;
 use crate::agent::{DeviceError, Machine, yes_no};
 use crate::exit::{ErrorExit, qemu_status};
 use crate::fw_cfg::{self, FileEntry, FwCfg};
+use crate::pci_devices::PciDevices;
 use crate::pvpanic::{self, PvDevice, PvEvent, Pvpanic};
 use crate::script::{Action, Fault};
-use crate::watchdog::{self, I6300Esb, Model, Watchdog, i6300esb};
+use crate::watchdog::{self, Model, Watchdog};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use defmt::{error, info, warn};
 
@@ -47,17 +48,10 @@ pub struct Arm {
     clock: Option<Timer>,
 }
 
-struct PciDevices {
-    pvpanic: Option<Pvpanic>,
-    i6300esb: Option<I6300Esb<i6300esb::PciEsbBus>>,
-}
-
 /// One scan of PCI (numbering bridges and placing BARs as it goes) for
 /// every device the agent knows there.
 fn scan_pci() -> PciDevices {
-    let [pvpanic, esb] =
-        crate::pci::find([(pvpanic::PCI_VENDOR, pvpanic::PCI_DEVICE), (i6300esb::PCI_VENDOR, i6300esb::PCI_DEVICE)]);
-    let devices = PciDevices { pvpanic: pvpanic.and_then(Pvpanic::probe_pci), i6300esb: esb.and_then(i6300esb::probe) };
+    let devices = PciDevices::scan();
     PVPANIC_PCI.store(devices.pvpanic.as_ref().map_or(0, Pvpanic::to_raw), Ordering::Release);
     I6300ESB_BAR.store(devices.i6300esb.as_ref().map_or(0, |e| e.bus().base as u64 | 1 << 63), Ordering::Release);
     PCI_SCANNED.store(true, Ordering::Release);
@@ -241,14 +235,7 @@ impl Machine for Arm {
         match *action {
             Action::Pvpanic(which, event) => {
                 if let Ok(device) = self.pvpanic_with(which, event) {
-                    info!(
-                        "{=str} at {=u64:#x}: writing {=str} ({=u8:#04x})",
-                        device.name(),
-                        device.address(),
-                        event.name(),
-                        event.bit()
-                    );
-                    device.fire(event);
+                    device.fire_step(event);
                 }
             }
             Action::Exit(code) => {
@@ -269,15 +256,6 @@ impl Machine for Arm {
                 }
             }
             Action::WatchdogArm(watchdog::Timeout::I6300Esb(settings)) => {
-                info!(
-                    "i6300esb: armed, {=str} prescaler, preloads {=u32}/{=u32}, reboot {=str}, free-run {=str}: WATCHDOG after {=u64}us",
-                    settings.prescaler.name(),
-                    settings.preload1,
-                    settings.preload2,
-                    yes_no(settings.reboot),
-                    yes_no(settings.free_run),
-                    settings.total_us()
-                );
                 if let Some(esb) = self.pci().i6300esb.as_mut() {
                     esb.arm(&settings);
                 }

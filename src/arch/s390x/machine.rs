@@ -147,7 +147,6 @@ impl Machine for S390 {
                 load_wait_psw(psw::DISABLED_WAIT, psw::SPECIAL_WAIT_LOW_BITS)
             }
             Action::WatchdogArm(watchdog::Timeout::Diag288(timeout)) => {
-                info!("diag288: armed, WATCHDOG after {=u32}s", timeout.seconds());
                 self.diag288.arm(&timeout);
                 if self.diag288.refused {
                     error!("diag288: QEMU refused the init (specification exception)");

@@ -17,9 +17,10 @@ use crate::exit::{DebugExit, ErrorExit};
 use crate::fw_cfg::{self, FileEntry, FwCfg};
 use crate::hyperv::{self, Probe, Unavailable};
 use crate::pci::Bdf;
+use crate::pci_devices::PciDevices;
 use crate::pvpanic::{self, PvDevice, PvEvent, Pvpanic};
 use crate::script::{Action, Fault};
-use crate::watchdog::{self, I6300Esb, Ib700, Model, Watchdog, i6300esb, ib700};
+use crate::watchdog::{self, Ib700, Model, Watchdog, ib700};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use defmt::{error, info, warn};
 
@@ -38,12 +39,6 @@ pub struct X86 {
     /// ib700's ports are write-only: it cannot be detected, only used.
     ib700: Ib700<ib700::IsaPorts>,
     clock: Option<Tsc>,
-}
-
-/// What one scan of PCI found.
-struct PciDevices {
-    pvpanic: Option<Pvpanic>,
-    i6300esb: Option<I6300Esb<i6300esb::PciEsbBus>>,
 }
 
 /// The device that interrupt and panic handlers report the agent's own
@@ -141,9 +136,7 @@ fn probe_pvpanic_isa(fw: Option<&mut FwCfg>, port_file: Option<FileEntry>) -> Op
 
 /// One scan of PCI for every device the agent knows there.
 fn scan_pci() -> PciDevices {
-    let [pvpanic, esb] =
-        crate::pci::find([(pvpanic::PCI_VENDOR, pvpanic::PCI_DEVICE), (i6300esb::PCI_VENDOR, i6300esb::PCI_DEVICE)]);
-    let devices = PciDevices { pvpanic: pvpanic.and_then(Pvpanic::probe_pci), i6300esb: esb.and_then(i6300esb::probe) };
+    let devices = PciDevices::scan();
     publish_pci(&devices);
     devices
 }
@@ -399,14 +392,7 @@ impl Machine for X86 {
         match *action {
             Action::Pvpanic(which, event) => {
                 if let Some(device) = self.pvpanic(which) {
-                    info!(
-                        "{=str} at {=u64:#x}: writing {=str} ({=u8:#04x})",
-                        device.name(),
-                        device.address(),
-                        event.name(),
-                        event.bit()
-                    );
-                    device.fire(event);
+                    device.fire_step(event);
                 }
             }
             Action::Exit(code) => {
@@ -415,19 +401,9 @@ impl Machine for X86 {
                 }
             }
             Action::WatchdogArm(watchdog::Timeout::Ib700(timeout)) => {
-                info!("ib700: armed, WATCHDOG after {=u64}us", timeout.us());
                 self.ib700.arm(&timeout);
             }
             Action::WatchdogArm(watchdog::Timeout::I6300Esb(settings)) => {
-                info!(
-                    "i6300esb: armed, {=str} prescaler, preloads {=u32}/{=u32}, reboot {=str}, free-run {=str}: WATCHDOG after {=u64}us",
-                    settings.prescaler.name(),
-                    settings.preload1,
-                    settings.preload2,
-                    yes_no(settings.reboot),
-                    yes_no(settings.free_run),
-                    settings.total_us()
-                );
                 if let Some(esb) = self.pci().i6300esb.as_mut() {
                     esb.arm(&settings);
                 }
