@@ -171,6 +171,9 @@ fn end<M: Machine>(machine: &mut M) -> ! {
 pub fn run<M: Machine>(machine: &mut M) -> ! {
     let boot = machine.boot_number();
     info!("pvagent {=str} build {=str} ({=str}), boot {=u8}", crate::VERSION, crate::BUILD_ID, M::DESCRIPTION, boot);
+    if boot == crate::boot_count::MAX_BOOT {
+        warn!("the boot counter stops at {=u8}: later boots are numbered {=u8} too", boot, boot);
+    }
     machine.log_start();
 
     let mut buf = [0u8; script::MAX_SCRIPT_LEN + 1];

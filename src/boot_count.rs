@@ -1,16 +1,21 @@
-//! The boot counter: one byte of memory that survives a guest reset in QEMU
-//! (x86_64: a CMOS byte; s390x: a lowcore byte), so that after a watchdog or
-//! triple-fault `reset` the agent knows it is running again.
+//! The boot counter: two bytes of memory that survive a guest reset in
+//! QEMU (x86_64: two CMOS bytes; s390x: a lowcore halfword; aarch64: memory
+//! outside the image's file and `.bss`), so that after a watchdog, PSCI or
+//! triple-fault reset the agent knows it is running again.
 
-/// High nibble marking the byte as the agent's.
-const MAGIC: u8 = 0xa0;
+/// High byte marking the halfword as the agent's.
+const MAGIC: u16 = 0xa500;
 
-/// Given the stored byte, this boot's number (1 = first boot in this QEMU
-/// process) and the byte to store back. Counts saturate at 15.
-pub const fn next(stored: u8) -> (u8, u8) {
-    let boot = if stored & 0xf0 == MAGIC { (stored & 0x0f) + 1 } else { 1 };
-    let boot = if boot > 15 { 15 } else { boot };
-    (boot, MAGIC | boot)
+/// The highest boot number: the counter stays there (the log says so).
+pub const MAX_BOOT: u8 = 255;
+
+/// Given the stored halfword, this boot's number (1 = first boot in this
+/// QEMU process) and the halfword to store back. Counts saturate at
+/// [`MAX_BOOT`].
+pub const fn next(stored: u16) -> (u8, u16) {
+    let boot = if stored & 0xff00 == MAGIC { (stored as u8).saturating_add(1) } else { 1 };
+    let boot = if boot == 0 { 1 } else { boot };
+    (boot, MAGIC | boot as u16)
 }
 
 #[cfg(test)]
@@ -19,9 +24,14 @@ mod tests {
 
     #[test]
     fn counts_boots() {
-        assert_eq!(next(0x00), (1, 0xa1));
-        assert_eq!(next(0xff), (1, 0xa1));
-        assert_eq!(next(0xa1), (2, 0xa2));
-        assert_eq!(next(0xaf), (15, 0xaf));
+        assert_eq!(next(0x0000), (1, 0xa501));
+        assert_eq!(next(0xffff), (1, 0xa501));
+        assert_eq!(next(0x00a1), (1, 0xa501));
+        assert_eq!(next(0xa501), (2, 0xa502));
+        assert_eq!(next(0xa50f), (16, 0xa510));
+        assert_eq!(next(0xa5fe), (255, 0xa5ff));
+        assert_eq!(next(0xa5ff), (MAX_BOOT, 0xa5ff));
+        // A stored zero count with the magic (never written) is a first boot.
+        assert_eq!(next(0xa500), (1, 0xa501));
     }
 }

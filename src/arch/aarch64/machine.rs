@@ -167,7 +167,7 @@ impl Machine for Arm {
     type Clock = Timer;
 
     fn boot_number(&mut self) -> u8 {
-        let stored = BOOT_COUNT.load(Ordering::Relaxed) as u8;
+        let stored = BOOT_COUNT.load(Ordering::Relaxed) as u16;
         let (boot, store) = crate::boot_count::next(stored);
         BOOT_COUNT.store(u64::from(store), Ordering::Relaxed);
         boot

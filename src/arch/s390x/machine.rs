@@ -11,7 +11,7 @@ use crate::watchdog::{self, Diag288, Model, Watchdog, diag288};
 use core::sync::atomic::{AtomicBool, Ordering};
 use defmt::{error, info, warn};
 
-/// The boot counter (see `boot_count`): a byte of lowcore outside the
+/// The boot counter (see `boot_count`): a halfword of lowcore outside the
 /// image, which QEMU neither reloads nor clears on a re-IPL.
 const BOOT_COUNTER: usize = 0xd00;
 
@@ -90,8 +90,8 @@ impl Machine for S390 {
     type Clock = Tod;
 
     fn boot_number(&mut self) -> u8 {
-        let counter = BOOT_COUNTER as *mut u8;
-        // SAFETY: a byte of lowcore that neither the architecture nor QEMU
+        let counter = BOOT_COUNTER as *mut u16;
+        // SAFETY: an aligned halfword of lowcore that neither the architecture nor QEMU
         // uses; it survives a re-IPL, which is the point.
         let (boot, store) = crate::boot_count::next(unsafe { core::ptr::read_volatile(counter) });
         // SAFETY: as above.
