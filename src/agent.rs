@@ -24,7 +24,7 @@ use crate::pvpanic::{PvDevice, PvEvent};
 use crate::script::{self, Action, Fault, Step};
 use crate::watchdog::{self, Countdowns, Model};
 use crate::{Arch, Archs};
-use defmt::{error, info, warn};
+use defmt::info;
 
 /// Why a step cannot run on this machine; found before the first step runs.
 #[derive(Clone, Copy)]
@@ -102,15 +102,21 @@ fn log_device_error(number: usize, step: &Step<'_>, e: DeviceError) {
     let (n, t) = (number, step.text);
     match e {
         DeviceError::NoPvpanic(PvDevice::Any) => {
-            error!("step {=usize} ({=str}): no pvpanic device (add -device pvpanic or -device pvpanic-pci)", n, t)
+            crate::say!(
+                error,
+                "step {=usize} ({=str}): no pvpanic device (add -device pvpanic or -device pvpanic-pci)",
+                n,
+                t
+            )
         }
         DeviceError::NoPvpanic(PvDevice::Isa) => {
-            error!("step {=usize} ({=str}): no pvpanic-isa device (add -device pvpanic)", n, t)
+            crate::say!(error, "step {=usize} ({=str}): no pvpanic-isa device (add -device pvpanic)", n, t)
         }
         DeviceError::NoPvpanic(PvDevice::Pci) => {
-            error!("step {=usize} ({=str}): no pvpanic-pci device (add -device pvpanic-pci)", n, t)
+            crate::say!(error, "step {=usize} ({=str}): no pvpanic-pci device (add -device pvpanic-pci)", n, t)
         }
-        DeviceError::NotAdvertised { device, address, events, event } => error!(
+        DeviceError::NotAdvertised { device, address, events, event } => crate::say!(
+            error,
             "step {=usize} ({=str}): {=str} at {=u64:#x} does not advertise {=str} (events {=u8:#04x})",
             n,
             t,
@@ -119,24 +125,46 @@ fn log_device_error(number: usize, step: &Step<'_>, e: DeviceError) {
             event.name(),
             events
         ),
-        DeviceError::NoDebugExit => error!(
+        DeviceError::NoDebugExit => crate::say!(
+            error,
             "step {=usize} ({=str}): no isa-debug-exit (add -device isa-debug-exit,iobase=0xf4,iosize=0x04)",
-            n, t
+            n,
+            t
         ),
-        DeviceError::NoSemihosting => error!(
+        DeviceError::NoSemihosting => crate::say!(
+            error,
             "step {=usize} ({=str}): semihosting is not enabled (add -semihosting-config enable=on,target=native)",
-            n, t
+            n,
+            t
         ),
-        DeviceError::NoPsci => error!("step {=usize} ({=str}): the device tree has no PSCI node with a method", n, t),
-        DeviceError::NoWatchdog(model) => {
-            error!("step {=usize} ({=str}): no {=str} device (add -device {=str})", n, t, model.name(), model.name())
+        DeviceError::NoPsci => {
+            crate::say!(error, "step {=usize} ({=str}): the device tree has no PSCI node with a method", n, t)
         }
-        DeviceError::NoHyperV(reason) => error!(
+        DeviceError::NoWatchdog(model) => {
+            crate::say!(
+                error,
+                "step {=usize} ({=str}): no {=str} device (add -device {=str})",
+                n,
+                t,
+                model.name(),
+                model.name()
+            )
+        }
+        DeviceError::NoHyperV(reason) => crate::say!(
+            error,
             "step {=usize} ({=str}): the Hyper-V crash MSRs are unavailable: {=str} (hv.crash-or-pvpanic would fall back to pvpanic instead)",
-            n, t, reason
+            n,
+            t,
+            reason
         ),
         DeviceError::OtherArchitecture(archs) => {
-            error!("step {=usize} ({=str}): not available on this architecture ({=str} only)", n, t, archs.names())
+            crate::say!(
+                error,
+                "step {=usize} ({=str}): not available on this architecture ({=str} only)",
+                n,
+                t,
+                archs.names()
+            )
         }
     }
 }
@@ -152,7 +180,8 @@ static COUNTDOWNS: Countdowns = Countdowns::new();
 /// `watchdog timing: <model> expired <µs>us after its last <arm|feed>`.
 pub fn log_watchdog_expiry(now_us: u64) {
     if let Some(e) = COUNTDOWNS.expired(now_us) {
-        info!(
+        crate::say!(
+            info,
             "watchdog timing: {=str} expired {=u64}us after its last {=str}",
             e.model.name(),
             e.after_us,
@@ -170,9 +199,16 @@ fn end<M: Machine>(machine: &mut M) -> ! {
 /// The agent's main loop.
 pub fn run<M: Machine>(machine: &mut M) -> ! {
     let boot = machine.boot_number();
-    info!("pvagent {=str} build {=str} ({=str}), boot {=u8}", crate::VERSION, crate::BUILD_ID, M::DESCRIPTION, boot);
+    crate::say!(
+        info,
+        "pvagent {=str} build {=str} ({=str}), boot {=u8}",
+        crate::VERSION,
+        crate::BUILD_ID,
+        M::DESCRIPTION,
+        boot
+    );
     if boot == crate::boot_count::MAX_BOOT {
-        warn!("the boot counter stops at {=u8}: later boots are numbered {=u8} too", boot, boot);
+        crate::say!(warn, "the boot counter stops at {=u8}: later boots are numbered {=u8} too", boot, boot);
     }
     machine.log_start();
 
@@ -180,21 +216,21 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
     let (source, len) = machine.load_script(&mut buf);
     let text = &buf[..len.min(buf.len())];
     if len > script::MAX_SCRIPT_LEN {
-        error!("{}", script::ScriptError::too_long(text, len));
+        crate::say!(error, "{}", script::ScriptError::too_long(text, len));
         machine.fail(ErrorExit::Script);
     }
     if script::is_blank_bytes(text) {
-        info!("no script (nothing in {=str}): halting", source);
+        crate::say!(info, "no script (nothing in {=str}): halting", source);
         end(machine);
     }
     let script = match script::parse_bytes(text) {
         Ok(script) => script,
         Err(e) => {
-            error!("{}", e);
+            crate::say!(error, "{}", e);
             machine.fail(ErrorExit::Script)
         }
     };
-    info!("script from {=str}: {=usize} step(s)", source, script.len());
+    crate::say!(info, "script from {=str}: {=usize} step(s)", source, script.len());
 
     // Every step's devices are checked before the first one runs.
     for (i, step) in script.iter().enumerate() {
@@ -204,7 +240,11 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
         if matches!(step.action, Action::Fault(Fault::InternalPanic)) {
             // The panic message is static (no `core::fmt` in the image);
             // the step number goes in the line before it.
-            error!("fault:internal-panic: a panic while checking step {=usize} (before any step ran)", i + 1);
+            crate::say!(
+                error,
+                "fault:internal-panic: a panic while checking step {=usize} (before any step ran)",
+                i + 1
+            );
             panic!("fault:internal-panic: a panic while checking the script, before any step ran");
         }
         if matches!(step.action, Action::Fault(Fault::InternalException)) {
@@ -237,16 +277,16 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
 
     machine.start_steps(waits);
     for (i, step) in script.iter().enumerate() {
-        info!("step {=usize}: {=str}", i + 1, step.text);
+        crate::say!(info, "step {=usize}: {=str}", i + 1, step.text);
         match step.action {
             Action::Sleep(us) => wait_us(machine.clock(), us),
-            Action::Log(text) => info!("log: {=str}", text),
+            Action::Log(text) => crate::say!(info, "log: {=str}", text),
             Action::Halt => {
-                info!("halting");
+                crate::say!(info, "halting");
                 end(machine);
             }
             Action::FirstBoot if boot > 1 => {
-                info!("boot {=u8} is not the first: the script ends here", boot);
+                crate::say!(info, "boot {=u8} is not the first: the script ends here", boot);
                 end(machine);
             }
             Action::FirstBoot => {}
@@ -267,7 +307,7 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
                 if machine.stop(model) {
                     COUNTDOWNS.stopped(model);
                 } else {
-                    warn!("{=str}: locked, it cannot be stopped", model.name());
+                    crate::say!(warn, "{=str}: locked, it cannot be stopped", model.name());
                 }
             }
             Action::Fault(Fault::RustPanic) => panic!("fault:rust-panic requested by the script"),
@@ -296,7 +336,7 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
             ) => machine.run(&step.action),
         }
     }
-    info!("script finished: halting");
+    crate::say!(info, "script finished: halting");
     end(machine)
 }
 
@@ -304,8 +344,9 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
 /// architecture the model exists on).
 fn log_arm(timeout: watchdog::Timeout) {
     match timeout {
-        watchdog::Timeout::Ib700(t) => info!("ib700: armed, WATCHDOG after {=u64}us", t.us()),
-        watchdog::Timeout::I6300Esb(settings) => info!(
+        watchdog::Timeout::Ib700(t) => crate::say!(info, "ib700: armed, WATCHDOG after {=u64}us", t.us()),
+        watchdog::Timeout::I6300Esb(settings) => crate::say!(
+            info,
             "i6300esb: armed, {=str} prescaler, preloads {=u32}/{=u32}, reboot {=str}, free-run {=str}: WATCHDOG after {=u64}us",
             settings.prescaler.name(),
             settings.preload1,
@@ -314,7 +355,7 @@ fn log_arm(timeout: watchdog::Timeout) {
             yes_no(settings.free_run),
             settings.total_us()
         ),
-        watchdog::Timeout::Diag288(t) => info!("diag288: armed, WATCHDOG after {=u32}s", t.seconds()),
+        watchdog::Timeout::Diag288(t) => crate::say!(info, "diag288: armed, WATCHDOG after {=u32}s", t.seconds()),
     }
 }
 
@@ -363,9 +404,16 @@ pub fn report_panic(info: &core::panic::PanicInfo<'_>) -> ! {
         let message = info.message().as_str().unwrap_or("(a formatted message, not rendered in the image)");
         match info.location() {
             Some(at) => {
-                error!("panic: {=str} (at {=str}:{=u32}:{=u32})", message, at.file(), at.line(), at.column())
+                crate::say!(
+                    error,
+                    "panic: {=str} (at {=str}:{=u32}:{=u32})",
+                    message,
+                    at.file(),
+                    at.line(),
+                    at.column()
+                )
             }
-            None => error!("panic: {=str}", message),
+            None => crate::say!(error, "panic: {=str}", message),
         }
     }
     crate::arch::end_after_panic(first)

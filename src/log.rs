@@ -1,7 +1,20 @@
 //! The agent's log: defmt frames on the console, decoded on the host by
-//! `cargo xtask` with the image's symbols. The architecture's console
-//! decides how a frame travels (raw bytes on x86's COM1, a text line on
-//! s390x's SCLP console).
+//! `cargo xtask` with the image's symbols, and plain-text lines for a
+//! person.
+//!
+//! # The console's format (every architecture)
+//!
+//! The console carries text lines only, so a person can read it as it is
+//! (`virsh console`, a serial log file) and an ASCII-only console (s390x's
+//! SCLP) carries it unchanged:
+//! - `pvagent: <text>`: what a person needs without a decoder (the
+//!   banner, each step as it runs, the outcome, every error), from
+//!   [`crate::say!`], which also logs the same line as a frame;
+//! - `D:<hex>`: the defmt frames, hex-encoded (a long frame continues on
+//!   the next `D:` line); `cargo xtask decode` joins the `D:` lines and
+//!   decodes them.
+//!
+//! Lines end with CR LF.
 //!
 //! # Re-entrancy
 //!
@@ -33,7 +46,16 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 struct State {
     console: Option<Console>,
     encoder: defmt::Encoder,
+    /// Hex characters on the current `D:` line (0: no line open).
+    hex_on_line: usize,
 }
+
+/// Hex characters per `D:` line (SCLP's console takes 960-byte lines).
+const HEX_PER_LINE: usize = 900;
+/// What ends a line.
+const NEWLINE: &[u8] = b"\r\n";
+/// The prefix of a person's line.
+const SAY_PREFIX: &[u8] = b"pvagent: ";
 
 struct Shared(UnsafeCell<State>);
 
@@ -42,7 +64,7 @@ struct Shared(UnsafeCell<State>);
 // callers' ownership rules (below) keep any two `&mut State` from existing.
 unsafe impl Sync for Shared {}
 
-static STATE: Shared = Shared(UnsafeCell::new(State { console: None, encoder: defmt::Encoder::new() }));
+static STATE: Shared = Shared(UnsafeCell::new(State { console: None, encoder: defmt::Encoder::new(), hex_on_line: 0 }));
 /// The logger has an owner (a frame is open, or `init` runs).
 static TAKEN: AtomicBool = AtomicBool::new(false);
 /// The owner is inside `with_state`: a `&mut State` is alive.
@@ -81,11 +103,9 @@ unsafe fn end_frame_and_free() {
     // SAFETY: this function's contract.
     unsafe {
         with_state(|s| {
-            let State { console, encoder } = s;
-            encoder.end_frame(|bytes| emit(console, bytes));
-            if let Some(console) = console {
-                console.end_frame();
-            }
+            let State { console, encoder, hex_on_line } = s;
+            encoder.end_frame(|bytes| emit(console, hex_on_line, bytes));
+            end_line(console, hex_on_line);
         })
     };
     TAKEN.store(false, Ordering::Release);
@@ -166,8 +186,8 @@ unsafe impl defmt::Logger for Logger {
         // and no dropped frame is open (they exist only while it is taken).
         unsafe {
             with_state(|s| {
-                let State { console, encoder } = s;
-                encoder.start_frame(|bytes| emit(console, bytes));
+                let State { console, encoder, hex_on_line } = s;
+                encoder.start_frame(|bytes| emit(console, hex_on_line, bytes));
             })
         };
     }
@@ -196,15 +216,73 @@ unsafe impl defmt::Logger for Logger {
         // acquire and its release: this is the owner.
         unsafe {
             with_state(|s| {
-                let State { console, encoder } = s;
-                encoder.write(bytes, |out| emit(console, out));
+                let State { console, encoder, hex_on_line } = s;
+                encoder.write(bytes, |out| emit(console, hex_on_line, out));
             })
         };
     }
 }
 
-fn emit(console: &mut Option<Console>, bytes: &[u8]) {
-    if let Some(console) = console {
-        console.write(bytes);
+/// Writes frame bytes as hex on `D:` lines.
+fn emit(console: &mut Option<Console>, hex_on_line: &mut usize, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let Some(console) = console else {
+        return;
+    };
+    for &b in bytes {
+        if *hex_on_line + 2 > HEX_PER_LINE {
+            console.write(NEWLINE);
+            *hex_on_line = 0;
+        }
+        if *hex_on_line == 0 {
+            console.write(b"D:");
+        }
+        console.write(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        *hex_on_line += 2;
     }
+}
+
+/// Ends the open `D:` line, if any.
+fn end_line(console: &mut Option<Console>, hex_on_line: &mut usize) {
+    if *hex_on_line > 0 {
+        if let Some(console) = console {
+            console.write(NEWLINE);
+        }
+        *hex_on_line = 0;
+    }
+}
+
+/// Writes one `pvagent: <text>` line for a person: `fmt` (defmt's
+/// placeholder syntax) with `args`, see [`crate::text`]. Like a frame, it
+/// is dropped when an interrupt handler comes while the logger is in use
+/// (the frame [`crate::say!`] logs with it says the same).
+pub fn say(fmt: &str, args: &[crate::text::Arg<'_>]) {
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    // SAFETY: this context took the logger just now: it is the owner, and
+    // no dropped frame is open (they exist only while it is taken).
+    unsafe {
+        with_state(|s| {
+            let State { console, hex_on_line, .. } = s;
+            end_line(console, hex_on_line);
+            if let Some(console) = console {
+                console.write(SAY_PREFIX);
+                crate::text::render(&mut |bytes| console.write(bytes), fmt, args);
+                console.write(NEWLINE);
+            }
+        })
+    };
+    TAKEN.store(false, Ordering::Release);
+}
+
+/// Logs a line (a defmt frame, at the given level) and writes the same text
+/// as a `pvagent:` line for a person (see [`say`]): for the banner, the
+/// steps, the outcome and every error.
+#[macro_export]
+macro_rules! say {
+    ($level:ident, $fmt:literal $(, $arg:expr)* $(,)?) => {{
+        defmt::$level!($fmt $(, $arg)*);
+        $crate::log::say($fmt, &[$($crate::text::ToArg::to_arg(&$arg)),*]);
+    }};
 }

@@ -226,7 +226,8 @@ mod hw {
 
         /// Runs a `pvpanic*.<event>` step: says so, then reports the event.
         pub fn fire_step(&self, event: PvEvent) {
-            defmt::info!(
+            crate::say!(
+                info,
                 "{=str} at {=u64:#x}: writing {=str} ({=u8:#04x})",
                 self.name(),
                 self.address(),

@@ -405,6 +405,38 @@ impl core::fmt::Display for ErrorKind<'_> {
     }
 }
 
+/// `write!` for [`crate::text`]: the same messages as plain text, for the
+/// console line a person reads.
+macro_rules! text_write {
+    ($out:expr, $fmt:literal $(, $arg:expr)* $(,)?) => {
+        crate::text::render($out, $fmt, &[$(crate::text::ToArg::to_arg(&$arg)),*])
+    };
+}
+
+impl crate::text::Render for ScriptError<'_> {
+    fn render(&self, out: &mut dyn FnMut(&[u8])) {
+        error_message!(error self, out, text_write)
+    }
+}
+
+impl crate::text::Render for ErrorKind<'_> {
+    fn render(&self, out: &mut dyn FnMut(&[u8])) {
+        error_message!(kind self, out, text_write)
+    }
+}
+
+impl crate::text::ToArg for ErrorKind<'_> {
+    fn to_arg(&self) -> crate::text::Arg<'_> {
+        crate::text::Arg::Text(self)
+    }
+}
+
+impl crate::text::ToArg for ScriptError<'_> {
+    fn to_arg(&self) -> crate::text::Arg<'_> {
+        crate::text::Arg::Text(self)
+    }
+}
+
 #[cfg(image)]
 impl defmt::Format for ScriptError<'_> {
     fn format(&self, f: defmt::Formatter<'_>) {
@@ -1222,6 +1254,41 @@ mod tests {
 
     /// The messages are the same table for the log (defmt) and the host
     /// (Display); a few, rendered here, with their number formats.
+    /// The console's plain text (`crate::text`) says what `Display` says,
+    /// for every message.
+    #[test]
+    fn console_text_matches_display() {
+        let scripts = [
+            "bogus",
+            "sleep:10",
+            "sleep:10xs",
+            "exit:999",
+            "ib700.arm:3s",
+            "i6300esb.arm:2000s",
+            "s390.disabled-wait:0x1000,0x0302000180000000",
+            "s390.disabled-wait:0xbad7000",
+            "s390.disabled-wait:0x1fff",
+            "s390.disabled-wait:0x80000000,0x0002000080000000",
+            "fault:nope",
+            "hv.crash:1,2",
+            "halt:1",
+            "log",
+            "pvpanic.panicked x",
+            ";",
+            "diag288.arm:14s",
+            "feed:ib700,every=0s,for=1s",
+            "feed:nope,every=1s,for=1s",
+            "i6300esb.arm:1s,bogus",
+            "sleep:2000000s",
+        ];
+        for script in scripts {
+            let e = error(script);
+            let mut bytes = std::vec::Vec::new();
+            crate::text::Render::render(&e, &mut |b| bytes.extend_from_slice(b));
+            assert_eq!(std::string::String::from_utf8(bytes).unwrap(), e.to_string(), "{script}");
+        }
+    }
+
     #[test]
     fn error_messages() {
         let text = |script: &str| error(script).to_string();

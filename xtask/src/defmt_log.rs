@@ -1,7 +1,10 @@
-//! Decoding the agent's log into text. On x86_64 COM1 carries raw defmt
-//! frames (rzcobs, each ended by a 0x00); s390x's SCLP console is an ASCII
-//! console, so there the frames travel as text lines `D:<hex>` (other lines
-//! are kept as text).
+//! Decoding the agent's log into text. The agent's console carries text
+//! lines on every architecture: `D:<hex>` lines are the defmt frames (rzcobs,
+//! each ended by a 0x00), `pvagent: <text>` lines say the same as some of
+//! them for a person reading the console without a decoder (they are left
+//! out of the decoded log), and any other line is kept as text. A log with
+//! no `D:` line at all is read as raw frames (what images before the text
+//! console wrote on x86_64's COM1).
 //!
 //! A log only means something with the table of the image that wrote it:
 //! with another build's table the frames decode into confident, wrong text.
@@ -395,16 +398,20 @@ enum Chunk {
     Text(String),
 }
 
-/// Line prefix of a hex-encoded frame piece (s390x's SCLP console).
+/// Line prefix of a hex-encoded frame piece.
 const HEX_PREFIX: &[u8] = b"D:";
+/// Line prefix of the lines the agent writes for a person.
+pub const SAY_PREFIX: &str = "pvagent: ";
 
-/// Whether a log is s390x's text form (`D:<hex>` lines).
+/// Whether a log is the text form (`D:<hex>` lines): a line of its first
+/// 4 KiB starts with `D:`.
 fn is_text_form(bytes: &[u8]) -> bool {
-    bytes.trim_ascii_start().starts_with(HEX_PREFIX)
+    let start = &bytes[..bytes.len().min(4096)];
+    start.split(|&b| b == b'\n').any(|line| line.trim_ascii_start().starts_with(HEX_PREFIX))
 }
 
-/// Splits a log into frame bytes and text. A log that does not start with a
-/// `D:` line is raw frames (x86_64's COM1) and is returned whole.
+/// Splits a log into frame bytes and text. A log without `D:` lines is raw
+/// frames and is returned whole.
 fn split_log(bytes: &[u8]) -> Vec<Chunk> {
     if !is_text_form(bytes) {
         return vec![Chunk::Frames(bytes.to_vec())];
@@ -412,7 +419,7 @@ fn split_log(bytes: &[u8]) -> Vec<Chunk> {
     let mut chunks = Vec::new();
     for line in bytes.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
+        if line.is_empty() || line.starts_with(SAY_PREFIX.as_bytes()) {
             continue;
         }
         match line.strip_prefix(HEX_PREFIX).and_then(unhex) {
@@ -449,12 +456,22 @@ pub fn read_log_file(path: &Path) -> Result<LogFile> {
     Ok(LogFile { bytes, cut })
 }
 
-/// Whether the log at `path` is s390x's text form, from its first KiB (for
-/// picking the image to decode it with).
+/// Whether the log at `path` is the text form, from its first 4 KiB.
 pub fn is_text_log(path: &Path) -> bool {
     let mut start = Vec::new();
-    let read = std::fs::File::open(path).and_then(|f| f.take(1024).read_to_end(&mut start));
+    let read = std::fs::File::open(path).and_then(|f| f.take(4096).read_to_end(&mut start));
     read.is_ok() && is_text_form(&start)
+}
+
+/// The lines the agent wrote for a person (`pvagent: <text>`), without the
+/// prefix: what `virsh console` shows.
+pub fn console_lines(bytes: &[u8]) -> Vec<String> {
+    bytes
+        .split(|&b| b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .filter_map(|line| line.strip_prefix(SAY_PREFIX.as_bytes()))
+        .map(|line| escape_controls(&String::from_utf8_lossy(line)))
+        .collect()
 }
 
 /// `cargo xtask decode`: decodes `serial` with the table of `elf` and
@@ -553,6 +570,19 @@ mod tests {
     #[test]
     fn raw_frames_pass_through_whole() {
         assert_eq!(split_log(&[0x01, 0x0a, 0x00]), vec![Chunk::Frames(vec![0x01, 0x0a, 0x00])]);
+    }
+
+    #[test]
+    fn person_lines_are_left_out_of_the_decoded_log_and_read_alone() {
+        let log = b"D:0102\r\npvagent: step 1: halt\r\nSeaBIOS\r\nD:ff00\r\npvagent: \x1b[2Jx\r\n";
+        assert_eq!(
+            split_log(log),
+            [Chunk::Frames(vec![1, 2]), Chunk::Text("SeaBIOS".into()), Chunk::Frames(vec![0xff, 0])]
+        );
+        assert_eq!(console_lines(log), ["step 1: halt", "\\u{1b}[2Jx"]);
+        // A D: line after other text still makes the log the text form.
+        assert!(is_text_form(b"SeaBIOS (version 1.16)\r\nD:00\r\n"));
+        assert!(!is_text_form(b"\x01\x02\x00"));
     }
 
     #[test]

@@ -154,19 +154,15 @@ impl BootFile {
 }
 
 /// The image in the target dir that `cargo xtask decode` decodes `serial`
-/// with when none is given: s390x's for a log of `D:<hex>` text lines (its
-/// SCLP console); else, of the x86_64 and aarch64 images (both write raw
-/// frames to their first serial port), the one whose build id the log's
-/// banner names, or x86_64's when neither matches (decoding then says why).
+/// with when none is given: of the built images, the one whose build id the
+/// log's banner names, or x86_64's when none matches (decoding then says
+/// why).
 pub fn decoding_image(root: &Path, serial: &Path) -> PathBuf {
-    if crate::defmt_log::is_text_log(serial) {
-        return image_path(root, Arch::S390x);
-    }
     let default = image_path(root, Arch::X86_64);
     let Ok(log) = crate::defmt_log::read_log_file(serial) else {
         return default;
     };
-    [Arch::X86_64, Arch::Aarch64]
+    Arch::ALL
         .into_iter()
         .map(|a| image_path(root, a))
         .filter(|p| p.is_file())

@@ -16,7 +16,7 @@ use crate::pvpanic::{self, PvDevice, PvEvent, Pvpanic};
 use crate::script::{Action, Fault};
 use crate::watchdog::{self, Model, Watchdog};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use defmt::{error, info, warn};
+use defmt::{info, warn};
 
 /// The pvpanic-pci found by the scan (packed by [`Pvpanic::to_raw`]; 0 =
 /// none or not scanned), for the crash handlers.
@@ -239,19 +239,20 @@ impl Machine for Arm {
                 }
             }
             Action::Exit(code) => {
-                info!("exiting through semihosting with QEMU status {=u8}", qemu_status(code));
+                crate::say!(info, "exiting through semihosting with QEMU status {=u8}", qemu_status(code));
                 semihosting::exit(qemu_status(code));
             }
             Action::Psci(call) => {
                 if let Some(conduit) = self.platform.psci {
-                    info!(
+                    crate::say!(
+                        info,
                         "PSCI {=str} ({=u32:#x}) by {=str}",
                         call.name(),
                         call.function_id(),
                         if conduit == Conduit::Hvc { "hvc" } else { "smc" }
                     );
                     let refused = psci::call(conduit, call);
-                    error!("PSCI {=str} returned {=i64}", call.name(), refused);
+                    crate::say!(error, "PSCI {=str} returned {=i64}", call.name(), refused);
                     self.fail(ErrorExit::Device);
                 }
             }
@@ -261,13 +262,13 @@ impl Machine for Arm {
                 }
             }
             Action::Fault(Fault::Undefined) => {
-                info!("causing fault:undefined");
+                crate::say!(info, "causing fault:undefined");
                 // SAFETY: `udf` is permanently undefined: an exception on
                 // purpose, whose handler reports it and never returns.
                 unsafe { core::arch::asm!("udf #0", options(noreturn)) }
             }
             Action::Fault(Fault::DataAbort) => {
-                info!("causing fault:data-abort");
+                crate::say!(info, "causing fault:data-abort");
                 // SAFETY: a load from an address above every physical
                 // address the CPU has (with the MMU off: an address size
                 // fault, a data abort on purpose); the handler never returns.
@@ -353,10 +354,10 @@ impl Machine for Arm {
 /// SYS_EXIT with the QEMU status x86's isa-debug-exit gives), or halts.
 fn fail(why: ErrorExit) -> ! {
     if semihosting::available() {
-        error!("exiting through semihosting with status {=u8} ({=str})", why.qemu_status(), why.meaning());
+        crate::say!(error, "exiting through semihosting with status {=u8} ({=str})", why.qemu_status(), why.meaning());
         semihosting::exit(why.qemu_status());
     }
-    error!("no semihosting: halting ({=str})", why.meaning());
+    crate::say!(error, "no semihosting: halting ({=str})", why.meaning());
     super::halt()
 }
 
@@ -367,11 +368,11 @@ fn report_crash(why: ErrorExit) -> ! {
     if STEPS_STARTED.load(Ordering::Acquire)
         && let Some(device) = device.filter(|d| pvpanic::advertises(d.events(), PvEvent::Panicked))
     {
-        error!("reporting it through {=str} panicked", device.name());
+        crate::say!(error, "reporting it through {=str} panicked", device.name());
         device.fire(PvEvent::Panicked);
         super::halt();
     }
-    error!("an internal error of the agent (no step has run, or no pvpanic to report it through)");
+    crate::say!(error, "an internal error of the agent (no step has run, or no pvpanic to report it through)");
     fail(why)
 }
 
@@ -419,7 +420,8 @@ extern "C" fn pvagent_exception(kind: u64) {
     // that code had open is ended here.
     // SAFETY: see above.
     unsafe { crate::log::abandon_interrupted_frame() };
-    error!(
+    crate::say!(
+        error,
         "CPU exception (vector slot {=u64}): {=str}, ESR {=u64:#x} (EC {=u64:#04x}), ELR {=u64:#x}, FAR {=u64:#x}",
         kind,
         class_name(ec),

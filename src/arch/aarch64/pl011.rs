@@ -48,7 +48,4 @@ impl Pl011 {
             }
         }
     }
-
-    /// Frames are self-delimiting on a byte stream: nothing to add.
-    pub fn end_frame(&mut self) {}
 }

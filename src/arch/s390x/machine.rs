@@ -9,7 +9,7 @@ use crate::s390_psw as psw;
 use crate::script::{Action, Fault};
 use crate::watchdog::{self, Diag288, Model, Watchdog, diag288};
 use core::sync::atomic::{AtomicBool, Ordering};
-use defmt::{error, info, warn};
+use defmt::{info, warn};
 
 /// The boot counter (see `boot_count`): a halfword of lowcore outside the
 /// image, which QEMU neither reloads nor clears on a re-IPL.
@@ -139,28 +139,28 @@ impl Machine for S390 {
     fn run(&mut self, action: &Action<'_>) {
         match *action {
             Action::S390DisabledWait { address, mask } => {
-                info!("loading the disabled-wait PSW {=u64:#018x} {=u64:#x}", mask, address);
+                crate::say!(info, "loading the disabled-wait PSW {=u64:#018x} {=u64:#x}", mask, address);
                 load_wait_psw(mask, address)
             }
             Action::S390Shutdown => {
-                info!("loading the shutdown wait PSW (address 0xfff)");
+                crate::say!(info, "loading the shutdown wait PSW (address 0xfff)");
                 load_wait_psw(psw::DISABLED_WAIT, psw::SPECIAL_WAIT_LOW_BITS)
             }
             Action::WatchdogArm(watchdog::Timeout::Diag288(timeout)) => {
                 self.diag288.arm(&timeout);
                 if self.diag288.refused {
-                    error!("diag288: QEMU refused the init (specification exception)");
+                    crate::say!(error, "diag288: QEMU refused the init (specification exception)");
                     self.fail(ErrorExit::Device);
                 }
             }
             Action::Fault(Fault::Operation) => {
-                info!("causing fault:operation");
+                crate::say!(info, "causing fault:operation");
                 // SAFETY: opcode 0x00 is not an instruction: an operation
                 // exception on purpose; the program-check handler ends the CPU.
                 unsafe { core::arch::asm!(".long 0", options(noreturn)) }
             }
             Action::Fault(Fault::Specification) => {
-                info!("causing fault:specification");
+                crate::say!(info, "causing fault:specification");
                 // SAFETY: a branch to an odd address: a specification
                 // exception on purpose; the handler ends the CPU.
                 unsafe { core::arch::asm!("larl %r1, 1f", "la %r1, 1(%r1)", "br %r1", "1: j 1b", options(noreturn)) }
@@ -254,7 +254,7 @@ fn inventory() {
 fn fail(why: ErrorExit) -> ! {
     inventory();
     let address = why.s390_wait_address();
-    error!("ending in a disabled wait at {=u64:#x} ({=str})", address, why.meaning());
+    crate::say!(error, "ending in a disabled wait at {=u64:#x} ({=str})", address, why.meaning());
     load_wait_psw(psw::DISABLED_WAIT, address)
 }
 
@@ -279,13 +279,17 @@ extern "C" fn pvagent_program_check() -> ! {
         0x11 => "page translation",
         _ => "other",
     };
-    error!(
+    crate::say!(
+        error,
         "program check: interruption code {=u16:#06x} ({=str} exception), old PSW {=u64:#018x} {=u64:#x}",
-        code, name, mask, address
+        code,
+        name,
+        mask,
+        address
     );
     inventory();
     let wait = exit::s390_program_check_address(code);
-    error!("ending in a disabled wait at {=u64:#x} (program check)", wait);
+    crate::say!(error, "ending in a disabled wait at {=u64:#x} (program check)", wait);
     load_wait_psw(psw::DISABLED_WAIT, wait)
 }
 
@@ -296,9 +300,11 @@ extern "C" fn pvagent_restart() {
     // last arm or feed (`agent::log_watchdog_expiry`).
     let now_us = Tod.now_us();
     let (mask, address) = lowcore::read_psw(lowcore::RESTART_OLD_PSW);
-    warn!(
+    crate::say!(
+        warn,
         "restart interrupt received (QEMU's watchdog action inject-nmi sends one); old PSW {=u64:#018x} {=u64:#x}, resuming",
-        mask, address
+        mask,
+        address
     );
     crate::agent::log_watchdog_expiry(now_us);
 }

@@ -1,9 +1,8 @@
 //! The SCLP console (QEMU's first `-serial` on s390-ccw-virtio): one
 //! SERVC "write event data" with an ASCII event per line.
 //!
-//! The agent's log is binary defmt frames; here each frame travels as text
-//! lines `D:<hex>` so the ASCII console carries it unchanged. The host tool
-//! turns them back into bytes and decodes them as on x86_64.
+//! The agent's console is text lines on every architecture (see
+//! `crate::log`); this one sends each line as one event.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +13,8 @@ const WRITE_EVENT_DATA: u64 = 0x0076_0005;
 const EVENT_ASCII: u8 = 0x1a;
 /// Header (8) + event buffer header (6).
 const HEADER: usize = 14;
-/// Hex characters per line (a frame longer than this spans several lines).
+/// Characters per event (a longer line is sent in pieces).
 const LINE: usize = 960;
-/// Line prefix the host looks for.
-pub const PREFIX: &[u8] = b"D:";
 
 /// One page, so the SCCB never crosses a page boundary; in `.bss`, so it
 /// is above the first 8 KiB and below 2 GiB as SCLP requires.
@@ -45,21 +42,21 @@ impl Console {
         Some(Console { line: heapless::Vec::new() })
     }
 
-    /// Adds frame bytes, hex-encoded.
+    /// Adds text; a line feed sends the line (carriage returns are left
+    /// out: the console ends lines itself).
     pub fn write(&mut self, bytes: &[u8]) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         for &b in bytes {
-            if self.line.len() + 2 > LINE {
-                self.flush();
+            match b {
+                b'\n' => self.flush(),
+                b'\r' => {}
+                _ => {
+                    if self.line.len() >= LINE {
+                        self.flush();
+                    }
+                    let _ = self.line.push(b);
+                }
             }
-            let _ = self.line.push(HEX[usize::from(b >> 4)]);
-            let _ = self.line.push(HEX[usize::from(b & 0xf)]);
         }
-    }
-
-    /// Ends the frame's line.
-    pub fn end_frame(&mut self) {
-        self.flush();
     }
 
     fn flush(&mut self) {
@@ -79,16 +76,14 @@ impl Console {
     }
 }
 
-/// Sends `D:<line>\n` as one ASCII console event.
+/// Sends `<line>\n` as one ASCII console event.
 fn send(sccb: &mut [u8; 4096], line: &[u8]) {
     // Byte by byte: the line (at most LINE bytes) always fits the page,
     // and no slice length can mismatch (a panic path, with `core::fmt`).
     // One plain loop: this runs for the agent's first log line, before
     // the first step, where code that runs for the first time costs its
     // translation under TCG.
-    sccb[HEADER] = PREFIX[0];
-    sccb[HEADER + 1] = PREFIX[1];
-    let mut len = HEADER + PREFIX.len();
+    let mut len = HEADER;
     for &byte in line.iter().chain(b"\n") {
         if let Some(slot) = sccb.get_mut(len) {
             *slot = byte;

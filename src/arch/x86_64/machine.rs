@@ -22,7 +22,7 @@ use crate::pvpanic::{self, PvDevice, PvEvent, Pvpanic};
 use crate::script::{Action, Fault};
 use crate::watchdog::{self, Ib700, Model, Watchdog, ib700};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use defmt::{error, info, warn};
+use defmt::{info, warn};
 
 /// What the agent found on the machine so far (each device is looked for
 /// the first time a step, the crash-report set-up or the inventory needs it).
@@ -300,25 +300,36 @@ impl X86 {
         log_probe(&probe);
         match probe.check() {
             Ok(()) => {
-                info!(
+                crate::say!(
+                    info,
                     "hv.crash: writing P0..P4 = {=u64:#x} {=u64:#x} {=u64:#x} {=u64:#x} {=u64:#x}, then CRASH_CTL notify",
-                    args[0], args[1], args[2], args[3], args[4]
+                    args[0],
+                    args[1],
+                    args[2],
+                    args[3],
+                    args[4]
                 );
                 match hyperv::report_crash(&mut cpu::Cpu, args) {
                     Ok(()) => {
-                        info!("hv.crash: wrote P0..P4 and CRASH_CTL notify");
+                        crate::say!(info, "hv.crash: wrote P0..P4 and CRASH_CTL notify");
                         return;
                     }
                     Err(msr) => {
-                        error!("hv.crash: wrmsr {=u32:#x} raised #GP (the hypervisor refused the crash MSRs)", msr)
+                        crate::say!(
+                            error,
+                            "hv.crash: wrmsr {=u32:#x} raised #GP (the hypervisor refused the crash MSRs)",
+                            msr
+                        )
                     }
                 }
             }
-            Err(why) => warn!("hv.crash: the Hyper-V crash MSRs are unavailable: {=str}", unavailable_reason(why)),
+            Err(why) => {
+                crate::say!(warn, "hv.crash: the Hyper-V crash MSRs are unavailable: {=str}", unavailable_reason(why))
+            }
         }
         match self.pvpanic_with(PvDevice::Any, PvEvent::Panicked) {
             Ok(device) if fallback => {
-                info!("hv.crash-or-pvpanic: falling back to {=str} panicked", device.name());
+                crate::say!(info, "hv.crash-or-pvpanic: falling back to {=str} panicked", device.name());
                 device.fire(PvEvent::Panicked);
             }
             _ => self.fail(ErrorExit::Device),
@@ -411,7 +422,7 @@ impl Machine for X86 {
             Action::HvProbe => log_probe(&Probe::read(&mut cpu::Cpu)),
             Action::HvCrash { args, fallback } => self.hv_crash(args, fallback),
             Action::Fault(fault) => {
-                info!("causing fault:{=str}", fault.name());
+                crate::say!(info, "causing fault:{=str}", fault.name());
                 match fault {
                     Fault::InvalidOpcode => cpu::invalid_opcode(),
                     Fault::GeneralProtection => cpu::general_protection(),
@@ -512,11 +523,11 @@ impl Machine for X86 {
 fn fail(debug_exit: Option<DebugExit>, why: ErrorExit) -> ! {
     match debug_exit {
         Some(exit) => {
-            error!("exiting through isa-debug-exit with {=u8:#04x} ({=str})", why.code(), why.meaning());
+            crate::say!(error, "exiting through isa-debug-exit with {=u8:#04x} ({=str})", why.code(), why.meaning());
             exit.exit(why.code())
         }
         None => {
-            error!("no isa-debug-exit device: halting ({=str})", why.meaning());
+            crate::say!(error, "no isa-debug-exit device: halting ({=str})", why.meaning());
             super::halt()
         }
     }
@@ -563,12 +574,12 @@ fn report_crash(why: ErrorExit) -> ! {
         inventory();
     }
     if let Some(device) = report_device(PvEvent::Panicked) {
-        error!("reporting it through {=str} panicked", device.name());
+        crate::say!(error, "reporting it through {=str} panicked", device.name());
         device.fire(PvEvent::Panicked);
         super::halt();
     }
     if REPORT_PVPANIC.load(Ordering::Acquire) == 0 {
-        error!("an internal error of the agent (no step has run, or no pvpanic to report it through)");
+        crate::say!(error, "an internal error of the agent (no step has run, or no pvpanic to report it through)");
     }
     // Probing reads port 0xf4 only: harmless, and right even when the fault
     // came before the devices were found.
@@ -579,13 +590,13 @@ fn on_nmi() {
     // The time first: the NMI of a watchdog's expiry is timed from its
     // last arm or feed (`agent::log_watchdog_expiry`).
     let now_us = super::tsc::now_us();
-    warn!("NMI received (QEMU's watchdog action inject-nmi sends one)");
+    crate::say!(warn, "NMI received (QEMU's watchdog action inject-nmi sends one)");
     if let Some(now_us) = now_us {
         crate::agent::log_watchdog_expiry(now_us);
     }
     match report_device(PvEvent::CrashLoaded) {
         Some(device) => {
-            info!("reporting the NMI through {=str} crashloaded", device.name());
+            crate::say!(info, "reporting the NMI through {=str} crashloaded", device.name());
             device.fire(PvEvent::CrashLoaded);
         }
         None => warn!("no pvpanic device with crashloaded: the NMI is only logged"),
@@ -594,7 +605,8 @@ fn on_nmi() {
 
 fn on_exception(frame: &interrupts::Frame) -> ! {
     if interrupts::has_error_code(frame.vector) {
-        error!(
+        crate::say!(
+            error,
             "CPU exception {=u64} ({=str}): error code {=u64:#x}, RIP {=u64:#x}, RSP {=u64:#x}",
             frame.vector,
             interrupts::vector_name(frame.vector),
@@ -603,7 +615,8 @@ fn on_exception(frame: &interrupts::Frame) -> ! {
             frame.rsp
         );
     } else {
-        error!(
+        crate::say!(
+            error,
             "CPU exception {=u64} ({=str}): RIP {=u64:#x}, RSP {=u64:#x}",
             frame.vector,
             interrupts::vector_name(frame.vector),
@@ -613,9 +626,9 @@ fn on_exception(frame: &interrupts::Frame) -> ! {
     }
     if frame.vector == u64::from(interrupts::PAGE_FAULT) || frame.vector == u64::from(interrupts::DOUBLE_FAULT) {
         let cr2 = interrupts::cr2();
-        error!("page fault address (CR2) {=u64:#x}", cr2);
+        crate::say!(error, "page fault address (CR2) {=u64:#x}", cr2);
         if cr2 >> 12 == cpu::stack_guard() >> 12 {
-            error!("the address is the stack's guard page: stack overflow");
+            crate::say!(error, "the address is the stack's guard page: stack overflow");
         }
     }
     report_crash(ErrorExit::Fault)

@@ -18,11 +18,8 @@ impl Serial {
         Some(Serial(uart))
     }
 
-    /// Sends raw bytes (no newline translation: the log is binary).
+    /// Sends the bytes as they are (the log writes its own line ends).
     pub fn write(&mut self, bytes: &[u8]) {
         self.0.send_bytes_exact(bytes);
     }
-
-    /// Frames are self-delimiting on a byte stream: nothing to add.
-    pub fn end_frame(&mut self) {}
 }
