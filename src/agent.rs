@@ -322,6 +322,7 @@ pub fn run<M: Machine>(machine: &mut M) -> ! {
             | Action::S390DisabledWait { .. }
             | Action::S390Shutdown
             | Action::Psci(_)
+            | Action::PowerButton { .. }
             | Action::Fault(
                 Fault::InvalidOpcode
                 | Fault::GeneralProtection

@@ -7,9 +7,10 @@
 //! The console carries text lines only, so a person can read it as it is
 //! (`virsh console`, a serial log file) and an ASCII-only console (s390x's
 //! SCLP) carries it unchanged:
-//! - `pvagent: <text>`: what a person needs without a decoder (the
-//!   banner, each step as it runs, the outcome, every error), from
-//!   [`crate::say!`], which also logs the same line as a frame;
+//! - `pvagent: <text>` (`pvagent: warning: …`, `pvagent: error: …`): what
+//!   a person needs without a decoder (the banner, each step as it runs,
+//!   the outcome, every error), from [`crate::say!`]; the decoder shows
+//!   them among the frames' lines, at their level;
 //! - `D:<hex>`: the defmt frames, hex-encoded (a long frame continues on
 //!   the next `D:` line); `cargo xtask decode` joins the `D:` lines and
 //!   decodes them.
@@ -56,6 +57,14 @@ const HEX_PER_LINE: usize = 900;
 const NEWLINE: &[u8] = b"\r\n";
 /// The prefix of a person's line.
 const SAY_PREFIX: &[u8] = b"pvagent: ";
+
+/// A person's line's level: info (no word), warning or error.
+#[derive(Clone, Copy)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
 
 struct Shared(UnsafeCell<State>);
 
@@ -254,10 +263,11 @@ fn end_line(console: &mut Option<Console>, hex_on_line: &mut usize) {
 
 /// Writes one `pvagent: <text>` line for a person: `fmt` (defmt's
 /// placeholder syntax) with `args`, see [`crate::text`]. Like a frame, it
-/// is dropped when an interrupt handler comes while the logger is in use
-/// (the frame [`crate::say!`] logs with it says the same).
-pub fn say(fmt: &str, args: &[crate::text::Arg<'_>]) {
+/// is dropped (and counted) when an interrupt handler comes while the
+/// logger is in use.
+pub fn say(level: Level, fmt: &str, args: &[crate::text::Arg<'_>]) {
     if TAKEN.swap(true, Ordering::AcqRel) {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
         return;
     }
     // SAFETY: this context took the logger just now: it is the owner, and
@@ -268,6 +278,11 @@ pub fn say(fmt: &str, args: &[crate::text::Arg<'_>]) {
             end_line(console, hex_on_line);
             if let Some(console) = console {
                 console.write(SAY_PREFIX);
+                console.write(match level {
+                    Level::Info => b"",
+                    Level::Warn => b"warning: ",
+                    Level::Error => b"error: ",
+                });
                 crate::text::render(&mut |bytes| console.write(bytes), fmt, args);
                 console.write(NEWLINE);
             }
@@ -276,13 +291,16 @@ pub fn say(fmt: &str, args: &[crate::text::Arg<'_>]) {
     TAKEN.store(false, Ordering::Release);
 }
 
-/// Logs a line (a defmt frame, at the given level) and writes the same text
-/// as a `pvagent:` line for a person (see [`say`]): for the banner, the
-/// steps, the outcome and every error.
+/// Logs a line as plain text, a `pvagent:` line a person reads (see
+/// [`say`]), instead of a defmt frame: for the banner, the steps, the
+/// outcome and every error. Same syntax as defmt's `info!`, `warn!` and
+/// `error!` (the level first: `say!(error, "…", …)`).
 #[macro_export]
 macro_rules! say {
-    ($level:ident, $fmt:literal $(, $arg:expr)* $(,)?) => {{
-        defmt::$level!($fmt $(, $arg)*);
-        $crate::log::say($fmt, &[$($crate::text::ToArg::to_arg(&$arg)),*]);
-    }};
+    (info, $($rest:tt)*) => { $crate::say!(@ $crate::log::Level::Info, $($rest)*) };
+    (warn, $($rest:tt)*) => { $crate::say!(@ $crate::log::Level::Warn, $($rest)*) };
+    (error, $($rest:tt)*) => { $crate::say!(@ $crate::log::Level::Error, $($rest)*) };
+    (@ $level:expr, $fmt:literal $(, $arg:expr)* $(,)?) => {
+        $crate::log::say($level, $fmt, &[$($crate::text::ToArg::to_arg(&$arg)),*])
+    };
 }

@@ -75,6 +75,12 @@ pub enum Action<'a> {
     S390Shutdown,
     /// aarch64: a PSCI call that powers the machine off or resets it.
     Psci(Psci),
+    /// x86_64: how the ACPI power button is answered from here on: `true`
+    /// (`power-button.ignore`) logs presses and ignores them, `false`
+    /// (`power-button.off`, the default) powers off (S5).
+    PowerButton {
+        ignore: bool,
+    },
 }
 
 /// The PSCI calls `psci.<call>` makes (aarch64).
@@ -208,7 +214,8 @@ impl Action<'_> {
             | Action::HvProbe
             | Action::S390DisabledWait { .. }
             | Action::S390Shutdown
-            | Action::Psci(_) => None,
+            | Action::Psci(_)
+            | Action::PowerButton { .. } => None,
         }
     }
 
@@ -221,7 +228,7 @@ impl Action<'_> {
         let pci_machines = Archs::of(Arch::X86_64).and(Arch::Aarch64);
         match *self {
             Action::Pvpanic(..) | Action::Exit(_) => Some(pci_machines),
-            Action::HvCrash { .. } | Action::HvProbe => Some(Archs::of(Arch::X86_64)),
+            Action::HvCrash { .. } | Action::HvProbe | Action::PowerButton { .. } => Some(Archs::of(Arch::X86_64)),
             Action::S390DisabledWait { .. } | Action::S390Shutdown => Some(Archs::of(Arch::S390x)),
             Action::Psci(_) => Some(Archs::of(Arch::Aarch64)),
             Action::WatchdogArm(timeout) => Some(timeout.model().archs()),
@@ -315,10 +322,10 @@ pub struct ScriptError<'a> {
 }
 
 /// The message of every error, written once. It expands into `Display`
-/// (host builds: tests, the fuzz targets) and `defmt::Format` (the images,
-/// which carry no `core::fmt`): both read the same format strings, since
-/// they use only `{}` and hints like `{:#x}` that `core::write!` and
-/// `defmt::write!` understand alike.
+/// (host builds: tests, the fuzz targets) and `text::Render` (the images,
+/// which carry no `core::fmt`: the console's `pvagent: error: …` line):
+/// both read the same format strings, since they use only `{}` and hints
+/// like `{:#x}` that `core::write!` and `crate::text` understand alike.
 macro_rules! error_message {
     (error $error:expr, $f:expr, $write:ident) => {
         $write!($f, "script error: step {} at byte {}: {}", $error.step, $error.offset, $error.kind)
@@ -434,22 +441,6 @@ impl crate::text::ToArg for ErrorKind<'_> {
 impl crate::text::ToArg for ScriptError<'_> {
     fn to_arg(&self) -> crate::text::Arg<'_> {
         crate::text::Arg::Text(self)
-    }
-}
-
-#[cfg(image)]
-impl defmt::Format for ScriptError<'_> {
-    fn format(&self, f: defmt::Formatter<'_>) {
-        use defmt::write;
-        error_message!(error self, f, write)
-    }
-}
-
-#[cfg(image)]
-impl defmt::Format for ErrorKind<'_> {
-    fn format(&self, f: defmt::Formatter<'_>) {
-        use defmt::write;
-        error_message!(kind self, f, write)
     }
 }
 
@@ -698,6 +689,17 @@ fn parse_step(step: &str) -> Result<Action<'_>, (usize, ErrorKind<'_>)> {
         }
         if same(device_name, "s390") {
             return parse_s390(event, verb, args, args_at, step.len());
+        }
+        if same(device_name, "power-button") {
+            let ignore = if same(event, "ignore") {
+                true
+            } else if same(event, "off") {
+                false
+            } else {
+                return Err((0, ErrorKind::UnknownVerb(verb)));
+            };
+            no_args()?;
+            return Ok(Action::PowerButton { ignore });
         }
         if same(device_name, "psci") {
             let call =
@@ -1246,6 +1248,13 @@ mod tests {
         );
         assert_eq!(error("psci.system-off:1").kind, ErrorKind::UnexpectedArgument { verb: "psci.system-off" });
         assert_eq!(error("psci.cpu-off").kind, ErrorKind::UnknownVerb("psci.cpu-off"));
+        assert_eq!(actions("power-button.ignore")[0].archs(), x86);
+        assert_eq!(
+            actions("power-button.ignore; power-button.off"),
+            [Action::PowerButton { ignore: true }, Action::PowerButton { ignore: false }]
+        );
+        assert_eq!(error("power-button.press").kind, ErrorKind::UnknownVerb("power-button.press"));
+        assert_eq!(error("power-button.ignore:1").kind, ErrorKind::UnexpectedArgument { verb: "power-button.ignore" });
         for fault in Fault::ALL {
             let step = std::format!("fault:{}", fault.name());
             assert_eq!(actions(&step)[0].archs(), fault.archs(), "{step}");

@@ -89,14 +89,17 @@ fn style(spec: &[u8]) -> Style {
     let Some(colon) = spec.iter().position(|&b| b == b':') else {
         return Style::Decimal;
     };
-    let rest = &spec[colon + 1..];
-    if !rest.ends_with(b"x") {
+    let rest = spec.get(colon + 1..).unwrap_or_default();
+    if rest.last() != Some(&b'x') {
         return Style::Decimal;
     }
     let digits = rest.iter().filter(|b| b.is_ascii_digit());
     let width = digits.fold(0usize, |n, &d| n.saturating_mul(10).saturating_add(usize::from(d - b'0')));
     Style::Hex { width }
 }
+
+// No indexing that can fail below (`get` instead): a failed index panics
+// with a formatted message, which would pull `core::fmt` into the images.
 
 fn write_unsigned(out: &mut dyn FnMut(&[u8]), value: u64, style: Style) {
     let mut buf = [0u8; 24];
@@ -109,16 +112,19 @@ fn write_unsigned(out: &mut dyn FnMut(&[u8]), value: u64, style: Style) {
     let mut digits = 0;
     while (v > 0 || digits < min_digits) && at > 2 {
         at -= 1;
-        buf[at] = b"0123456789abcdef"[(v % base) as usize];
+        if let Some(slot) = buf.get_mut(at) {
+            *slot = b"0123456789abcdef".get((v % base) as usize).copied().unwrap_or(b'?');
+        }
         v /= base;
         digits += 1;
     }
     if let Style::Hex { .. } = style {
         at -= 2;
-        buf[at] = b'0';
-        buf[at + 1] = b'x';
+        if let Some(prefix) = buf.get_mut(at..at + 2) {
+            prefix.copy_from_slice(b"0x");
+        }
     }
-    out(&buf[at..]);
+    out(buf.get(at..).unwrap_or_default());
 }
 
 /// Writes `fmt` with its placeholders replaced by `args`, in order (a
@@ -128,10 +134,9 @@ pub fn render(out: &mut dyn FnMut(&[u8]), fmt: &str, args: &[Arg<'_>]) {
     let mut args = args.iter();
     let mut i = 0;
     let mut literal = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
+    while let Some(&b) = bytes.get(i) {
         if (b == b'{' || b == b'}') && bytes.get(i + 1) == Some(&b) {
-            out(&bytes[literal..=i]);
+            out(bytes.get(literal..=i).unwrap_or_default());
             i += 2;
             literal = i;
             continue;
@@ -140,14 +145,15 @@ pub fn render(out: &mut dyn FnMut(&[u8]), fmt: &str, args: &[Arg<'_>]) {
             i += 1;
             continue;
         }
-        let Some(len) = bytes[i..].iter().position(|&c| c == b'}') else {
+        let rest = bytes.get(i..).unwrap_or_default();
+        let Some(len) = rest.iter().position(|&c| c == b'}') else {
             break;
         };
         let Some(arg) = args.next() else {
             break;
         };
-        out(&bytes[literal..i]);
-        let spec = &bytes[i + 1..i + len];
+        out(bytes.get(literal..i).unwrap_or_default());
+        let spec = rest.get(1..len).unwrap_or_default();
         match *arg {
             Arg::Str(s) => out(s.as_bytes()),
             Arg::Unsigned(v) => write_unsigned(out, v, style(spec)),
@@ -162,7 +168,7 @@ pub fn render(out: &mut dyn FnMut(&[u8]), fmt: &str, args: &[Arg<'_>]) {
         i += len + 1;
         literal = i;
     }
-    out(&bytes[literal.min(bytes.len())..]);
+    out(bytes.get(literal..).unwrap_or_default());
 }
 
 #[cfg(test)]

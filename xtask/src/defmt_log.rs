@@ -1,10 +1,11 @@
 //! Decoding the agent's log into text. The agent's console carries text
 //! lines on every architecture: `D:<hex>` lines are the defmt frames (rzcobs,
-//! each ended by a 0x00), `pvagent: <text>` lines say the same as some of
-//! them for a person reading the console without a decoder (they are left
-//! out of the decoded log), and any other line is kept as text. A log with
-//! no `D:` line at all is read as raw frames (what images before the text
-//! console wrote on x86_64's COM1).
+//! each ended by a 0x00); `pvagent: <text>` lines (`pvagent: warning: …`,
+//! `pvagent: error: …`) are the lines the agent writes as plain text for a
+//! person reading the console without a decoder (the banner, the steps,
+//! the outcome, the errors), shown among the frames' lines at their level;
+//! any other line is kept as text. A log with no `D:` line at all is read
+//! as raw frames (what images before the text console wrote on COM1).
 //!
 //! A log only means something with the table of the image that wrote it:
 //! with another build's table the frames decode into confident, wrong text.
@@ -176,6 +177,12 @@ impl LogTable {
                     }
                 }
                 Chunk::Text(text) => out.text(format!("TEXT  {}", escape_controls(&text))),
+                Chunk::Say(level, text) => {
+                    if banner.is_none() {
+                        banner = banner_build_id(&text);
+                    }
+                    out.frame(format!("{level:<5} {}", escape_controls(&text)));
+                }
             }
         }
         // Bytes after the last 0x00 are a frame cut off (e.g. QEMU was
@@ -396,6 +403,8 @@ pub fn read_build_id(elf: &[u8]) -> Result<Option<String>> {
 enum Chunk {
     Frames(Vec<u8>),
     Text(String),
+    /// A `pvagent:` line: its level and text.
+    Say(&'static str, String),
 }
 
 /// Line prefix of a hex-encoded frame piece.
@@ -419,7 +428,17 @@ fn split_log(bytes: &[u8]) -> Vec<Chunk> {
     let mut chunks = Vec::new();
     for line in bytes.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() || line.starts_with(SAY_PREFIX.as_bytes()) {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(said) = line.strip_prefix(SAY_PREFIX.as_bytes()) {
+            let said = String::from_utf8_lossy(said);
+            let (level, text) = match (said.strip_prefix("warning: "), said.strip_prefix("error: ")) {
+                (Some(text), _) => ("WARN", text),
+                (_, Some(text)) => ("ERROR", text),
+                _ => ("INFO", &*said),
+            };
+            chunks.push(Chunk::Say(level, text.to_string()));
             continue;
         }
         match line.strip_prefix(HEX_PREFIX).and_then(unhex) {
@@ -573,13 +592,20 @@ mod tests {
     }
 
     #[test]
-    fn person_lines_are_left_out_of_the_decoded_log_and_read_alone() {
-        let log = b"D:0102\r\npvagent: step 1: halt\r\nSeaBIOS\r\nD:ff00\r\npvagent: \x1b[2Jx\r\n";
+    fn person_lines_keep_their_place_and_level() {
+        let log = b"D:0102\r\npvagent: step 1: halt\r\nSeaBIOS\r\nD:ff00\r\npvagent: error: \x1b[2Jx\r\npvagent: warning: w\r\n";
         assert_eq!(
             split_log(log),
-            [Chunk::Frames(vec![1, 2]), Chunk::Text("SeaBIOS".into()), Chunk::Frames(vec![0xff, 0])]
+            [
+                Chunk::Frames(vec![1, 2]),
+                Chunk::Say("INFO", "step 1: halt".into()),
+                Chunk::Text("SeaBIOS".into()),
+                Chunk::Frames(vec![0xff, 0]),
+                Chunk::Say("ERROR", "\x1b[2Jx".into()),
+                Chunk::Say("WARN", "w".into()),
+            ]
         );
-        assert_eq!(console_lines(log), ["step 1: halt", "\\u{1b}[2Jx"]);
+        assert_eq!(console_lines(log), ["step 1: halt", "error: \\u{1b}[2Jx", "warning: w"]);
         // A D: line after other text still makes the log the text form.
         assert!(is_text_form(b"SeaBIOS (version 1.16)\r\nD:00\r\n"));
         assert!(!is_text_form(b"\x01\x02\x00"));

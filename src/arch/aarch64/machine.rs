@@ -227,7 +227,11 @@ impl Machine for Arm {
             }
             Action::Sleep(_) | Action::Log(_) | Action::Halt | Action::FirstBoot | Action::Fault(_) => Ok(()),
             // Other architectures' steps: refused from `Action::archs`.
-            Action::HvCrash { .. } | Action::HvProbe | Action::S390DisabledWait { .. } | Action::S390Shutdown => Ok(()),
+            Action::HvCrash { .. }
+            | Action::HvProbe
+            | Action::S390DisabledWait { .. }
+            | Action::S390Shutdown
+            | Action::PowerButton { .. } => Ok(()),
         }
     }
 
@@ -291,6 +295,7 @@ impl Machine for Arm {
             | Action::HvProbe
             | Action::S390DisabledWait { .. }
             | Action::S390Shutdown
+            | Action::PowerButton { .. }
             | Action::Fault(
                 Fault::InvalidOpcode
                 | Fault::GeneralProtection

@@ -130,9 +130,12 @@ impl Machine for S390 {
             | Action::Fault(_) => Ok(()),
             // Other architectures' steps: the agent refuses them from
             // `Action::archs` before asking; there is nothing to check here.
-            Action::Pvpanic(..) | Action::Exit(_) | Action::HvCrash { .. } | Action::HvProbe | Action::Psci(_) => {
-                Ok(())
-            }
+            Action::Pvpanic(..)
+            | Action::Exit(_)
+            | Action::HvCrash { .. }
+            | Action::HvProbe
+            | Action::Psci(_)
+            | Action::PowerButton { .. } => Ok(()),
         }
     }
 
@@ -177,6 +180,7 @@ impl Machine for S390 {
             // Other architectures': refused before any step runs (`Action::archs`).
             Action::Pvpanic(..)
             | Action::Psci(_)
+            | Action::PowerButton { .. }
             | Action::Exit(_)
             | Action::HvCrash { .. }
             | Action::HvProbe

@@ -20,6 +20,8 @@ pub const PAGE_FAULT: u8 = 14;
 
 /// Vector of the local APIC timer (used to wake from `hlt` in sleeps).
 pub const TIMER: u8 = 0x40;
+/// The ACPI SCI (the power button), routed by the IOAPIC (`acpi`).
+pub const SCI: u8 = 0x41;
 /// The local APIC's spurious-interrupt vector.
 pub const SPURIOUS: u8 = 0xff;
 
@@ -95,6 +97,7 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 /// The exception and NMI handlers the agent supplies.
 pub struct Handlers {
     pub nmi: fn(),
+    pub sci: fn(),
     pub exception: fn(&Frame) -> !,
 }
 
@@ -105,8 +108,8 @@ struct HandlerCell(UnsafeCell<Option<Handlers>>);
 unsafe impl Sync for HandlerCell {}
 static HANDLERS: HandlerCell = HandlerCell(UnsafeCell::new(None));
 
-/// Installs the IDT: vectors 0–31 (exceptions), the local APIC timer and
-/// the APIC's spurious vector. Other vectors stay absent (never enabled).
+/// Installs the IDT: vectors 0–31 (exceptions), the local APIC timer, the
+/// ACPI SCI and the APIC's spurious vector. Other vectors stay absent (never enabled).
 /// The double-fault gate uses IST 1, which the boot stub's TSS provides.
 /// Only the first call does anything: the IDT and the handlers are never
 /// changed once the CPU uses them.
@@ -128,6 +131,7 @@ pub fn init(handlers: Handlers) {
         gates[vector] = Gate::interrupt(*stub as usize, ist);
     }
     gates[usize::from(TIMER)] = Gate::interrupt(timer_stub as *const () as usize, 0);
+    gates[usize::from(SCI)] = Gate::interrupt(sci_stub as *const () as usize, 0);
     gates[usize::from(SPURIOUS)] = Gate::interrupt(spurious_stub as *const () as usize, 0);
     let pointer = DescriptorTablePointer {
         limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16,
@@ -164,6 +168,10 @@ extern "C" fn dispatch(frame: &mut Frame) {
         return;
     }
     if frame.vector == u64::from(TIMER) {
+        super::apic::end_of_interrupt();
+    } else if frame.vector == u64::from(SCI) {
+        // Level-triggered: the handler clears the cause before the EOI.
+        (handlers.sci)();
         super::apic::end_of_interrupt();
     } else if frame.vector == u64::from(SPURIOUS) {
         // A spurious interrupt needs no end-of-interrupt.
@@ -218,6 +226,7 @@ macro_rules! stubs {
 
 stubs! {
     timer_stub = 0x40;
+    sci_stub = 0x41;
     spurious_stub = 0xff;
 }
 

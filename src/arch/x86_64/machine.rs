@@ -229,7 +229,7 @@ impl X86 {
     /// needs to read its script. Devices are looked for when a step needs
     /// them.
     pub fn new(boot: Boot) -> Self {
-        interrupts::init(interrupts::Handlers { nmi: on_nmi, exception: on_exception });
+        interrupts::init(interrupts::Handlers { nmi: on_nmi, sci: super::acpi::on_sci, exception: on_exception });
         super::apic::init();
         let mut fw_cfg = FwCfg::probe();
         let (script_file, port_file) = fw_cfg.as_mut().map_or((None, None), find_files);
@@ -392,6 +392,7 @@ impl Machine for X86 {
             | Action::Log(_)
             | Action::Halt
             | Action::FirstBoot
+            | Action::PowerButton { .. }
             | Action::Fault(_) => Ok(()),
             // Other architectures' steps: the agent refuses them from
             // `Action::archs` before asking; there is nothing to check here.
@@ -420,6 +421,12 @@ impl Machine for X86 {
                 }
             }
             Action::HvProbe => log_probe(&Probe::read(&mut cpu::Cpu)),
+            Action::PowerButton { ignore } => {
+                super::acpi::set_ignore(ignore);
+                if !super::acpi::arm() {
+                    crate::say!(warn, "no ACPI PM block (PIIX4 or ICH9): there is no power button to answer");
+                }
+            }
             Action::HvCrash { args, fallback } => self.hv_crash(args, fallback),
             Action::Fault(fault) => {
                 crate::say!(info, "causing fault:{=str}", fault.name());
@@ -494,8 +501,10 @@ impl Machine for X86 {
         fail(DebugExit::probe(), why)
     }
 
+    /// Idles, answering the ACPI power button as a real OS would.
     fn halt(&mut self) -> ! {
-        super::halt()
+        super::acpi::arm();
+        super::idle()
     }
 
     /// Finds the pvpanic device that NMIs (and, until the inventory, the
@@ -506,6 +515,12 @@ impl Machine for X86 {
     /// NMI can be expected and the clock's calibration dwarfs the scan.
     /// Otherwise the inventory or the crash path finds it.
     fn start_steps(&mut self, waits: bool) {
+        // A script during which time passes can meet a power-button press
+        // (a watchdog's `shutdown` action, `virsh shutdown`): armed now.
+        // Others arm it when they end (`halt`), off the path to their event.
+        if waits {
+            super::acpi::arm();
+        }
         let device = match self.pvpanic_isa() {
             Some(isa) => Some(isa),
             None if waits || self.pci.is_some() => self.pci().pvpanic,
@@ -528,7 +543,12 @@ fn fail(debug_exit: Option<DebugExit>, why: ErrorExit) -> ! {
         }
         None => {
             crate::say!(error, "no isa-debug-exit device: halting ({=str})", why.meaning());
-            super::halt()
+            // After its own crash the agent no longer answers anything.
+            if REPORTING.load(Ordering::Acquire) {
+                super::halt()
+            }
+            super::acpi::arm();
+            super::idle()
         }
     }
 }

@@ -1,6 +1,7 @@
 //! x86_64: PVH entry, 32→64-bit switch, the CPU's tables, and the machine's
 //! devices as the agent sees them.
 
+mod acpi;
 mod apic;
 mod boot;
 mod cmos;
@@ -22,6 +23,15 @@ extern "C" fn pvagent_main(start_info: u32) -> ! {
     let boot = pvh::Boot::from_ebx(start_info);
     crate::log::init();
     crate::agent::run(&mut machine::X86::new(boot))
+}
+
+/// Idles forever, woken only by the ACPI SCI (the power button, when
+/// `acpi::arm` routed it) and NMIs: QEMU uses no CPU for the guest. The
+/// local APIC timer is stopped outside sleeps, so it never fires here.
+pub fn idle() -> ! {
+    loop {
+        ::x86_64::instructions::interrupts::enable_and_hlt();
+    }
 }
 
 /// Idles forever with interrupts off: QEMU then uses no CPU for the guest.
