@@ -1,6 +1,8 @@
 //! The PCI devices the agent uses (pvpanic-pci, i6300esb), found in one
 //! scan on every architecture with PCI (x86_64 and aarch64).
 
+use crate::agent::yes_no;
+use crate::pci::Bdf;
 use crate::pvpanic::{self, Pvpanic};
 use crate::watchdog::{I6300Esb, i6300esb};
 
@@ -20,5 +22,38 @@ impl PciDevices {
             (i6300esb::PCI_VENDOR, i6300esb::PCI_DEVICE),
         ]);
         PciDevices { pvpanic: pvpanic.and_then(Pvpanic::probe_pci), i6300esb: esb.and_then(i6300esb::probe) }
+    }
+}
+
+impl PciDevices {
+    /// The i6300esb packed into one word, for the inventory that crash
+    /// handlers log from atomics: BAR0 (bits 0–31), bus/device/function
+    /// (32–47), the previous-reset flag (bit 48).
+    pub fn packed_i6300esb(&self) -> Option<u64> {
+        self.i6300esb.as_ref().map(|esb| {
+            let bdf = esb.bus().bdf;
+            let bdf = u64::from(bdf.bus) << 8 | u64::from(bdf.device) << 3 | u64::from(bdf.function);
+            esb.bus().base as u64 & 0xffff_ffff | bdf << 32 | u64::from(esb.previous_reboot()) << 48
+        })
+    }
+}
+
+/// The inventory's i6300esb line, from [`PciDevices::packed_i6300esb`].
+pub fn log_i6300esb(packed: Option<u64>) {
+    match packed {
+        Some(packed) => {
+            let bdf = Bdf {
+                bus: (packed >> 40) as u8,
+                device: (packed >> 35) as u8 & 0x1f,
+                function: (packed >> 32) as u8 & 7,
+            };
+            defmt::info!(
+                "i6300esb: {} BAR0 at {=u64:#x}, previous reset by this watchdog: {=str}",
+                bdf,
+                packed & 0xffff_ffff,
+                yes_no(packed >> 48 & 1 != 0)
+            )
+        }
+        None => defmt::info!("i6300esb: not present"),
     }
 }

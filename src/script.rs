@@ -227,6 +227,8 @@ impl Action<'_> {
         // on x86_64 and semihosting's SYS_EXIT on aarch64.
         let pci_machines = Archs::of(Arch::X86_64).and(Arch::Aarch64);
         match *self {
+            // aarch64 has no ISA bus.
+            Action::Pvpanic(PvDevice::Isa, _) => Some(Archs::of(Arch::X86_64)),
             Action::Pvpanic(..) | Action::Exit(_) => Some(pci_machines),
             Action::HvCrash { .. } | Action::HvProbe | Action::PowerButton { .. } => Some(Archs::of(Arch::X86_64)),
             Action::S390DisabledWait { .. } | Action::S390Shutdown => Some(Archs::of(Arch::S390x)),
@@ -1209,6 +1211,7 @@ mod tests {
         let cases = [
             ("pvpanic.panicked", pci),
             ("pvpanic-pci.shutdown", pci),
+            ("pvpanic-isa.crashloaded", x86),
             ("exit:1", pci),
             ("hv.probe", x86),
             ("hv.crash-or-pvpanic:1,2,3,4,5", x86),

@@ -33,7 +33,8 @@ static INVENTORY_LOGGED: AtomicBool = AtomicBool::new(false);
 /// What the inventory says of the machine (set by `Arm::new`): the
 /// device-tree facts, packed so crash handlers can log them.
 static FW_CFG_STATE: AtomicU64 = AtomicU64::new(0);
-static I6300ESB_BAR: AtomicU64 = AtomicU64::new(0);
+/// The i6300esb ([`PciDevices::packed_i6300esb`], with bit 63 set; 0: none).
+static I6300ESB: AtomicU64 = AtomicU64::new(0);
 
 /// The boot counter: outside the image file and `.bss`, so a reset (which
 /// reloads the file) keeps it.
@@ -53,7 +54,7 @@ pub struct Arm {
 fn scan_pci() -> PciDevices {
     let devices = PciDevices::scan();
     PVPANIC_PCI.store(devices.pvpanic.as_ref().map_or(0, Pvpanic::to_raw), Ordering::Release);
-    I6300ESB_BAR.store(devices.i6300esb.as_ref().map_or(0, |e| e.bus().base as u64 | 1 << 63), Ordering::Release);
+    I6300ESB.store(devices.packed_i6300esb().map_or(0, |p| p | 1 << 63), Ordering::Release);
     PCI_SCANNED.store(true, Ordering::Release);
     devices
 }
@@ -145,10 +146,8 @@ fn inventory() -> Option<Pvpanic> {
         ),
         None => info!("pvpanic-pci: not present"),
     }
-    match I6300ESB_BAR.load(Ordering::Acquire) {
-        0 => info!("i6300esb: not present"),
-        bar => info!("i6300esb: BAR0 at {=u64:#x}", bar & !(1 << 63)),
-    }
+    let esb = I6300ESB.load(Ordering::Acquire);
+    crate::pci_devices::log_i6300esb((esb != 0).then_some(esb & !(1 << 63)));
     info!(
         "semihosting: {=str}",
         if semihosting::available() {
@@ -377,7 +376,11 @@ fn report_crash(why: ErrorExit) -> ! {
         device.fire(PvEvent::Panicked);
         super::halt();
     }
-    crate::say!(error, "an internal error of the agent (no step has run, or no pvpanic to report it through)");
+    if STEPS_STARTED.load(Ordering::Acquire) {
+        crate::say!(error, "no pvpanic-pci device to report it through");
+    } else {
+        crate::say!(error, "an internal error of the agent: no step has run yet");
+    }
     fail(why)
 }
 

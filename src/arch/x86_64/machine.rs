@@ -16,7 +16,6 @@ use crate::agent::{DeviceError, Machine, yes_no};
 use crate::exit::{DebugExit, ErrorExit};
 use crate::fw_cfg::{self, FileEntry, FwCfg};
 use crate::hyperv::{self, Probe, Unavailable};
-use crate::pci::Bdf;
 use crate::pci_devices::PciDevices;
 use crate::pvpanic::{self, PvDevice, PvEvent, Pvpanic};
 use crate::script::{Action, Fault};
@@ -92,11 +91,7 @@ fn publish_fw_cfg(fw: Option<&FwCfg>, script_file: bool) {
 
 fn publish_pci(devices: &PciDevices) {
     PVPANIC_PCI.set(devices.pvpanic.as_ref().map(Pvpanic::to_raw));
-    I6300ESB.set(devices.i6300esb.as_ref().map(|esb| {
-        let bdf = esb.bus().bdf;
-        let bdf = u64::from(bdf.bus) << 8 | u64::from(bdf.device) << 3 | u64::from(bdf.function);
-        esb.bus().base as u64 & 0xffff_ffff | bdf << 32 | u64::from(esb.previous_reboot()) << 48
-    }));
+    I6300ESB.set(devices.packed_i6300esb());
 }
 
 /// The script file and the pvpanic port file of fw_cfg's directory.
@@ -199,22 +194,7 @@ fn inventory() -> [Option<Pvpanic>; 2] {
             None => info!("{=str}: not present", name),
         }
     }
-    match I6300ESB.get().flatten() {
-        Some(packed) => {
-            let bdf = Bdf {
-                bus: (packed >> 40) as u8,
-                device: (packed >> 35) as u8 & 0x1f,
-                function: (packed >> 32) as u8 & 7,
-            };
-            info!(
-                "i6300esb: {} BAR0 at {=u64:#x}, previous reset by this watchdog: {=str}",
-                bdf,
-                packed & 0xffff_ffff,
-                yes_no(packed >> 48 & 1 != 0)
-            )
-        }
-        None => info!("i6300esb: not present"),
-    }
+    crate::pci_devices::log_i6300esb(I6300ESB.get().flatten());
     info!("ib700: write-only ports 0x441/0x443 (cannot be detected)");
     match DebugExit::probe() {
         Some(_) => info!("isa-debug-exit: at {=u16:#x}", crate::exit::DEBUG_EXIT_PORT),
@@ -598,8 +578,10 @@ fn report_crash(why: ErrorExit) -> ! {
         device.fire(PvEvent::Panicked);
         super::halt();
     }
-    if REPORT_PVPANIC.load(Ordering::Acquire) == 0 {
-        crate::say!(error, "an internal error of the agent (no step has run, or no pvpanic to report it through)");
+    if !STEPS_STARTED.load(Ordering::Acquire) {
+        crate::say!(error, "an internal error of the agent: no step has run yet");
+    } else if REPORT_PVPANIC.load(Ordering::Acquire) == 0 {
+        crate::say!(error, "no pvpanic device to report it through");
     }
     // Probing reads port 0xf4 only: harmless, and right even when the fault
     // came before the devices were found.
