@@ -412,11 +412,15 @@ const HEX_PREFIX: &[u8] = b"D:";
 /// Line prefix of the lines the agent writes for a person.
 pub const SAY_PREFIX: &str = "pvagent: ";
 
-/// Whether a log is the text form (`D:<hex>` lines): a line of its first
-/// 4 KiB starts with `D:`.
+/// Whether a log is the text form: a line of its first 4 KiB starts with
+/// `D:` or `pvagent: ` (a run whose lines were all for a person has no `D:`
+/// line at all).
 fn is_text_form(bytes: &[u8]) -> bool {
     let start = &bytes[..bytes.len().min(4096)];
-    start.split(|&b| b == b'\n').any(|line| line.trim_ascii_start().starts_with(HEX_PREFIX))
+    start.split(|&b| b == b'\n').any(|line| {
+        let line = line.trim_ascii_start();
+        line.starts_with(HEX_PREFIX) || line.starts_with(SAY_PREFIX.as_bytes())
+    })
 }
 
 /// Splits a log into frame bytes and text. A log without `D:` lines is raw
@@ -609,6 +613,8 @@ mod tests {
         // A D: line after other text still makes the log the text form.
         assert!(is_text_form(b"SeaBIOS (version 1.16)\r\nD:00\r\n"));
         assert!(!is_text_form(b"\x01\x02\x00"));
+        // Only a person's lines (every line of the run was one).
+        assert!(is_text_form(b"pvagent: pvagent 0.1.0 build 0123456789abcdef (s390x), boot 1\n"));
     }
 
     #[test]
