@@ -360,12 +360,12 @@ mod hw {
 
     pub use config::{read8, read16, read32};
 
-    /// How far the agent reaches: the identity map's 0–4 GiB on x86_64;
-    /// every physical address on aarch64 (the MMU is off).
+    /// How far the agent reaches: the identity maps' 0–4 GiB on x86_64
+    /// and 0–512 GiB on aarch64 (`arch::aarch64::boot`).
     #[cfg(target_arch = "x86_64")]
     const REACH_END: u64 = IDENTITY_MAP_END;
     #[cfg(target_arch = "aarch64")]
-    const REACH_END: u64 = 1 << 48;
+    const REACH_END: u64 = 1 << 39;
 
     /// Where the agent places BARs that firmware left unassigned: by
     /// default inside the PCI hole of both `pc` and `q35` (above q35's

@@ -3,7 +3,8 @@
 //!
 //! QEMU loads an Image at RAM base + `text_offset` and enters it at EL1
 //! (EL2 with `virtualization=on`, which the entry leaves for EL1) with the
-//! MMU and caches off and x0 = the device tree's address. The entry zeroes
+//! MMU and caches off and x0 = the device tree's address. The entry turns
+//! the MMU on with an identity map (RAM Normal, the rest Device), zeroes
 //! `.bss` (QEMU reloads the file's bytes on a reset, not the rest), lets
 //! EL1 use the FP/SIMD registers (the compiler may), and calls
 //! `pvagent_main(dtb)` on the agent's stack. Every exception goes to
@@ -56,6 +57,45 @@ pvagent_entry:
     msr     cpacr_el1, x1
     adr     x1, pvagent_vectors
     msr     vbar_el1, x1
+    /* The MMU: an identity map of 1 GiB blocks (39-bit addresses, one
+       level-1 table): 0-1 GiB (flash, the devices, the PCI 32-bit window)
+       and 256-512 GiB (the high ECAM) are Device memory, 1-256 GiB (RAM)
+       Normal write-back memory. With the MMU off every access is to
+       Device memory, which QEMU's TCG checks on a slow path: the agent
+       ran several times slower. */
+    ldr     x1, =pvagent_page_table
+    mov     x2, #0
+5:  lsl     x3, x2, #30
+    cmp     x2, #1
+    b.lo    6f
+    cmp     x2, #256
+    b.hs    6f
+    mov     x4, #0x705              /* block, AttrIndx 1 (Normal), inner shareable, AF */
+    b       7f
+6:  mov     x4, #0x401              /* block, AttrIndx 0 (Device), AF */
+    orr     x4, x4, #(3 << 53)      /* never executed: PXN, UXN */
+7:  orr     x3, x3, x4
+    str     x3, [x1, x2, lsl #3]
+    add     x2, x2, #1
+    cmp     x2, #512
+    b.lo    5b
+    mov     x2, #0xff00             /* MAIR: attr0 Device-nGnRnE, attr1 Normal WB */
+    msr     mair_el1, x2
+    /* TCR: T0SZ 25, walks cached (WB) and inner shareable, 4 KiB granule,
+       no TTBR1 walks (EPD1), 40-bit physical addresses. */
+    ldr     x2, =(25 | 1 << 8 | 1 << 10 | 3 << 12 | 1 << 23 | 2 << 32)
+    msr     tcr_el1, x2
+    msr     ttbr0_el1, x1
+    dsb     sy
+    isb
+    tlbi    vmalle1
+    dsb     sy
+    isb
+    mrs     x2, sctlr_el1
+    orr     x2, x2, #1              /* M: the MMU */
+    orr     x2, x2, #(1 << 2)       /* C: data cache */
+    orr     x2, x2, #(1 << 12)      /* I: instruction cache */
+    msr     sctlr_el1, x2
     isb
     /* Zero .bss, 16 bytes at a time (both ends are 16-aligned). */
     ldr     x1, =__bss_start

@@ -3,6 +3,7 @@
 //! and the command line. Read once, before anything else runs.
 
 use fdt::Fdt;
+use fdt::node::FdtNode;
 
 /// How PSCI calls reach the firmware (the `/psci` node's `method`).
 #[derive(Clone, Copy, PartialEq, Eq, defmt::Format)]
@@ -38,9 +39,30 @@ pub struct Platform {
     pub bootargs: &'static str,
 }
 
-fn first_reg(fdt: &Fdt<'_>, compatible: &[&str]) -> Option<usize> {
-    let node = fdt.find_compatible(compatible)?;
+fn first_reg(node: &FdtNode<'_, '_>) -> Option<usize> {
     node.reg()?.next().map(|r| r.starting_address as usize)
+}
+
+/// What a node is, from its `compatible` list (or, for `/chosen`, its name).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Uart,
+    FwCfg,
+    Psci,
+    Gic { v3: bool },
+    PciHost,
+}
+
+fn kind(compatible: &str) -> Option<Kind> {
+    Some(match compatible {
+        "arm,pl011" => Kind::Uart,
+        "qemu,fw-cfg-mmio" => Kind::FwCfg,
+        "arm,psci-1.0" | "arm,psci-0.2" => Kind::Psci,
+        "arm,cortex-a15-gic" | "arm,gic-400" => Kind::Gic { v3: false },
+        "arm,gic-v3" => Kind::Gic { v3: true },
+        "pci-host-ecam-generic" => Kind::PciHost,
+        _ => return None,
+    })
 }
 
 impl Platform {
@@ -57,33 +79,45 @@ impl Platform {
         let Ok(fdt) = (unsafe { Fdt::from_ptr(dtb as *const u8) }) else {
             return platform;
         };
-        platform.uart = first_reg(&fdt, &["arm,pl011"]);
-        platform.fw_cfg = first_reg(&fdt, &["qemu,fw-cfg-mmio"]);
-        platform.bootargs = fdt.chosen().bootargs().unwrap_or("");
-        platform.psci = fdt.find_compatible(&["arm,psci-1.0", "arm,psci-0.2"]).and_then(|psci| {
-            match psci.property("method").and_then(|m| m.as_str()) {
-                Some("hvc") => Some(Conduit::Hvc),
-                Some("smc") => Some(Conduit::Smc),
-                _ => None,
+        // One walk over every node: each lookup of its own would walk the
+        // tree again, and the walk is most of what reading the tree costs.
+        for node in fdt.all_nodes() {
+            if node.name == "chosen" {
+                platform.bootargs = node.property("bootargs").and_then(|p| p.as_str()).unwrap_or("");
+                continue;
             }
-        });
-        if let Some(gic) = fdt.find_compatible(&["arm,cortex-a15-gic", "arm,gic-400", "arm,gic-v3"]) {
-            let v3 = gic.compatible().is_some_and(|c| c.all().any(|c| c == "arm,gic-v3"));
-            let mut regs = gic.reg().into_iter().flatten().map(|r| r.starting_address as usize);
-            if let (Some(a), Some(b)) = (regs.next(), regs.next()) {
-                platform.gic = Some(if v3 {
-                    Gic::V3 { distributor: a, redistributor: b }
-                } else {
-                    Gic::V2 { distributor: a, cpu: b }
-                });
+            let Some(kind) = node.compatible().and_then(|c| c.all().find_map(kind)) else {
+                continue;
+            };
+            match kind {
+                Kind::Uart if platform.uart.is_none() => platform.uart = first_reg(&node),
+                Kind::FwCfg if platform.fw_cfg.is_none() => platform.fw_cfg = first_reg(&node),
+                Kind::Psci if platform.psci.is_none() => {
+                    platform.psci = match node.property("method").and_then(|m| m.as_str()) {
+                        Some("hvc") => Some(Conduit::Hvc),
+                        Some("smc") => Some(Conduit::Smc),
+                        _ => None,
+                    }
+                }
+                Kind::Gic { v3 } if platform.gic.is_none() => {
+                    let mut regs = node.reg().into_iter().flatten().map(|r| r.starting_address as usize);
+                    if let (Some(a), Some(b)) = (regs.next(), regs.next()) {
+                        platform.gic = Some(if v3 {
+                            Gic::V3 { distributor: a, redistributor: b }
+                        } else {
+                            Gic::V2 { distributor: a, cpu: b }
+                        });
+                    }
+                }
+                Kind::PciHost if platform.pci.is_none() => {
+                    if let Some(ecam) = node.reg().and_then(|mut r| r.next()) {
+                        let buses = ecam.size.map_or(1, |size| (size as u64 >> 20).clamp(1, 256));
+                        let mem32 = node.property("ranges").and_then(|r| crate::pci::mem32_range(r.value));
+                        platform.pci = Some(PciHost { ecam: ecam.starting_address as usize, buses, mem32 });
+                    }
+                }
+                _ => {}
             }
-        }
-        if let Some(host) = fdt.find_compatible(&["pci-host-ecam-generic"])
-            && let Some(ecam) = host.reg().and_then(|mut r| r.next())
-        {
-            let buses = ecam.size.map_or(1, |size| (size as u64 >> 20).clamp(1, 256));
-            let mem32 = host.property("ranges").and_then(|r| crate::pci::mem32_range(r.value));
-            platform.pci = Some(PciHost { ecam: ecam.starting_address as usize, buses, mem32 });
         }
         platform
     }

@@ -272,9 +272,9 @@ impl Machine for Arm {
             }
             Action::Fault(Fault::DataAbort) => {
                 crate::say!(info, "causing fault:data-abort");
-                // SAFETY: a load from an address above every physical
-                // address the CPU has (with the MMU off: an address size
-                // fault, a data abort on purpose); the handler never returns.
+                // SAFETY: a load from an address nothing maps (the upper
+                // half, whose table walks are off: a translation fault, a
+                // data abort on purpose); the handler never returns.
                 unsafe {
                     core::arch::asm!("ldr x9, [{a}]", "udf #1", a = in(reg) 0xffff_ffff_ffff_f000u64, options(noreturn))
                 }

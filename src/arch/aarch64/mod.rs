@@ -1,8 +1,7 @@
 //! aarch64 (`virt`): the arm64 Image entry, the device tree, the PL011
 //! console, the generic timer, PSCI, semihosting, and the machine's
 //! devices as the agent sees them. Devices are found from the device tree;
-//! the MMU stays off (physical addresses, device memory everywhere, which
-//! the target's strict alignment makes safe for the compiler's code).
+//! addresses are physical (an identity map, see `boot`).
 
 mod boot;
 mod devicetree;
