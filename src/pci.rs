@@ -127,7 +127,8 @@ impl Bar {
 pub use hw::config::set_ecam;
 #[cfg(all(image, any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub use hw::{
-    BarError, find, has_ids, map_memory_bar, read8, read16, read32, set_memory_window, write8, write16, write32,
+    BarError, find, has_ids, last_bus_searched, map_memory_bar, read8, read16, read32, set_memory_window, write8,
+    write16, write32,
 };
 
 /// Bridge (type 1 header) registers.
@@ -199,7 +200,7 @@ pub fn mem32_range(ranges: &[u8]) -> Option<(u64, u64)> {
 #[cfg(all(image, any(target_arch = "x86_64", target_arch = "aarch64")))]
 mod hw {
     use super::*;
-    use core::sync::atomic::{AtomicU8, AtomicU16, AtomicU64, Ordering};
+    use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, Ordering};
 
     /// Configuration-space access, one way per architecture: ports
     /// 0xcf8/0xcfc on x86, the ECAM window from the device tree on aarch64.
@@ -454,6 +455,14 @@ mod hw {
         }
     }
 
+    /// A scan has run.
+    static SCANNED: AtomicBool = AtomicBool::new(false);
+
+    /// The highest bus number the scans reached (they start at 0), if one ran.
+    pub fn last_bus_searched() -> Option<u8> {
+        SCANNED.load(Ordering::Acquire).then(|| LAST_BUS.load(Ordering::Relaxed))
+    }
+
     /// Finds, in one scan of every bus, the first function with each
     /// (vendor, device) ID. Bridges are followed to their secondary buses;
     /// a bridge nobody numbered (the agent booted as the firmware, or with
@@ -461,6 +470,7 @@ mod hw {
     /// free bus numbers.
     pub fn find<const N: usize>(ids: [(u16, u16); N]) -> [Option<Bdf>; N] {
         let mut found = [None; N];
+        SCANNED.store(true, Ordering::Release);
         scan_bus(0, 0, &mut |bdf, v, d| {
             for (slot, id) in found.iter_mut().zip(ids) {
                 if slot.is_none() && id == (v, d) {

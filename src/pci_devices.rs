@@ -57,3 +57,14 @@ pub fn log_i6300esb(packed: Option<u64>) {
         None => defmt::info!("i6300esb: not present"),
     }
 }
+
+/// After a missing-device error: which PCI buses were searched.
+pub fn say_buses_searched() {
+    if let Some(last) = crate::pci::last_bus_searched() {
+        crate::say!(
+            error,
+            "PCI buses searched: 0 to {=u8} (behind every bridge, numbering those nobody numbered)",
+            last
+        );
+    }
+}

@@ -338,6 +338,9 @@ impl Machine for Arm {
     }
 
     fn fail(&mut self, why: ErrorExit) -> ! {
+        if why == ErrorExit::Device {
+            crate::pci_devices::say_buses_searched();
+        }
         inventory();
         fail(why)
     }

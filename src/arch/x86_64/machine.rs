@@ -477,6 +477,9 @@ impl Machine for X86 {
     }
 
     fn fail(&mut self, why: ErrorExit) -> ! {
+        if why == ErrorExit::Device {
+            crate::pci_devices::say_buses_searched();
+        }
         inventory();
         fail(DebugExit::probe(), why)
     }
