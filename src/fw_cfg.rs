@@ -36,6 +36,8 @@ pub const fn dma_read_control(key: Option<u16>) -> u32 {
 }
 /// The file a script is given in (`-fw_cfg name=opt/pvagent/script,string=...`).
 pub const SCRIPT_FILE: &str = "opt/pvagent/script";
+/// QEMU's SMBIOS structure table.
+pub const SMBIOS_TABLES_FILE: &str = "etc/smbios/smbios-tables";
 /// The file in which QEMU publishes the ISA pvpanic port.
 pub const PVPANIC_PORT_FILE: &str = "etc/pvpanic-port";
 

@@ -19,6 +19,7 @@ pub mod pci;
 pub mod pvpanic;
 pub mod s390_psw;
 pub mod script;
+pub mod smbios;
 pub mod text;
 pub mod watchdog;
 

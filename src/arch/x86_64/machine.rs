@@ -19,6 +19,7 @@ use crate::hyperv::{self, Probe, Unavailable};
 use crate::pci_devices::PciDevices;
 use crate::pvpanic::{self, PvDevice, PvEvent, Pvpanic};
 use crate::script::{Action, Fault};
+use crate::smbios;
 use crate::watchdog::{self, Ib700, Model, Watchdog, ib700};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use defmt::{info, warn};
@@ -31,6 +32,8 @@ pub struct X86 {
     script_file: Option<FileEntry>,
     /// `etc/pvpanic-port`: QEMU publishes it whenever pvpanic-isa exists.
     port_file: Option<FileEntry>,
+    /// `etc/smbios/smbios-tables`.
+    smbios_file: Option<FileEntry>,
     /// `None` until probed.
     pvpanic_isa: Option<Option<Pvpanic>>,
     /// `None` until PCI is scanned.
@@ -94,17 +97,37 @@ fn publish_pci(devices: &PciDevices) {
     I6300ESB.set(devices.packed_i6300esb());
 }
 
-/// The script file and the pvpanic port file of fw_cfg's directory.
-fn find_files(fw: &mut FwCfg) -> (Option<FileEntry>, Option<FileEntry>) {
-    let (mut script, mut port) = (None, None);
+/// The files of fw_cfg's directory the agent reads.
+#[derive(Clone, Copy, Default)]
+struct Files {
+    script: Option<FileEntry>,
+    /// The pvpanic-isa port.
+    port: Option<FileEntry>,
+    /// QEMU's SMBIOS structure table (what firmware copies into memory).
+    smbios: Option<FileEntry>,
+}
+
+fn find_files(fw: &mut FwCfg) -> Files {
+    let mut files = Files::default();
     fw.for_each_file(|file| {
         if file.is(fw_cfg::SCRIPT_FILE) {
-            script = Some(*file);
+            files.script = Some(*file);
         } else if file.is(fw_cfg::PVPANIC_PORT_FILE) {
-            port = Some(*file);
+            files.port = Some(*file);
+        } else if file.is(fw_cfg::SMBIOS_TABLES_FILE) {
+            files.smbios = Some(*file);
         }
     });
-    (script, port)
+    files
+}
+
+/// Copies `script` into `buf`; returns its whole length (more than the
+/// buffer: it did not fit).
+fn copy_script(script: &[u8], buf: &mut [u8]) -> usize {
+    for (to, &from) in buf.iter_mut().zip(script) {
+        *to = from;
+    }
+    script.len()
 }
 
 /// Probes pvpanic-isa at the port QEMU published in fw_cfg (none: no
@@ -150,7 +173,7 @@ fn inventory() -> [Option<Pvpanic>; 2] {
         Some(state) => state,
         None => {
             let mut fw = FwCfg::probe();
-            let script = fw.as_mut().and_then(|fw| find_files(fw).0);
+            let script = fw.as_mut().and_then(|fw| find_files(fw).script);
             publish_fw_cfg(fw.as_ref(), script.is_some());
             FW_CFG.get().flatten()
         }
@@ -159,7 +182,7 @@ fn inventory() -> [Option<Pvpanic>; 2] {
         Some(packed) => packed.and_then(Pvpanic::from_raw),
         None => {
             let mut fw = FwCfg::probe();
-            let port_file = fw.as_mut().and_then(|fw| find_files(fw).1);
+            let port_file = fw.as_mut().and_then(|fw| find_files(fw).port);
             probe_pvpanic_isa(fw.as_mut(), port_file)
         }
     };
@@ -212,13 +235,14 @@ impl X86 {
         interrupts::init(interrupts::Handlers { nmi: on_nmi, sci: super::acpi::on_sci, exception: on_exception });
         super::apic::init();
         let mut fw_cfg = FwCfg::probe();
-        let (script_file, port_file) = fw_cfg.as_mut().map_or((None, None), find_files);
-        publish_fw_cfg(fw_cfg.as_ref(), script_file.is_some());
+        let files = fw_cfg.as_mut().map(find_files).unwrap_or_default();
+        publish_fw_cfg(fw_cfg.as_ref(), files.script.is_some());
         X86 {
             boot,
             fw_cfg,
-            script_file,
-            port_file,
+            script_file: files.script,
+            port_file: files.port,
+            smbios_file: files.smbios,
             pvpanic_isa: None,
             pci: None,
             ib700: Ib700::new(ib700::IsaPorts),
@@ -317,6 +341,34 @@ impl X86 {
     }
 }
 
+impl X86 {
+    /// The script of an SMBIOS OEM string (type 11, `pvagent:script=…`):
+    /// from the tables a firmware (SeaBIOS, qboot) left in memory, found by
+    /// their entry point in 0xf0000–0xfffff; else (the agent as the
+    /// firmware: nobody built them) from fw_cfg's copy.
+    fn smbios_script(&mut self, buf: &mut [u8]) -> Option<(&'static str, usize)> {
+        if let Boot::Pvh(_) = self.boot {
+            // SAFETY: the legacy BIOS area, RAM below 1 MiB that the
+            // firmware filled (identity mapped); only read.
+            let area = unsafe { core::slice::from_raw_parts(0xf_0000 as *const u8, 0x1_0000) };
+            if let Some(table) = smbios::find_entry_point(area)
+                && table.address.saturating_add(u64::from(table.len)) <= crate::pci::IDENTITY_MAP_END
+            {
+                // SAFETY: the structure table the entry point names, inside
+                // the identity map (checked), which the firmware filled; only read.
+                let bytes = unsafe { core::slice::from_raw_parts(table.address as *const u8, table.len as usize) };
+                return smbios::script(bytes)
+                    .map(|s| ("an SMBIOS OEM string (the firmware's tables)", copy_script(s, buf)));
+            }
+        }
+        let (fw, file) = (self.fw_cfg.as_mut()?, self.smbios_file?);
+        let mut table = [0u8; 4096];
+        let n = fw.read_file(&file, &mut table);
+        smbios::script(table.get(..n).unwrap_or_default())
+            .map(|s| ("an SMBIOS OEM string (fw_cfg etc/smbios/smbios-tables)", copy_script(s, buf)))
+    }
+}
+
 impl Machine for X86 {
     const ARCH: Arch = Arch::X86_64;
     const DESCRIPTION: &'static str = "x86_64";
@@ -339,17 +391,19 @@ impl Machine for X86 {
         inventory();
     }
 
-    /// fw_cfg `opt/pvagent/script` first, else the PVH command line.
+    /// fw_cfg `opt/pvagent/script` first, then an SMBIOS OEM string
+    /// `pvagent:script=…`, then the PVH command line.
     fn load_script(&mut self, buf: &mut [u8]) -> (&'static str, usize) {
-        match (&mut self.fw_cfg, self.script_file) {
-            (Some(fw), Some(file)) => {
-                let len = fw.read_file(&file, buf);
-                ("fw_cfg opt/pvagent/script", (file.size as usize).max(len))
-            }
-            _ => match self.boot {
-                Boot::Pvh(info) => ("the command line", info.copy_cmdline(buf)),
-                Boot::Firmware | Boot::Unknown => ("fw_cfg (no command line without PVH)", 0),
-            },
+        if let (Some(fw), Some(file)) = (&mut self.fw_cfg, self.script_file) {
+            let len = fw.read_file(&file, buf);
+            return ("fw_cfg opt/pvagent/script", (file.size as usize).max(len));
+        }
+        if let Some((source, len)) = self.smbios_script(buf) {
+            return (source, len);
+        }
+        match self.boot {
+            Boot::Pvh(info) => ("the command line", info.copy_cmdline(buf)),
+            Boot::Firmware | Boot::Unknown => ("fw_cfg or SMBIOS (no command line without PVH)", 0),
         }
     }
 
