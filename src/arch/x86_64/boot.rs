@@ -142,8 +142,11 @@ pvh_long_mode:
     jmp 3b
     .popsection
 
-    /* Firmware boot: the reset vector jumps here in real mode, CS base
-       0xffff0000. Position-independent: it finds itself with call/pop. */
+    /* Firmware boot: the reset vector jumps here in real mode. Disk boot:
+       the boot sector (below) loaded the ROM's 64 KiB at 0x10000 and
+       jumps here with CS = 0x1000. Position-independent: it finds itself
+       with call/pop and CS * 16 (at the reset vector CS is 0xf000, whose
+       0xf0000 aliases the ROM's last 64 KiB). */
     .pushsection .text.boot.rom, "ax"
     .code16
     .global pvagent_rom_entry
@@ -158,11 +161,19 @@ pvagent_rom_entry:
     movw %ax, %ds
     movw %ax, %ss
     movw $0x7000, %sp
+    movw %cs, %dx
+    movzwl %dx, %edx
+    shll $4, %edx               /* the CS segment's base */
     calll pvagent_rom_here
 pvagent_rom_here:
     popl %ebx                   /* its offset in the CS segment */
     movzwl %bx, %ebx
-    addl $0xffff0000, %ebx      /* its linear address */
+    addl %edx, %ebx             /* its linear address */
+    movl $1, %ebp               /* EBX for pvh_start: 1 firmware, 2 disk */
+    cmpl $0xf0000, %edx
+    je 1f
+    movl $2, %ebp
+1:
     leal (pvagent_rom_gdt - pvagent_rom_here)(%ebx), %eax
     pushl %eax
     pushw $(pvagent_rom_gdt_end - pvagent_rom_gdt - 1)
@@ -193,7 +204,7 @@ pvagent_rom_32:
     sub $__image_start, %ecx
     shr $2, %ecx
     rep movsl
-    mov $1, %ebx
+    mov %ebp, %ebx
     mov $pvh_start, %eax
     jmp *%eax
 
@@ -203,6 +214,57 @@ pvagent_rom_gdt:
     .quad 0x00cf9a000000ffff    /* 32-bit flat code */
     .quad 0x00cf92000000ffff    /* flat data */
 pvagent_rom_gdt_end:
+    .code64
+    .popsection
+
+    /* The disk's boot sector (a legacy BIOS boots it at 0x7c00, DL = the
+       drive): reads the ROM's 64 KiB (the disk's sectors `lba` on, 128 of
+       them, 32 at a time) to 0x10000 with INT 13h's extended read, and
+       jumps to the ROM entry at 0x1000:`entry`. Not part of the image: a
+       section of its own that `cargo xtask image` copies to sector 0,
+       filling `lba` and `entry` (at fixed offsets, see the xtask) and the
+       partition table. On a read error it writes a line to COM1 and halts. */
+    .pushsection .pvagent_mbr, "", @progbits
+    .code16
+pvagent_mbr:
+    cli
+    xorw %ax, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movw $0x7c00, %sp
+    sti
+    movw $4, %cx                /* 4 reads of 32 sectors: 64 KiB */
+2:  movw $(0x7c00 + pvagent_mbr_dap - pvagent_mbr), %si
+    movb $0x42, %ah
+    int $0x13
+    jc 3f
+    addw $0x400, (0x7c00 + pvagent_mbr_dap - pvagent_mbr + 6)   /* segment += 16 KiB */
+    addl $32, (0x7c00 + pvagent_mbr_dap - pvagent_mbr + 8)      /* lba += 32 */
+    loop 2b
+    cli
+    ljmp *(0x7c00 + pvagent_mbr_entry - pvagent_mbr)
+3:  movw $(0x7c00 + pvagent_mbr_error - pvagent_mbr), %si
+    movw $0x3f8, %dx
+4:  lodsb
+    testb %al, %al
+    jz 5f
+    outb %al, %dx
+    jmp 4b
+5:  cli
+    hlt
+    jmp 5b
+pvagent_mbr_error:
+    .asciz "pvagent: error: the boot sector could not read the agent from the disk (INT 13h)\r\n"
+    .org 0x180
+pvagent_mbr_dap:
+    .byte 0x10, 0               /* size, reserved */
+    .word 32                    /* sectors */
+    .word 0, 0x1000             /* buffer 0x1000:0000 */
+    .quad 0                     /* lba: filled by the xtask */
+pvagent_mbr_entry:
+    .word 0, 0x1000             /* entry offset (filled by the xtask), segment */
+    .org 0x1b8
     .code64
     .popsection
 

@@ -347,7 +347,7 @@ impl X86 {
     /// their entry point in 0xf0000–0xfffff; else (the agent as the
     /// firmware: nobody built them) from fw_cfg's copy.
     fn smbios_script(&mut self, buf: &mut [u8]) -> Option<(&'static str, usize)> {
-        if let Boot::Pvh(_) = self.boot {
+        if let Boot::Pvh(_) | Boot::Disk = self.boot {
             // SAFETY: the legacy BIOS area, RAM below 1 MiB that the
             // firmware filled (identity mapped); only read.
             let area = unsafe { core::slice::from_raw_parts(0xf_0000 as *const u8, 0x1_0000) };
@@ -383,6 +383,7 @@ impl Machine for X86 {
         match self.boot {
             Boot::Pvh(_) => info!("booted through PVH (-kernel)"),
             Boot::Firmware => info!("booted as the firmware (-bios): no command line, scripts come through fw_cfg"),
+            Boot::Disk => info!("booted from a disk by the BIOS (the image's boot sector): no command line"),
             Boot::Unknown => warn!("no valid PVH start info: no command line"),
         }
     }
@@ -403,7 +404,7 @@ impl Machine for X86 {
         }
         match self.boot {
             Boot::Pvh(info) => ("the command line", info.copy_cmdline(buf)),
-            Boot::Firmware | Boot::Unknown => ("fw_cfg or SMBIOS (no command line without PVH)", 0),
+            Boot::Firmware | Boot::Disk | Boot::Unknown => ("fw_cfg or SMBIOS (no command line without PVH)", 0),
         }
     }
 

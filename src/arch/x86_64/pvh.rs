@@ -10,16 +10,20 @@ pub enum Boot {
     Pvh(BootInfo),
     /// As the firmware itself (`-bios`): no start info, no command line.
     Firmware,
+    /// From a disk by a legacy BIOS (the image's boot sector): no start
+    /// info, no command line.
+    Disk,
     /// EBX held no valid start info.
     Unknown,
 }
 
 impl Boot {
-    /// The value the entry stubs leave in EBX: the start info's address, or
-    /// 1 for a firmware boot.
+    /// The value the entry stubs leave in EBX: the start info's address, 1
+    /// for a firmware boot, 2 for a disk boot.
     pub fn from_ebx(ebx: u32) -> Self {
         match ebx {
             1 => Boot::Firmware,
+            2 => Boot::Disk,
             paddr => BootInfo::from_start_info(paddr).map_or(Boot::Unknown, Boot::Pvh),
         }
     }
