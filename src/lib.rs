@@ -10,6 +10,7 @@
 //!   `unsafe` lives there only.
 #![cfg_attr(not(test), no_std)]
 
+pub mod baked;
 pub mod boot_count;
 pub mod clock;
 pub mod exit;

@@ -393,7 +393,8 @@ impl Machine for X86 {
     }
 
     /// fw_cfg `opt/pvagent/script` first, then an SMBIOS OEM string
-    /// `pvagent:script=…`, then the PVH command line.
+    /// `pvagent:script=…`, then a script baked into the image, then the
+    /// PVH command line.
     fn load_script(&mut self, buf: &mut [u8]) -> (&'static str, usize) {
         if let (Some(fw), Some(file)) = (&mut self.fw_cfg, self.script_file) {
             let len = fw.read_file(&file, buf);
@@ -401,6 +402,10 @@ impl Machine for X86 {
         }
         if let Some((source, len)) = self.smbios_script(buf) {
             return (source, len);
+        }
+        if let Some((len, script)) = crate::baked::script() {
+            copy_script(script, buf);
+            return ("the image (cargo xtask image --script)", len);
         }
         match self.boot {
             Boot::Pvh(info) => ("the command line", info.copy_cmdline(buf)),
