@@ -37,14 +37,11 @@ global_asm!(
 
 global_asm!(
     r#"
-    .pushsection .text.boot, "ax"
-    .code32
-    .global pvh_start
-pvh_start:
-    cli
-    cld
-    mov %ebx, %esi
-
+    /* The agent's own tables, built the same way from 32-bit protected
+       mode (PVH, firmware, disk) and from 64-bit long mode (UEFI): the
+       instructions below mean the same in both (zero-extending moves,
+       32-bit addresses). Uses EAX, EBX, ECX, EDX, EDI. */
+    .macro PVAGENT_TABLES
     /* Zero .bss (the page tables live there), four bytes at a time:
        each iteration of a string instruction costs TCG the same. */
     mov $__bss_start, %edi
@@ -108,6 +105,18 @@ pvh_start:
     or $0x8900, %edx
     mov %edx, boot_gdt_tss + 4
 
+    .endm
+
+    .pushsection .text.boot, "ax"
+    .code32
+    .global pvh_start
+pvh_start:
+    cli
+    cld
+    mov %ebx, %esi
+
+    PVAGENT_TABLES
+
     /* PAE, page tables, EFER.LME, then paging: long mode. */
     mov %cr4, %eax
     or $0x20, %eax
@@ -137,9 +146,44 @@ pvh_long_mode:
     ltr %ax
     mov $__stack_top, %rsp
     mov %esi, %edi
+    xor %esi, %esi
     call pvagent_main
 3:  hlt
     jmp 3b
+
+    /* UEFI boot: the loader (uefi-boot/) copied the image to where it is
+       linked, left boot services, and jumps here in long mode, interrupts
+       off, on its own stack, with RDI = the SMBIOS entry point's address
+       (0: none). The firmware's identity map covers this code, the
+       agent's too: switching CR3 is seamless. */
+    .code64
+    .global pvagent_entry64
+pvagent_entry64:
+    cli
+    cld
+    mov %rdi, %r15
+    PVAGENT_TABLES
+    mov $boot_pml4, %eax
+    mov %rax, %cr3
+    lgdt boot_gdt_ptr64
+    push $0x08
+    lea 4f(%rip), %rax
+    push %rax
+    lretq
+4:  mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %ax, %fs
+    mov %ax, %gs
+    mov $0x18, %ax
+    ltr %ax
+    mov $__stack_top, %rsp
+    mov $3, %edi                /* start_info 3: booted by UEFI */
+    mov %r15, %rsi
+    call pvagent_main
+5:  hlt
+    jmp 5b
     .popsection
 
     /* Firmware boot: the reset vector jumps here in real mode. Disk boot:
@@ -281,6 +325,9 @@ boot_gdt_end:
 boot_gdt_ptr:
     .word boot_gdt_end - boot_gdt - 1
     .long boot_gdt
+boot_gdt_ptr64:
+    .word boot_gdt_end - boot_gdt - 1
+    .quad boot_gdt
     /* The 64-bit TSS: only IST 1 is used (the double fault's stack, see
        interrupts.rs); no I/O bitmap (its offset is the TSS's size). */
     .balign 16

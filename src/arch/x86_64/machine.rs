@@ -343,23 +343,33 @@ impl X86 {
 
 impl X86 {
     /// The script of an SMBIOS OEM string (type 11, `pvagent:script=…`):
-    /// from the tables a firmware (SeaBIOS, qboot) left in memory, found by
-    /// their entry point in 0xf0000–0xfffff; else (the agent as the
-    /// firmware: nobody built them) from fw_cfg's copy.
+    /// from the tables a firmware left in memory, found by their entry
+    /// point (SeaBIOS, qboot: in 0xf0000–0xfffff; UEFI: its configuration
+    /// table, which the loader passed on); else (the agent as the firmware:
+    /// nobody built them) from fw_cfg's copy.
     fn smbios_script(&mut self, buf: &mut [u8]) -> Option<(&'static str, usize)> {
-        if let Boot::Pvh(_) | Boot::Disk = self.boot {
-            // SAFETY: the legacy BIOS area, RAM below 1 MiB that the
-            // firmware filled (identity mapped); only read.
-            let area = unsafe { core::slice::from_raw_parts(0xf_0000 as *const u8, 0x1_0000) };
-            if let Some(table) = smbios::find_entry_point(area)
-                && table.address.saturating_add(u64::from(table.len)) <= crate::pci::IDENTITY_MAP_END
-            {
-                // SAFETY: the structure table the entry point names, inside
-                // the identity map (checked), which the firmware filled; only read.
-                let bytes = unsafe { core::slice::from_raw_parts(table.address as *const u8, table.len as usize) };
-                return smbios::script(bytes)
-                    .map(|s| ("an SMBIOS OEM string (the firmware's tables)", copy_script(s, buf)));
+        let table = match self.boot {
+            Boot::Pvh(_) | Boot::Disk => {
+                // SAFETY: the legacy BIOS area, RAM below 1 MiB that the
+                // firmware filled (identity mapped); only read.
+                let area = unsafe { core::slice::from_raw_parts(0xf_0000 as *const u8, 0x1_0000) };
+                smbios::find_entry_point(area)
             }
+            Boot::Uefi { smbios } if smbios != 0 && smbios < crate::pci::IDENTITY_MAP_END - 32 => {
+                // SAFETY: the entry point UEFI's configuration table named
+                // (the loader passed its address), identity mapped; only read.
+                smbios::entry_point(unsafe { core::slice::from_raw_parts(smbios as *const u8, 32) })
+            }
+            _ => None,
+        };
+        if let Some(table) = table
+            && table.address.saturating_add(u64::from(table.len)) <= crate::pci::IDENTITY_MAP_END
+        {
+            // SAFETY: the structure table the entry point names, inside the
+            // identity map (checked), which the firmware filled; only read.
+            let bytes = unsafe { core::slice::from_raw_parts(table.address as *const u8, table.len as usize) };
+            return smbios::script(bytes)
+                .map(|s| ("an SMBIOS OEM string (the firmware's tables)", copy_script(s, buf)));
         }
         let (fw, file) = (self.fw_cfg.as_mut()?, self.smbios_file?);
         let mut table = [0u8; 4096];
@@ -384,6 +394,9 @@ impl Machine for X86 {
             Boot::Pvh(_) => info!("booted through PVH (-kernel)"),
             Boot::Firmware => info!("booted as the firmware (-bios): no command line, scripts come through fw_cfg"),
             Boot::Disk => info!("booted from a disk by the BIOS (the image's boot sector): no command line"),
+            Boot::Uefi { smbios } => {
+                info!("booted by UEFI (\\EFI\\BOOT\\BOOTX64.EFI), SMBIOS entry point at {=u64:#x}", smbios)
+            }
             Boot::Unknown => warn!("no valid PVH start info: no command line"),
         }
     }
@@ -409,7 +422,9 @@ impl Machine for X86 {
         }
         match self.boot {
             Boot::Pvh(info) => ("the command line", info.copy_cmdline(buf)),
-            Boot::Firmware | Boot::Disk | Boot::Unknown => ("fw_cfg or SMBIOS (no command line without PVH)", 0),
+            Boot::Firmware | Boot::Disk | Boot::Uefi { .. } | Boot::Unknown => {
+                ("fw_cfg, SMBIOS or the image (no command line without PVH)", 0)
+            }
         }
     }
 

@@ -19,8 +19,8 @@ pub use serial::Serial as Console;
 /// Called by the boot stub, in long mode, on the agent's own stack, with
 /// what the entry left in EBX (see `pvh::Boot`).
 #[unsafe(no_mangle)]
-extern "C" fn pvagent_main(start_info: u32) -> ! {
-    let boot = pvh::Boot::from_ebx(start_info);
+extern "C" fn pvagent_main(start_info: u32, smbios: u64) -> ! {
+    let boot = pvh::Boot::from_entry(start_info, smbios);
     crate::log::init();
     crate::agent::run(&mut machine::X86::new(boot))
 }

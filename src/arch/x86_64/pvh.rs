@@ -13,17 +13,22 @@ pub enum Boot {
     /// From a disk by a legacy BIOS (the image's boot sector): no start
     /// info, no command line.
     Disk,
+    /// By UEFI (the loader `\EFI\BOOT\BOOTX64.EFI`), which found the
+    /// SMBIOS entry point at this address (0: none).
+    Uefi { smbios: u64 },
     /// EBX held no valid start info.
     Unknown,
 }
 
 impl Boot {
-    /// The value the entry stubs leave in EBX: the start info's address, 1
-    /// for a firmware boot, 2 for a disk boot.
-    pub fn from_ebx(ebx: u32) -> Self {
+    /// What the entry stubs pass: the start info's address (EBX at the PVH
+    /// entry), 1 for a firmware boot, 2 for a disk boot, 3 for UEFI (with
+    /// the SMBIOS entry point's address).
+    pub fn from_entry(ebx: u32, smbios: u64) -> Self {
         match ebx {
             1 => Boot::Firmware,
             2 => Boot::Disk,
+            3 => Boot::Uefi { smbios },
             paddr => BootInfo::from_start_info(paddr).map_or(Boot::Unknown, Boot::Pvh),
         }
     }
