@@ -1,9 +1,9 @@
 //! The PCI devices the agent uses (pvpanic-pci, i6300esb), found in one
 //! scan on every architecture with PCI (x86_64 and aarch64).
 
-use crate::agent::yes_no;
+use crate::agent::{DeviceError, yes_no};
 use crate::pci::Bdf;
-use crate::pvpanic::{self, Pvpanic};
+use crate::pvpanic::{self, PvEvent, Pvpanic};
 use crate::watchdog::{I6300Esb, i6300esb};
 
 /// What one scan of PCI found.
@@ -66,5 +66,20 @@ pub fn say_buses_searched() {
             "PCI buses searched: 0 to {=u8} (behind every bridge, numbering those nobody numbered)",
             last
         );
+    }
+}
+
+/// `device`, if it advertises `event` (the check both architectures with
+/// pvpanic make before any step runs).
+pub fn advertising(device: Pvpanic, event: PvEvent) -> Result<Pvpanic, DeviceError> {
+    if pvpanic::advertises(device.events(), event) {
+        Ok(device)
+    } else {
+        Err(DeviceError::NotAdvertised {
+            device: device.name(),
+            address: device.address(),
+            events: device.events(),
+            event,
+        })
     }
 }

@@ -95,15 +95,7 @@ impl Arm {
             PvDevice::Isa => None,
         }
         .ok_or(DeviceError::NoPvpanic(which))?;
-        if !pvpanic::advertises(device.events(), event) {
-            return Err(DeviceError::NotAdvertised {
-                device: device.name(),
-                address: device.address(),
-                events: device.events(),
-                event,
-            });
-        }
-        Ok(device)
+        crate::pci_devices::advertising(device, event)
     }
 
     fn need_watchdog(&mut self, model: Model) -> Result<(), DeviceError> {

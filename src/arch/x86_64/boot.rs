@@ -136,6 +136,11 @@ pvh_start:
 
     .code64
 pvh_long_mode:
+    xor %r15d, %r15d            /* no SMBIOS entry point to pass on */
+    /* Both entries (PVH/firmware/disk above, UEFI below) end here, in
+       long mode on the agent's tables and GDT, ESI = start_info, R15 =
+       the SMBIOS entry point's address. */
+pvagent_long_mode:
     mov $0x10, %ax
     mov %ax, %ds
     mov %ax, %es
@@ -146,7 +151,7 @@ pvh_long_mode:
     ltr %ax
     mov $__stack_top, %rsp
     mov %esi, %edi
-    xor %esi, %esi
+    mov %r15, %rsi
     call pvagent_main
 3:  hlt
     jmp 3b
@@ -166,24 +171,11 @@ pvagent_entry64:
     mov $boot_pml4, %eax
     mov %rax, %cr3
     lgdt boot_gdt_ptr64
+    mov $3, %esi                /* start_info 3: booted by UEFI */
     push $0x08
-    lea 4f(%rip), %rax
+    lea pvagent_long_mode(%rip), %rax
     push %rax
     lretq
-4:  mov $0x10, %ax
-    mov %ax, %ds
-    mov %ax, %es
-    mov %ax, %ss
-    mov %ax, %fs
-    mov %ax, %gs
-    mov $0x18, %ax
-    ltr %ax
-    mov $__stack_top, %rsp
-    mov $3, %edi                /* start_info 3: booted by UEFI */
-    mov %r15, %rsi
-    call pvagent_main
-5:  hlt
-    jmp 5b
     .popsection
 
     /* Firmware boot: the reset vector jumps here in real mode. Disk boot:

@@ -274,15 +274,7 @@ impl X86 {
 
     fn pvpanic_with(&mut self, which: PvDevice, event: PvEvent) -> Result<Pvpanic, DeviceError> {
         let device = self.pvpanic(which).ok_or(DeviceError::NoPvpanic(which))?;
-        if !pvpanic::advertises(device.events(), event) {
-            return Err(DeviceError::NotAdvertised {
-                device: device.name(),
-                address: device.address(),
-                events: device.events(),
-                event,
-            });
-        }
-        Ok(device)
+        crate::pci_devices::advertising(device, event)
     }
 
     /// The watchdog a step uses is there.
