@@ -166,16 +166,17 @@ impl Machine for Arm {
 
     fn log_start(&mut self) {
         let p = &self.platform;
-        info!("booted as an arm64 Image (-kernel), device tree at {=u64:#x}", p.dtb as u64);
+        crate::say!(info, "booted as an arm64 Image (-kernel), device tree at {=u64:#x}", p.dtb as u64);
         match p.pci {
-            Some(host) => info!(
+            Some(host) => crate::say!(
+                info,
                 "PCIe host bridge: ECAM at {=u64:#x} ({=u64} buses), 32-bit window {=u64:#x}..{=u64:#x}",
                 host.ecam as u64,
                 host.buses,
                 host.mem32.map_or(0, |w| w.0),
                 host.mem32.map_or(0, |w| w.1)
             ),
-            None => warn!("no PCIe host bridge in the device tree"),
+            None => crate::say!(warn, "no PCIe host bridge in the device tree"),
         }
     }
 

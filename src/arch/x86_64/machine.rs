@@ -383,13 +383,17 @@ impl Machine for X86 {
 
     fn log_start(&mut self) {
         match self.boot {
-            Boot::Pvh(_) => info!("booted through PVH (-kernel)"),
-            Boot::Firmware => info!("booted as the firmware (-bios): no command line, scripts come through fw_cfg"),
-            Boot::Disk => info!("booted from a disk by the BIOS (the image's boot sector): no command line"),
-            Boot::Uefi { smbios } => {
-                info!("booted by UEFI (\\EFI\\BOOT\\BOOTX64.EFI), SMBIOS entry point at {=u64:#x}", smbios)
+            Boot::Pvh(_) => crate::say!(info, "booted through PVH (-kernel)"),
+            Boot::Firmware => {
+                crate::say!(info, "booted as the firmware (-bios): no command line, scripts come through fw_cfg")
             }
-            Boot::Unknown => warn!("no valid PVH start info: no command line"),
+            Boot::Disk => {
+                crate::say!(info, "booted from a disk by the BIOS (the image's boot sector): no command line")
+            }
+            Boot::Uefi { smbios } => {
+                crate::say!(info, "booted by UEFI (\\EFI\\BOOT\\BOOTX64.EFI), SMBIOS entry point at {=u64:#x}", smbios)
+            }
+            Boot::Unknown => crate::say!(warn, "no valid PVH start info: no command line"),
         }
     }
 
