@@ -20,6 +20,7 @@ pub mod fuzz;
 pub mod guest_timing;
 pub mod images;
 pub mod launch;
+pub mod libvirt;
 pub mod matcher;
 pub mod nested;
 pub mod qemu;

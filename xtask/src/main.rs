@@ -71,7 +71,14 @@ enum Cmd {
         #[arg(last = true)]
         libtest_args: Vec<String>,
     },
-    /// Only set up prerequisites (Rust targets, QEMU ≥ 9.1)
+    /// Write a libvirt domain XML that boots the agent (the generator of the libvirt boards' rows)
+    #[command(
+        after_help = "Examples:\n  cargo xtask libvirt-xml --script 'pvpanic.panicked' --device pvpanic-pci --on-crash preserve > \
+            pvagent.xml\n  virsh create pvagent.xml\n  cargo xtask libvirt-xml --board libvirt-pc --device ib700 \
+            --watchdog-action shutdown --script 'ib700.arm:2s; sleep:10s'"
+    )]
+    LibvirtXml(LibvirtXmlArgs),
+    /// Only set up prerequisites (Rust targets, QEMU ≥ 9.1, libvirt for the libvirt boards)
     Setup {
         /// Only the QEMU of these boards [default: all]
         #[arg(long = "board", value_name = "BOARD")]
@@ -130,6 +137,46 @@ struct QemuRunArgs {
     timeout: std::time::Duration,
 }
 
+#[derive(clap::Args)]
+struct LibvirtXmlArgs {
+    /// A libvirt board (boards/libvirt-*.toml): machine, memory, how the agent boots
+    #[arg(long, default_value = "libvirt-q35")]
+    board: String,
+    /// The agent's script (fw_cfg on x86_64, <cmdline> on s390x)
+    #[arg(long)]
+    script: Option<String>,
+    /// How the script is delivered [default: the board's]
+    #[arg(long, value_enum, requires = "script")]
+    script_via: Option<Via>,
+    /// Add a device (repeatable): pvpanic, pvpanic-pci, i6300esb, ib700 (i440FX only), diag288 (s390x)
+    #[arg(long = "device", value_name = "DEVICE")]
+    devices: Vec<String>,
+    /// The watchdogs' action: reset, shutdown, poweroff, pause, none, dump, inject-nmi [default: libvirt's, reset]
+    #[arg(long)]
+    watchdog_action: Option<String>,
+    /// <on_crash>: destroy, restart, preserve, rename-restart, coredump-destroy, coredump-restart
+    #[arg(long)]
+    on_crash: Option<String>,
+    /// <on_poweroff>: destroy, restart, preserve, rename-restart
+    #[arg(long)]
+    on_poweroff: Option<String>,
+    /// <on_reboot>: destroy, restart, preserve, rename-restart
+    #[arg(long)]
+    on_reboot: Option<String>,
+    /// The domain's name
+    #[arg(long, default_value = "pvagent")]
+    name: String,
+    /// Where the console's log goes (made absolute) [default: ./<name>-console.log]
+    #[arg(long, value_name = "PATH")]
+    console_log: Option<PathBuf>,
+    /// The agent's ELF (x86_64 or s390x; a ROM is made from it for a firmware board) [default: built]
+    #[arg(long, value_name = "PATH")]
+    image: Option<PathBuf>,
+    /// Write the XML to FILE instead of stdout
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ClockArg {
     Real,
@@ -158,13 +205,16 @@ fn parse_dur(s: &str) -> Result<std::time::Duration, String> {
 fn main() -> ExitCode {
     xtask::qemu::install_signal_handlers();
     let cli = Cli::parse();
-    match run(cli) {
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The libvirt daemons this process started, if any.
+    xtask::libvirt::daemons::stop();
+    code
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -200,6 +250,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::LibvirtXml(args) => libvirt_xml(&root, args),
         Cmd::Decode { serial, elf, any_build } => {
             let elf = elf.unwrap_or_else(|| images::decoding_image(&root, &serial));
             let lines = xtask::defmt_log::decode_command(&serial, &elf, any_build)?;
@@ -346,6 +397,109 @@ fn table_run(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
     Ok(if failed > 0 || passed == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
+fn libvirt_xml(root: &std::path::Path, args: LibvirtXmlArgs) -> Result<ExitCode> {
+    use xtask::libvirt::{self, xml};
+    let boards = xtask::config::load_boards(&root.join("boards"), root).map_err(anyhow::Error::msg)?;
+    let board = boards.iter().find(|b| b.name == args.board).with_context(|| {
+        format!(
+            "unknown board `{}` (libvirt boards: {})",
+            args.board,
+            boards
+                .iter()
+                .filter(|b| b.launch.kind == xtask::config::BoardKind::Libvirt)
+                .map(|b| b.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    if board.launch.kind != xtask::config::BoardKind::Libvirt {
+        bail!("board {} is not a libvirt board (kind = \"libvirt\")", board.name);
+    }
+    let settings = xml::Settings {
+        devices: args
+            .devices
+            .iter()
+            .map(|d| xml::Device::parse(d))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?,
+        watchdog_action: args.watchdog_action,
+        on_crash: args.on_crash,
+        on_poweroff: args.on_poweroff,
+        on_reboot: args.on_reboot,
+    };
+    if let Some(p) = settings.problem(board.arch, &board.machine) {
+        bail!("board {}: {p}", board.name);
+    }
+    let via = match args.script_via {
+        None => board.script_via,
+        Some(Via::FwCfg) => ScriptVia::FwCfg,
+        Some(Via::Append) => ScriptVia::Append,
+    };
+    if let Some(problem) = board.script_via_problem(via) {
+        bail!("board {} cannot take a script through {}: {problem}", board.name, via.name());
+    }
+    let elf = match args.image {
+        Some(p) => std::path::absolute(util::image_file(p).map_err(anyhow::Error::msg)?)?,
+        None => {
+            let built = images::build(root, &images::arches([board])?)?;
+            built.get(&board.arch).cloned().context("no image built")?
+        }
+    };
+    let boot = match board.boot {
+        xtask::config::Boot::Kernel => xml::Boot::Kernel(elf.clone()),
+        xtask::config::Boot::Firmware => {
+            let rom = elf.with_extension("rom");
+            images::write_rom(&elf, &rom)?;
+            xml::Boot::Rom(rom)
+        }
+    };
+    let script = match args.script.filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => {
+            if let Some(p) = xml::text_problem(&text) {
+                bail!("{p}");
+            }
+            Some(match via {
+                ScriptVia::Append => xml::ScriptIn::Cmdline(text),
+                _ => {
+                    // Whether libvirt escapes commas, from the libvirt installed here.
+                    let commas = libvirt::daemons::ensure()
+                        .and_then(|_| libvirt::fw_cfg_commas())
+                        .map_err(|e| anyhow::anyhow!("cannot ask libvirt how it writes fw_cfg strings: {e}"))?;
+                    if commas == libvirt::Commas::Double && text.contains(',') {
+                        let (lib, _) = libvirt::versions().unwrap_or_default();
+                        eprintln!(
+                            "note: libvirt {lib} copies the fw_cfg entry into -fw_cfg …,string= without escaping \
+                             commas: the XML carries them doubled (,,)"
+                        );
+                    }
+                    xml::ScriptIn::FwCfg(text, commas)
+                }
+            })
+        }
+    };
+    let console_log =
+        std::path::absolute(args.console_log.unwrap_or_else(|| format!("{}-console.log", args.name).into()))?;
+    let domain = xml::Domain {
+        name: args.name,
+        description: None,
+        arch: board.arch,
+        domain_type: if board.accel == "kvm" { "kvm" } else { "qemu" },
+        machine: board.machine.clone(),
+        memory: board.memory.clone(),
+        emulator: util::find_program(&board.binary),
+        boot,
+        script,
+        settings,
+        console_log,
+    };
+    match &args.output {
+        Some(f) => std::fs::write(f, domain.xml()).with_context(|| format!("writing {}", f.display()))?,
+        None => print!("{}", domain.xml()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn adhoc(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
     if args.boards.len() > 1 {
         bail!("an ad-hoc boot takes one --board");
@@ -364,11 +518,32 @@ fn adhoc(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
     let run_dir = artifacts::new_run_dir(&artifacts::runs_root(&agent::target_dir(root)))?;
     let env = RunEnv::with_images(imgs, run_dir.clone());
     let mut extra = Vec::new();
-    for d in &args.devices {
-        extra.push("-device".to_string());
-        extra.push(d.clone());
+    let mut libvirt = None;
+    if board.launch.kind == xtask::config::BoardKind::Libvirt {
+        // libvirt makes the command line: the devices become the domain's.
+        if !args.qemu_args.is_empty() {
+            bail!("board {} is a libvirt board: libvirt makes the QEMU command line (no --qemu-arg)", board.name);
+        }
+        let settings = xtask::libvirt::xml::Settings {
+            devices: args
+                .devices
+                .iter()
+                .map(|d| xtask::libvirt::xml::Device::parse(d))
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?,
+            ..Default::default()
+        };
+        if let Some(p) = settings.problem(board.arch, &board.machine) {
+            bail!("board {}: {p}", board.name);
+        }
+        libvirt = Some(xtask::launch::LibvirtRun { settings, virsh_console: false, label: "adhoc".into() });
+    } else {
+        for d in &args.devices {
+            extra.push("-device".to_string());
+            extra.push(d.clone());
+        }
+        extra.extend(args.qemu_args.iter().cloned());
     }
-    extra.extend(args.qemu_args.iter().cloned());
     let script_via = match args.script_via {
         None => board.script_via,
         Some(Via::FwCfg) => ScriptVia::FwCfg,
@@ -391,6 +566,8 @@ fn adhoc(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
         timeout: args.timeout,
         checks: None,
         live: true,
+        libvirt,
+        host_actions: Vec::new(),
     };
     let dir = run_dir.join(&board.name).join("adhoc");
     let code = runner::run_adhoc(&spec, &env, &dir)?;

@@ -56,6 +56,21 @@ pub fn cleanup_all() {
     for d in std::mem::take(&mut r.dirs) {
         let _ = std::fs::remove_dir_all(d);
     }
+    drop(r);
+    let hooks: Vec<fn()> = STOP_HOOKS.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+    for hook in hooks {
+        hook();
+    }
+}
+
+/// What [`cleanup_all`] runs after killing the processes: cleanup of things
+/// that are not our children (the libvirt domains of the harness, and the
+/// daemons it started: `crate::libvirt`). Each runs once.
+static STOP_HOOKS: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
+
+/// Adds a hook to [`cleanup_all`] (see [`STOP_HOOKS`]).
+pub fn on_stop(hook: fn()) {
+    STOP_HOOKS.lock().unwrap_or_else(|e| e.into_inner()).push(hook);
 }
 
 /// The signals that stop the tool cleanly (a terminal's Ctrl-C, `kill`,
@@ -340,9 +355,20 @@ impl QemuProcess {
     /// (PR_SET_PDEATHSIG) and its own process group (a terminal's Ctrl-C goes
     /// to us; our handler kills it).
     pub fn spawn(argv: &[String], stderr: Stdio) -> Result<QemuProcess> {
+        QemuProcess::spawn_with(argv, Stdio::null(), stderr, &[])
+    }
+
+    /// [`QemuProcess::spawn`] with stdout piped (see
+    /// [`QemuProcess::take_stdout`]) and `env` added: a `virsh` watcher.
+    pub fn spawn_piped(argv: &[String], stderr: Stdio, env: &[(&str, &str)]) -> Result<QemuProcess> {
+        QemuProcess::spawn_with(argv, Stdio::piped(), stderr, env)
+    }
+
+    fn spawn_with(argv: &[String], stdout: Stdio, stderr: Stdio, env: &[(&str, &str)]) -> Result<QemuProcess> {
         let parent = std::process::id() as libc::pid_t;
         let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        cmd.envs(env.iter().copied());
         // SAFETY: only async-signal-safe libc calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -374,6 +400,11 @@ impl QemuProcess {
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Its stdout, when spawned with [`QemuProcess::spawn_piped`] (once).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
     }
 
     /// The CPU time the process used (user + system, all its threads), once
@@ -463,7 +494,7 @@ impl Drop for QemuProcess {
 
 /// User + system time from a `/proc/<pid>/stat` line (fields 14 and 15, in
 /// clock ticks; the command name in parentheses may contain anything).
-fn cpu_of_stat(stat: &str) -> Option<Duration> {
+pub(crate) fn cpu_of_stat(stat: &str) -> Option<Duration> {
     let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
     // After the name: field 3 (state) is fields[0], so field N is fields[N - 3].
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;

@@ -329,6 +329,7 @@ mod tests {
             clock: Clock::Real,
             clock_note: None,
             qemu_cpu_ms: Some(50.0),
+            libvirt: None,
         }
     }
 

@@ -20,13 +20,14 @@ use serde_json::Value;
 use crate::agent;
 use crate::cases::Case;
 use crate::clock::Clock;
-use crate::config::{Board, End, QmpCommand, ScriptVia};
+use crate::config::{Board, End, HostAction, HostStep, LibvirtChecks, QmpCommand, ScriptVia};
 use crate::defmt_log::{self, LogTable};
 use crate::guest_timing::{self, GuestTimingCheck, GuestTimingResult};
 use crate::images::{AgentImage, Arch, Images};
-use crate::launch::{self, Ending, EventClock, Launcher};
+use crate::launch::{self, Ended, Ending, EventClock, Guest, Launcher, LibvirtRun};
+use crate::libvirt::bridge::Record as LibvirtRecord;
 use crate::matcher::{self, ExpectEntry, Progress, WATCHED_EVENTS};
-use crate::qemu::{self, QemuProcess, first_lines};
+use crate::qemu::{self, first_lines};
 use crate::qemu_cmd::{Delivery, QemuCmd};
 use crate::qmp::{Message, Polled, Qmp, QmpEvent};
 use crate::timing::{self, Stamped, TimingCheck, TimingResult};
@@ -121,6 +122,8 @@ pub struct CaseResult {
     /// CPU time of its QEMU process (user + system, all threads; for a
     /// nested board: L1's), in ms.
     pub qemu_cpu_ms: Option<f64>,
+    /// What libvirt reported (libvirt boards).
+    pub libvirt: Option<LibvirtRecord>,
 }
 
 impl CaseResult {
@@ -137,7 +140,15 @@ impl CaseResult {
             .filter(|e| e.watched)
             .map(|e| if e.ignored { format!("[{}]", e.short()) } else { e.short() })
             .collect();
-        if v.is_empty() { "-".into() } else { v.join(" ") }
+        let qmp = if v.is_empty() { "-".into() } else { v.join(" ") };
+        match &self.libvirt {
+            Some(l) => {
+                let judged = l.judged();
+                let events = if judged.is_empty() { "-".to_string() } else { judged.join(" ") };
+                format!("{qmp} | libvirt: {events} → {}", l.state.as_deref().unwrap_or("?"))
+            }
+            None => qmp,
+        }
     }
 
     pub fn to_json(&self) -> Value {
@@ -164,6 +175,7 @@ impl CaseResult {
             "qemu_cpu_ms": self.qemu_cpu_ms,
             "timing": self.timing,
             "guest_timing": self.guest_timing,
+            "libvirt": self.libvirt,
         })
     }
 }
@@ -182,6 +194,10 @@ pub struct Checks {
     /// The run's clock: QMP `timing` is not judged in virtual time, and
     /// `guest_timing`'s default tolerance depends on it.
     pub clock: Clock,
+    /// Substrings of the agent's plain-text console lines.
+    pub console_contains: Vec<String>,
+    /// What libvirt must report (libvirt boards).
+    pub libvirt: Option<LibvirtChecks>,
 }
 
 /// QEMU lets one WATCHDOG event out per second; later ones inside the
@@ -204,6 +220,10 @@ pub struct RunSpec {
     pub live: bool,
     /// The guest's clock.
     pub clock: Clock,
+    /// What the domain gets (libvirt boards).
+    pub libvirt: Option<LibvirtRun>,
+    /// What the host does once the agent's log shows a line.
+    pub host_actions: Vec<HostAction>,
 }
 
 /// What a boot produced.
@@ -222,6 +242,14 @@ pub struct RunRecord {
     pub qemu_version: Option<Version>,
     /// CPU time of the QEMU process (see [`CaseResult::qemu_cpu_ms`]).
     pub qemu_cpu: Option<Duration>,
+    /// The agent's plain-text console lines (`pvagent: …`).
+    pub console: Vec<String>,
+    /// The runner ended the guest (`quit`) after watching it.
+    pub quit_sent: bool,
+    /// Host actions that did not run, and why.
+    pub host_action_problems: Vec<String>,
+    /// What libvirt reported (libvirt boards).
+    pub libvirt: Option<LibvirtRecord>,
 }
 
 struct Observer<'a> {
@@ -320,7 +348,7 @@ pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
     let _ = std::fs::remove_file(&serial);
     let checks = spec.checks.clone();
     let ignore: Vec<String> = checks.as_ref().map(|c| c.ignore.clone()).unwrap_or_default();
-    let launcher = launch::for_board(&spec.board);
+    let launcher = launch::for_run(&spec.board, spec.libvirt.as_ref());
     let mut obs = Observer {
         spawn_us: 0,
         events: Vec::new(),
@@ -333,7 +361,7 @@ pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
         last_watchdog: None,
         clock: launcher.clock(),
     };
-    let mut qemu: Option<QemuProcess> = None;
+    let mut qemu: Option<Box<dyn Guest>> = None;
     let result = boot(spec, env, &*launcher, dir, &serial, &mut obs, &mut rec, &mut qemu);
     if let Err(e) = result {
         rec.error = Some(format!("{e:#}"));
@@ -343,10 +371,10 @@ pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
         // On an error path QEMU may be on its way out: give it a moment.
         let grace = if rec.error.is_some() { Duration::from_millis(500) } else { Duration::ZERO };
         match p.wait_until(Instant::now() + grace) {
-            Ok(Some(st)) => rec.exit = rec.exit.or(Some(st)),
+            Ok(Some(Ended(st))) => rec.exit = rec.exit.or(st),
             _ => {
                 rec.killed_by_us = true;
-                rec.exit = p.kill().ok();
+                rec.exit = p.kill().ok().and_then(|Ended(st)| st);
             }
         }
         rec.qemu_cpu = p.cpu_time();
@@ -385,16 +413,29 @@ pub fn execute(spec: &RunSpec, env: &RunEnv, dir: &Path) -> RunRecord {
     if let Some(c) = &checks {
         rec.progress = Some(obs.progress(&c.expect));
     }
+    rec.console = read_console(&serial);
     rec.events = obs.events;
     // The launcher's say on how it ended (and its artifacts).
-    let mut end =
-        Ending { exit: rec.exit, killed_by_us: rec.killed_by_us, error: rec.error.take(), stderr: rec.stderr.clone() };
+    let mut end = Ending {
+        exit: rec.exit,
+        killed_by_us: rec.killed_by_us,
+        error: rec.error.take(),
+        stderr: rec.stderr.clone(),
+        libvirt: None,
+    };
     launcher.finish(dir, &mut end);
     rec.exit = end.exit;
     rec.killed_by_us = end.killed_by_us;
     rec.error = end.error;
     rec.stderr = end.stderr;
+    rec.libvirt = end.libvirt;
     rec
+}
+
+/// The agent's plain-text console lines, with their `pvagent: ` prefix.
+fn read_console(serial: &Path) -> Vec<String> {
+    let bytes = std::fs::read(serial).unwrap_or_default();
+    defmt_log::console_lines(&bytes).into_iter().map(|l| format!("{}{l}", defmt_log::SAY_PREFIX)).collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -406,7 +447,7 @@ fn boot(
     serial: &Path,
     obs: &mut Observer<'_>,
     rec: &mut RunRecord,
-    process: &mut Option<QemuProcess>,
+    process: &mut Option<Box<dyn Guest>>,
 ) -> Result<()> {
     let image = env.images.boot_file(&spec.board)?;
     let cmd = QemuCmd::new(&spec.board, &image)
@@ -420,7 +461,7 @@ fn boot(
     let mut early = Vec::new();
     let session = launcher.start(&cmd, dir, limit, process, &mut |_, ev| early.push(ev))?;
     let (mut q, overall) = (session.qmp, session.deadline);
-    obs.spawn_us = unix_micros(process.as_ref().expect("spawned").spawned_at);
+    obs.spawn_us = unix_micros(process.as_ref().expect("spawned").spawned_at());
     rec.qemu_version = crate::qmp::greeting_version(&session.greeting);
     for ev in early {
         obs.on_event(&mut q, ev);
@@ -437,6 +478,7 @@ fn boot(
     let mut complete_at: Option<Instant> = None;
     let mut mismatch_at: Option<Instant> = None;
     let mut last_len = usize::MAX;
+    let mut actions = spec.host_actions.iter().peekable();
     loop {
         let now = Instant::now();
         if now >= overall {
@@ -447,6 +489,26 @@ fn boot(
             break;
         }
         let mut until = overall;
+        // The next host action, once the agent's log shows its line.
+        if let Some(a) = actions.peek() {
+            if read_log(env, &spec.board, serial).contains(&a.after_log) {
+                let r = match &a.step {
+                    HostStep::Virsh(args) => {
+                        launcher.host_action(args).map(|out| q.note(&format!("host action {a}: {}", out.trim())))
+                    }
+                    HostStep::Qmp(c) => {
+                        let mut on_ev = |q: &mut Qmp, ev: QmpEvent| obs.on_event(q, ev);
+                        q.execute(&c.execute, c.arguments.as_ref(), overall, &mut on_ev).map(drop)
+                    }
+                };
+                if let Err(e) = r {
+                    rec.host_action_problems.push(format!("host action {a} failed: {e:#}"));
+                }
+                actions.next();
+                continue;
+            }
+            until = until.min(now + Duration::from_millis(50));
+        }
         if let Some(c) = &spec.checks {
             let n = obs.relevant().len();
             if n != last_len {
@@ -481,12 +543,17 @@ fn boot(
             } else if let (Some(t), End::Status(_)) = (complete_at, &c.end) {
                 let settled = not_before(t + c.settle);
                 if now >= settled {
-                    // Wait (polling) for the required log and stderr lines.
+                    // Wait (polling) for the required log, console and stderr
+                    // lines, libvirt's events and the host actions.
                     let log = read_log(env, &spec.board, serial);
                     let stderr = launcher.live_stderr(dir);
+                    let console = read_console(serial).join("\n");
                     if log_missing(&c.log_contains, &log).is_empty()
                         && guest_timing::complete(&c.guest_timing, &log)
                         && log_missing(&c.stderr_contains, &stderr).is_empty()
+                        && log_missing(&c.console_contains, &console).is_empty()
+                        && !launcher.waiting(c.libvirt.as_ref())
+                        && actions.peek().is_none()
                     {
                         break;
                     }
@@ -515,7 +582,7 @@ fn boot(
         }
         obs.judging = false;
         if !q.no_more_commands {
-            let _ = q.send("quit", None);
+            rec.quit_sent = q.send("quit", None).is_ok();
         }
         q.no_more_commands = true;
     }
@@ -524,11 +591,11 @@ fn boot(
     q.drain_to_eof(d, &mut |q, ev| obs.on_event(q, ev));
     let qemu = process.as_mut().expect("spawned");
     match qemu.wait_until(Instant::now() + Duration::from_secs(3))? {
-        Some(st) => rec.exit = Some(st),
+        Some(Ended(st)) => rec.exit = st,
         None => {
             q.note("QEMU did not exit: killed");
             rec.killed_by_us = true;
-            rec.exit = Some(qemu.kill()?);
+            rec.exit = qemu.kill()?.0;
         }
     }
     Ok(())
@@ -654,6 +721,27 @@ pub fn judge(checks: &Checks, timeout: Duration, rec: &RunRecord) -> Verdict {
             Some(s) => reasons.push(format!("status {s}, expected {want}")),
             None => reasons.push(format!("{how_ended}, expected it to stay up with status {want}")),
         },
+        End::Stopped => {
+            if rec.timed_out && reasons.is_empty() {
+                reasons
+                    .push(format!("timed out after {} waiting for libvirt to stop the domain", fmt_duration(timeout)));
+            } else if !rec.timed_out && (rec.quit_sent || rec.killed_by_us) {
+                reasons.push(format!(
+                    "the domain kept running{} and the harness destroyed it; expected libvirt to stop it",
+                    rec.status.as_ref().map(|s| format!(" (status {s})")).unwrap_or_default()
+                ));
+            }
+        }
+    }
+    let console = rec.console.join("\n");
+    let missing = log_missing(&checks.console_contains, &console);
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|m| format!("{m:?}")).collect();
+        reasons.push(format!("the agent's console lacks {}", list.join(", ")));
+    }
+    reasons.extend(rec.host_action_problems.iter().cloned());
+    if let Some(c) = &checks.libvirt {
+        reasons.extend(judge_libvirt(c, &checks.console_contains, rec.libvirt.as_ref()));
     }
     let missing = log_missing(&checks.log_contains, &rec.agent_log);
     if !missing.is_empty() {
@@ -677,6 +765,64 @@ pub fn judge(checks: &Checks, timeout: Duration, rec: &RunRecord) -> Verdict {
         reasons.push(g.note());
     }
     if reasons.is_empty() { Verdict::Pass } else { Verdict::Fail(reasons.join("; ")) }
+}
+
+/// What is wrong with libvirt's report (see [`LibvirtChecks`]).
+fn judge_libvirt(c: &LibvirtChecks, console_contains: &[String], rec: Option<&LibvirtRecord>) -> Vec<String> {
+    let Some(r) = rec else { return vec!["libvirt: no record of the domain (the run failed before it)".into()] };
+    let mut reasons = Vec::new();
+    let null = Value::Null;
+    let seen: Vec<&str> =
+        r.events.iter().filter(|e| e.judged && !c.ignore.contains(&e.name)).map(|e| e.name.as_str()).collect();
+    let pairs: Vec<(&str, &Value)> = seen.iter().map(|n| (*n, &null)).collect();
+    let list = if seen.is_empty() { "none".to_string() } else { seen.join(", ") };
+    match matcher::evaluate(&c.events, &pairs) {
+        Progress::Complete => {}
+        Progress::Mismatch { index, expected } => reasons.push(format!(
+            "libvirt: unexpected event {} (#{}; expected {}; libvirt's events: {list})",
+            seen[index],
+            index + 1,
+            expected.join(" or ")
+        )),
+        Progress::Incomplete { waiting_for } => {
+            reasons.push(format!("libvirt: missing event {} (libvirt's events: {list})", waiting_for.join(", ")))
+        }
+    }
+    match &r.state {
+        Some(s) if *s == c.state => {}
+        Some(s) => reasons.push(format!("libvirt: domain state {s}, expected {}", c.state)),
+        None => reasons.push(format!("libvirt: the domain's state was never taken, expected {}", c.state)),
+    }
+    let cores = r.core_dumps.iter().filter(|d| d.elf_core).count();
+    if r.core_dumps.len() as u32 != c.core_dumps || cores != r.core_dumps.len() {
+        let found: Vec<String> = r
+            .core_dumps
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} ({} bytes{})",
+                    d.path.display(),
+                    d.bytes,
+                    if d.elf_core { ", ELF core" } else { ", not an ELF core" }
+                )
+            })
+            .collect();
+        reasons.push(format!(
+            "libvirt: {} core dump(s){}, expected {} ELF core(s)",
+            r.core_dumps.len(),
+            if found.is_empty() { String::new() } else { format!(": {}", found.join(", ")) },
+            c.core_dumps
+        ));
+    }
+    if c.virsh_console {
+        let shown = r.virsh_console.as_deref().unwrap_or_default();
+        let missing = log_missing(console_contains, shown);
+        if !missing.is_empty() {
+            let list: Vec<String> = missing.iter().map(|m| format!("{m:?}")).collect();
+            reasons.push(format!("libvirt: `virsh console` did not show {}", list.join(", ")));
+        }
+    }
+    reasons
 }
 
 /// Where a case's artifacts go: `<run dir>/<board>/<id with / → __>`.
@@ -750,6 +896,7 @@ pub fn run_case<G>(case: &Case, env: &RunEnv, admit: impl FnOnce(&dyn Launcher) 
         clock: case.clock,
         clock_note: case.clock_note.clone(),
         qemu_cpu_ms: None,
+        libvirt: None,
     };
     if let Some(reason) = skip_reason(case) {
         res.verdict = Verdict::Skipped(reason);
@@ -770,6 +917,8 @@ pub fn run_case<G>(case: &Case, env: &RunEnv, admit: impl FnOnce(&dyn Launcher) 
         timing: s.timing.clone(),
         guest_timing: s.guest_timing.clone(),
         clock: case.clock,
+        console_contains: s.console_contains.clone(),
+        libvirt: s.libvirt.as_ref().map(|l| l.checks.clone()),
     };
     let spec = RunSpec {
         board: (*case.board).clone(),
@@ -781,6 +930,12 @@ pub fn run_case<G>(case: &Case, env: &RunEnv, admit: impl FnOnce(&dyn Launcher) 
         checks: Some(checks.clone()),
         live: false,
         clock: case.clock,
+        libvirt: s.libvirt.as_ref().map(|l| LibvirtRun {
+            settings: l.settings.clone(),
+            virsh_console: l.checks.virsh_console,
+            label: case.id(),
+        }),
+        host_actions: s.host_actions.clone(),
     };
     let dir = case_dir(&env.run_dir, case);
     let _admitted = admit(&*launch::for_board(&case.board));
@@ -794,6 +949,7 @@ pub fn run_case<G>(case: &Case, env: &RunEnv, admit: impl FnOnce(&dyn Launcher) 
         if s.expect.is_empty() { None } else { rec.events.iter().find(|e| e.relevant()).and_then(|e| e.ms) };
     res.exit = describe_exit(&rec);
     res.status = rec.status.clone();
+    res.libvirt = rec.libvirt.clone();
     res.events = rec.events;
     res.qemu_version = rec.qemu_version.or(res.qemu_version);
     // Only a directory that exists is pointed at (it may not, if creating it failed).
@@ -884,6 +1040,8 @@ package = "qemu-system-x86"
             timing: vec![],
             guest_timing: vec![],
             clock: Clock::Real,
+            console_contains: vec![],
+            libvirt: None,
         }
     }
 
@@ -1120,6 +1278,8 @@ package = "qemu-system-x86"
             checks: None,
             live: false,
             clock: Clock::Real,
+            libvirt: None,
+            host_actions: vec![],
         };
         let dir = tmp.path().join("run/pc/adhoc");
         let rec = execute(&spec, &env, &dir);

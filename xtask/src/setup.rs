@@ -417,12 +417,89 @@ fn install_qemu(board: &Board, have: Option<Version>) -> Result<()> {
     )
 }
 
+/// The Debian packages of libvirt the libvirt boards need: the daemons
+/// (libvirtd, virtlogd, the QEMU driver) and `virsh`.
+pub const LIBVIRT_PACKAGES: [&str; 2] = ["libvirt-daemon-system", "libvirt-clients"];
+
+/// The programs of [`LIBVIRT_PACKAGES`] the harness runs.
+const LIBVIRT_PROGRAMS: [&str; 3] = ["virsh", "libvirtd", "virtlogd"];
+
+/// Ensures libvirt is installed when a libvirt board is among `boards`
+/// (after QEMU: the QEMU driver depends on a qemu-system package), from
+/// bookworm-backports on Debian bookworm as QEMU is. Never installs over a
+/// libvirt that is there.
+pub fn ensure_libvirt(boards: &[&Board]) -> Result<()> {
+    let Some(board) = boards.iter().find(|b| b.launch.kind == crate::config::BoardKind::Libvirt) else {
+        return Ok(());
+    };
+    let missing: Vec<&str> = LIBVIRT_PROGRAMS
+        .into_iter()
+        .filter(|p| crate::util::find_program(p).is_none() && !Path::new("/usr/sbin").join(p).exists())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let problem = format!("libvirt is not installed ({} not found; board {} needs it)", missing.join(", "), board.name);
+    install_packages(&problem, &LIBVIRT_PACKAGES)
+}
+
+/// Installs `pkgs` (bookworm: from bookworm-backports, adding the source as
+/// for QEMU; other Debian-like systems: from the distribution), or says
+/// which commands to run.
+fn install_packages(problem: &str, pkgs: &[&str]) -> Result<()> {
+    let os = parse_os_release(&std::fs::read_to_string("/etc/os-release").unwrap_or_default());
+    // SAFETY: geteuid has no preconditions.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let list = pkgs.join(" ");
+    if os.id == "debian" && os.codename == "bookworm" {
+        let sources = system_sources();
+        let mirror = debian_mirror(&sources, "bookworm");
+        let need_source = !has_suite(&sources, "bookworm-backports");
+        let (uri, key) = mirror.clone().unwrap_or_else(|| ("<your Debian mirror>".into(), None));
+        let stanza = backports_stanza(&uri, "bookworm", key.as_deref());
+        if !is_root || mirror.is_none() {
+            let mut msg = format!("{problem}. Install it from bookworm-backports:\n");
+            if need_source {
+                msg.push_str(&format!("  sudo tee {BACKPORTS_FILE} <<'EOF'\n{stanza}EOF\n"));
+            }
+            msg.push_str(&format!("  sudo apt-get update\n  sudo apt-get install -y -t bookworm-backports {list}"));
+            bail!("{msg}");
+        }
+        eprintln!("setup: {problem}: installing {list} from bookworm-backports");
+        if need_source {
+            eprintln!("setup: writing {BACKPORTS_FILE} (mirror {uri})");
+            std::fs::write(BACKPORTS_FILE, &stanza).with_context(|| format!("writing {BACKPORTS_FILE}"))?;
+        }
+        run(&["apt-get", "update"])?;
+        let mut cmd = vec!["apt-get", "install", "-y", "-t", "bookworm-backports"];
+        cmd.extend(pkgs);
+        return run(&cmd);
+    }
+    if os.debian_like() {
+        if !is_root {
+            bail!("{problem}. Install it with:\n  sudo apt-get update\n  sudo apt-get install -y {list}");
+        }
+        eprintln!("setup: {problem}: installing {list}");
+        run(&["apt-get", "update"])?;
+        let mut cmd = vec!["apt-get", "install", "-y"];
+        cmd.extend(pkgs);
+        return run(&cmd);
+    }
+    bail!(
+        "{problem}, and this is not a Debian-like system this tool can install on. Install {list} (or your \
+           distribution's libvirt daemon and virsh) with your package manager."
+    )
+}
+
 /// Everything `qemu-run` and `test` need for `boards`: the Rust target of
-/// each board's architecture, each board's QEMU and, for a nested board,
-/// L1's kernel and initramfs (`launch::setup`).
+/// each board's architecture, each board's QEMU, libvirt for the libvirt
+/// boards and, for a nested board, L1's kernel and initramfs; the launchers'
+/// own preparation (`launch::setup`: the libvirt boards' daemons, checked or
+/// started).
 pub fn setup(root: &Path, boards: &[&Board]) -> Result<Vec<(String, Version)>> {
     ensure_rust_targets(root, &rust_targets(boards))?;
     let versions = ensure_qemu(boards)?;
+    ensure_libvirt(boards)?;
     // Host probes of boards with `requires`, and the nested board's L1.
     crate::launch::setup(boards);
     Ok(versions)

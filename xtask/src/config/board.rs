@@ -172,6 +172,9 @@ pub enum BoardKind {
     /// The board's QEMU runs under KVM inside an L1 Linux that the host QEMU
     /// runs under TCG (`kind = "nested-hyperv"`).
     NestedHyperv,
+    /// libvirt runs the board's QEMU for a transient domain of the harness
+    /// (`kind = "libvirt"`, see boards/libvirt-q35.toml).
+    Libvirt,
 }
 
 /// A host capability a board needs (`requires = [...]`); whether this host
@@ -375,8 +378,14 @@ pub fn parse(file: &Path, text: &str, root: &Path) -> Result<Board, ConfigError>
 /// Why a board with `accel` of `kind` cannot run in virtual time (`None`:
 /// it can).
 fn virtual_time_problem(accel: &str, kind: BoardKind) -> Option<String> {
-    if kind != BoardKind::Qemu {
-        return Some("L2 runs under L1's KVM, and -icount needs TCG".into());
+    match kind {
+        BoardKind::Qemu => {}
+        BoardKind::NestedHyperv => return Some("L2 runs under L1's KVM, and -icount needs TCG".into()),
+        BoardKind::Libvirt => {
+            return Some(
+                "libvirt has no setting for -icount (only <qemu:commandline>, which taints the domain)".into(),
+            );
+        }
     }
     let name = accel.split(',').next().unwrap_or_default();
     (name != "tcg").then(|| format!("-icount needs TCG, and this board's accel is \"{accel}\""))
@@ -404,7 +413,7 @@ impl Board {
 
     /// Why this board cannot deliver a script through `via` (`None`: it can).
     pub fn script_via_problem(&self, via: ScriptVia) -> Option<String> {
-        if via == ScriptVia::FwCfgFile && self.launch.kind != BoardKind::Qemu {
+        if via == ScriptVia::FwCfgFile && self.launch.kind == BoardKind::NestedHyperv {
             return Some("this board's QEMU runs inside L1, where the run directory's files are not".into());
         }
         script_via_problem(self.arch, self.boot, via)
@@ -457,13 +466,15 @@ fn parse_launch(
     let kind = match kind {
         None | Some("qemu") => BoardKind::Qemu,
         Some("nested-hyperv") => BoardKind::NestedHyperv,
+        Some("libvirt") => BoardKind::Libvirt,
         Some(k) => {
             return Err((
                 "kind",
                 Problem::new(
                     format!("unknown kind \"{k}\""),
-                    "use \"qemu\" (QEMU on this host, the default) or \"nested-hyperv\" \
-                     (QEMU under KVM inside a TCG-run Linux, for the Hyper-V crash MSRs)",
+                    "use \"qemu\" (QEMU on this host, the default), \"nested-hyperv\" \
+                     (QEMU under KVM inside a TCG-run Linux, for the Hyper-V crash MSRs) or \"libvirt\" \
+                     (a transient libvirt domain)",
                 ),
             ));
         }
@@ -534,6 +545,34 @@ pub fn check_boards(boards: &mut [Board]) -> Vec<ConfigError> {
                 ),
                 Some((req, false)) => b.launch.instead_of_requires = req.clone(),
             }
+        }
+        if b.launch.kind == BoardKind::Libvirt {
+            let why = "a libvirt board's QEMU command line is libvirt's: the domain comes from the rows' \
+                       `libvirt` tables (see boards/libvirt-q35.toml)";
+            if !b.args.is_empty() {
+                err("args", format!("is set; {why}"), "remove `args`".into());
+            }
+            if b.cpu.is_some() {
+                err("cpu", format!("is set; {why}"), "remove `cpu` (libvirt's default CPU model)".into());
+            }
+            if b.firmware.is_some() {
+                err(
+                    "firmware",
+                    "is set; libvirt boots `<kernel>` behind its own firmware (SeaBIOS on x86_64)".into(),
+                    "remove `firmware`, or set boot = \"firmware\" for the agent's ROM as `<loader type='rom'>`".into(),
+                );
+            }
+            if !matches!(b.accel.as_str(), "tcg" | "kvm") {
+                err(
+                    "accel",
+                    format!("is \"{}\"; a libvirt domain is of type qemu (tcg) or kvm", b.accel),
+                    "set accel = \"tcg\"".into(),
+                );
+            }
+            if b.arch == Arch::Aarch64 {
+                err("arch", "aarch64 has no libvirt board here yet".into(), "use x86_64 or s390x".into());
+            }
+            continue;
         }
         if b.launch.kind != BoardKind::NestedHyperv {
             continue;

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod board;
+pub mod libvirt;
 pub mod scenario;
 pub mod scripts;
 
@@ -18,7 +19,10 @@ pub mod scripts;
 pub(crate) mod fixtures;
 
 pub use board::{Board, BoardKind, Boot, HostFeature, Launch, ScriptVia};
-pub use scenario::{DEFAULT_SETTLE, DEFAULT_TIMEOUT, End, QmpCommand, RUN_STATES, Scenario, Scenarios, Variant};
+pub use libvirt::{LibvirtChecks, LibvirtRow};
+pub use scenario::{
+    DEFAULT_SETTLE, DEFAULT_TIMEOUT, End, HostAction, HostStep, QmpCommand, RUN_STATES, Scenario, Scenarios, Variant,
+};
 
 pub use crate::clock::Clock;
 pub use crate::error::ConfigError;

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::board::{Board, NAME_FIX, ScriptVia, board_subset, expand_board_list, valid_name};
+use super::board::{Board, BoardKind, NAME_FIX, ScriptVia, board_subset, expand_board_list, valid_name};
+use super::libvirt::{self as libvirt_row, LibvirtRow};
 use super::scripts::{self, ScriptEntry, nul_problem};
 use crate::arch::Arch;
 use crate::clock::Clock;
@@ -97,6 +98,20 @@ struct ScenarioDef {
     clock: Option<Clock>,
     #[serde(default)]
     guest_timing: Vec<toml::Value>,
+    libvirt: Option<toml::Value>,
+    #[serde(default)]
+    console_contains: Vec<String>,
+    #[serde(default)]
+    host_actions: Vec<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostActionDef {
+    after_log: String,
+    virsh: Option<Vec<String>>,
+    execute: Option<String>,
+    arguments: Option<toml::Table>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +126,7 @@ struct QmpCommandDef {
 struct EndDef {
     exit: Option<i64>,
     status: Option<String>,
+    stopped: Option<bool>,
 }
 
 /// How a run must end.
@@ -120,6 +136,9 @@ pub enum End {
     Exit(i32),
     /// QEMU stays up; `query-status` reports this run state.
     Status(String),
+    /// libvirt stops the domain by itself (libvirt boards: QEMU's exit
+    /// status is libvirt's, never reported).
+    Stopped,
 }
 
 impl std::fmt::Display for End {
@@ -127,6 +146,34 @@ impl std::fmt::Display for End {
         match self {
             End::Exit(c) => write!(f, "exit {c}"),
             End::Status(s) => write!(f, "status {s}"),
+            End::Stopped => write!(f, "stopped"),
+        }
+    }
+}
+
+/// What a host action does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostStep {
+    /// `virsh <args[0]> <domain> <args[1..]>` (libvirt boards).
+    Virsh(Vec<String>),
+    /// A QMP command (through libvirt's passthrough on libvirt boards).
+    Qmp(QmpCommand),
+}
+
+/// Something the host does to the guest once the agent's log shows a line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostAction {
+    /// A substring of the decoded agent log (`agent.log`) that must appear
+    /// first (after the previous action's).
+    pub after_log: String,
+    pub step: HostStep,
+}
+
+impl std::fmt::Display for HostAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.step {
+            HostStep::Virsh(a) => write!(f, "virsh {}", a.join(" ")),
+            HostStep::Qmp(c) => write!(f, "QMP {}", c.execute),
         }
     }
 }
@@ -169,6 +216,12 @@ pub struct Scenario {
     /// From a `[scripts]` entry's `boards`: the row runs only on those of
     /// its boards (applied when its groups are expanded).
     pub only_boards: Option<Vec<String>>,
+    /// The domain and libvirt's report (rows on libvirt boards).
+    pub libvirt: Option<LibvirtRow>,
+    /// Substrings of the agent's plain-text console lines (`pvagent: …`).
+    pub console_contains: Vec<String>,
+    /// What the host does once the agent's log shows a line.
+    pub host_actions: Vec<HostAction>,
 }
 
 /// The whole validated table.
@@ -405,11 +458,17 @@ fn validate_scenario(
     let expect = validate_expect(at, def.expect, &mut errs);
     validate_ignore(at, &def.ignore, &expect, &mut errs);
     let end = validate_end(at, def.end, &mut errs);
-    for (field, list) in [("log_contains", &def.log_contains), ("stderr_contains", &def.stderr_contains)] {
+    for (field, list) in [
+        ("log_contains", &def.log_contains),
+        ("stderr_contains", &def.stderr_contains),
+        ("console_contains", &def.console_contains),
+    ] {
         if list.iter().any(String::is_empty) {
             errs.push(at.field(field, "contains an empty string", "remove it"));
         }
     }
+    let libvirt = def.libvirt.and_then(|v| libvirt_row::validate(at, v, &mut errs));
+    let host_actions = validate_host_actions(at, def.host_actions, &mut errs);
     let timing = validate_timing(at, def.timing, &expect, &def.ignore, &mut errs);
     let guest_timing = validate_guest_timing(at, def.guest_timing, &mut errs);
     if def.clock == Some(Clock::Virtual) && !timing.is_empty() {
@@ -449,9 +508,64 @@ fn validate_scenario(
             clock: def.clock,
             guest_timing,
             only_boards: None,
+            libvirt,
+            console_contains: def.console_contains,
+            host_actions,
         }),
         _ => Err(errs),
     }
+}
+
+fn validate_host_actions(at: &Place, defs: Vec<toml::Value>, errs: &mut Vec<ConfigError>) -> Vec<HostAction> {
+    let fix = "write { after_log = \"script finished\", virsh = [\"shutdown\", \"--mode\", \"acpi\"] } or \
+               { after_log = \"…\", execute = \"system_powerdown\" }";
+    let mut out = Vec::new();
+    for (i, v) in defs.into_iter().enumerate() {
+        let place = at.within(format!("field `host_actions` entry {}", i + 1));
+        let d: HostActionDef = match place.deserialize(v, fix) {
+            Ok(d) => d,
+            Err(e) => {
+                errs.push(e);
+                continue;
+            }
+        };
+        if d.after_log.is_empty() {
+            errs.push(place.field("after_log", "is empty", "name a line of the agent's log to wait for"));
+            continue;
+        }
+        let step = match (d.virsh, d.execute) {
+            (Some(a), None) if d.arguments.is_none() => {
+                if a.first().is_none_or(|c| c.is_empty() || c.starts_with('-')) {
+                    errs.push(place.field(
+                        "virsh",
+                        "needs a virsh command first (the domain goes right after it)",
+                        "e.g. virsh = [\"shutdown\", \"--mode\", \"acpi\"]",
+                    ));
+                    continue;
+                }
+                HostStep::Virsh(a)
+            }
+            (None, Some(execute)) => {
+                let cmd = toml::Value::Table(toml::Table::from_iter(
+                    [("execute".to_string(), toml::Value::String(execute))]
+                        .into_iter()
+                        .chain(d.arguments.map(|a| ("arguments".to_string(), toml::Value::Table(a)))),
+                ));
+                match validate_qmp_commands(&place, vec![cmd], errs).pop() {
+                    Some(c) => HostStep::Qmp(c),
+                    None => continue,
+                }
+            }
+            _ => {
+                errs.push(
+                    place.error("needs exactly one of `virsh` and `execute` (`arguments` goes with `execute`)", fix),
+                );
+                continue;
+            }
+        };
+        out.push(HostAction { after_log: d.after_log, step });
+    }
+    out
 }
 
 fn validate_qmp_commands(at: &Place, defs: Vec<toml::Value>, errs: &mut Vec<ConfigError>) -> Vec<QmpCommand> {
@@ -497,13 +611,19 @@ fn validate_qmp_commands(at: &Place, defs: Vec<toml::Value>, errs: &mut Vec<Conf
 }
 
 fn validate_end(at: &Place, value: toml::Value, errs: &mut Vec<ConfigError>) -> Option<End> {
-    let end_fix = "write end = { exit = N } (QEMU's exit status) or end = { status = \"RUNSTATE\" }";
+    let end_fix = "write end = { exit = N } (QEMU's exit status), end = { status = \"RUNSTATE\" } or, on libvirt \
+                   boards, end = { stopped = true }";
     match at.deserialize_field::<EndDef>("end", value, end_fix) {
         Err(e) => {
             errs.push(e);
             None
         }
-        Ok(EndDef { exit: Some(code), status: None }) => {
+        Ok(EndDef { exit: None, status: None, stopped: Some(true) }) => Some(End::Stopped),
+        Ok(EndDef { exit: None, status: None, stopped: Some(false) }) => {
+            errs.push(at.field("end", "stopped = false says nothing", end_fix));
+            None
+        }
+        Ok(EndDef { exit: Some(code), status: None, stopped: None }) => {
             if (0..=255).contains(&code) {
                 Some(End::Exit(code as i32))
             } else {
@@ -511,7 +631,7 @@ fn validate_end(at: &Place, value: toml::Value, errs: &mut Vec<ConfigError>) -> 
                 None
             }
         }
-        Ok(EndDef { exit: None, status: Some(s) }) => {
+        Ok(EndDef { exit: None, status: Some(s), stopped: None }) => {
             if RUN_STATES.contains(&s.as_str()) {
                 Some(End::Status(s))
             } else {
@@ -524,7 +644,7 @@ fn validate_end(at: &Place, value: toml::Value, errs: &mut Vec<ConfigError>) -> 
             }
         }
         Ok(_) => {
-            errs.push(at.field("end", "needs exactly one of `exit` and `status`", end_fix));
+            errs.push(at.field("end", "needs exactly one of `exit`, `status` and `stopped`", end_fix));
             None
         }
     }
@@ -549,6 +669,93 @@ fn expand_script_list(file: &Place, row: &Scenario, entries: &[ScriptEntry]) -> 
         .collect()
 }
 
+/// What a row on libvirt boards must (and a row on other boards must not)
+/// have: the `libvirt` table instead of `args` and variants, no exit status,
+/// devices the boards' machines take.
+fn libvirt_problems(at: &Place, s: &Scenario, boards: &[Board]) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let of_row: Vec<&Board> = s.boards.iter().filter_map(|n| boards.iter().find(|b| &b.name == n)).collect();
+    let (lv, other): (Vec<&Board>, Vec<&Board>) = of_row.iter().partition(|b| b.launch.kind == BoardKind::Libvirt);
+    let names = |bs: &[&Board]| bs.iter().map(|b| b.name.as_str()).collect::<Vec<_>>().join(", ");
+    if !lv.is_empty() && !other.is_empty() {
+        errors.push(at.field(
+            "boards",
+            format!("mixes libvirt boards ({}) with others ({})", names(&lv), names(&other)),
+            "give the libvirt boards rows of their own: a domain (`libvirt`) and a QEMU command line (`args`) \
+             describe different things",
+        ));
+        return errors;
+    }
+    if lv.is_empty() {
+        if s.libvirt.is_some() {
+            errors.push(at.field("libvirt", "is set, but none of the row's boards is a libvirt board", "remove it"));
+        }
+        if s.end == End::Stopped {
+            errors.push(at.field(
+                "end",
+                "{ stopped = true } is for libvirt boards; QEMU here exits with a status",
+                "write end = { exit = N } or { status = \"RUNSTATE\" }",
+            ));
+        }
+        if s.host_actions.iter().any(|a| matches!(a.step, HostStep::Virsh(_))) {
+            errors.push(at.field(
+                "host_actions",
+                "a `virsh` action needs libvirt boards",
+                "use `execute` (a QMP command), or run the row on a libvirt board",
+            ));
+        }
+        return errors;
+    }
+    let Some(row) = &s.libvirt else {
+        errors.push(at.field(
+            "libvirt",
+            format!("is missing; the row runs on libvirt boards ({}), whose report it must assert", names(&lv)),
+            "add libvirt = { devices = [...], events = [...], state = \"...\" } (see the top of scenarios.toml)",
+        ));
+        return errors;
+    };
+    if !s.args.is_empty() {
+        errors.push(at.field(
+            "args",
+            "is set, but libvirt makes the QEMU command line of a libvirt board",
+            "describe the domain in `libvirt` (devices, watchdog_action, on_crash)",
+        ));
+    }
+    if !s.variants.is_empty() {
+        errors.push(at.field(
+            "variants",
+            "variants add QEMU arguments, and libvirt makes the QEMU command line of a libvirt board",
+            "list the devices in `libvirt.devices`, one row per case",
+        ));
+    }
+    if let End::Exit(_) = s.end {
+        errors.push(at.field(
+            "end",
+            "an exit status on a libvirt board: libvirt runs QEMU with -no-shutdown and ends it with SIGTERM, so \
+             QEMU's exit status is libvirt's",
+            "write end = { stopped = true } (libvirt stopped the domain; `libvirt.state` says how) or \
+             { status = \"RUNSTATE\" }",
+        ));
+    }
+    if row.checks.virsh_console && s.console_contains.is_empty() {
+        errors.push(at.field(
+            "libvirt",
+            "virsh_console = true, but there is no `console_contains` to find in what it shows",
+            "add console_contains = [\"pvagent: …\"]",
+        ));
+    }
+    for b in lv {
+        if let Some(p) = row.settings.problem(b.arch, &b.machine) {
+            errors.push(at.field(
+                "libvirt",
+                format!("board `{}` ({} {}): {p}", b.name, b.arch, b.machine),
+                format!("remove `{}` from `boards`, or the device", b.name),
+            ));
+        }
+    }
+    errors
+}
+
 /// The fix for QMP `timing` in virtual time.
 const VIRTUAL_TIMING_FIX: &str = "time the guest instead (`guest_timing`, from the agent's log; watchdogs under \
      inject-nmi), or run the row in real time (clock = \"real\")";
@@ -570,6 +777,7 @@ fn resolve_scenario_boards(
     if let Some(only) = &s.only_boards {
         s.boards.retain(|b| only.contains(b));
     }
+    errors.extend(libvirt_problems(at, s, boards));
     if s.script.is_some() {
         for name in &s.boards {
             let Some(b) = boards.iter().find(|b| &b.name == name) else { continue };
@@ -638,7 +846,8 @@ fn resolve_scenario_boards(
         let variant_args = s.variants.iter().filter_map(|v| variants.get(v)).flat_map(|v| v.args.iter());
         let qmp = s.qmp_before_cont.iter().filter_map(|c| c.arguments.as_ref()).map(|a| a.to_string());
         let nmi = s.args.iter().chain(variant_args).any(|a| a.contains("watchdog=inject-nmi"))
-            || qmp.into_iter().any(|a| a.contains("inject-nmi"));
+            || qmp.into_iter().any(|a| a.contains("inject-nmi"))
+            || s.libvirt.as_ref().is_some_and(|l| l.settings.watchdog_action.as_deref() == Some("inject-nmi"));
         if !nmi {
             errors.push(at.field(
                 "guest_timing",

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{Launcher, start_here};
+use super::{Guest, Launcher, start_here};
 use crate::config::Board;
-use crate::qemu::{QemuProcess, QmpListener, Session};
+use crate::qemu::{QmpListener, Session};
 use crate::qemu_cmd::QemuCmd;
 use crate::qmp::{Qmp, QmpEvent};
 
@@ -32,7 +32,7 @@ impl Launcher for Local<'_> {
         cmd: &QemuCmd,
         dir: &Path,
         limit: Duration,
-        process: &mut Option<QemuProcess>,
+        process: &mut Option<Box<dyn Guest>>,
         on_event: &mut dyn FnMut(&mut Qmp, QmpEvent),
     ) -> Result<Session> {
         let listener = QmpListener::new()?;

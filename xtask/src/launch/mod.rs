@@ -4,44 +4,93 @@
 //! * [`Local`]: the board's QEMU runs on this host (`kind = "qemu"`).
 //! * [`Nested`]: the board's QEMU runs under KVM inside a small Linux (L1)
 //!   that the host QEMU runs under TCG (`kind = "nested-hyperv"`).
+//! * [`Libvirt`]: libvirt runs the board's QEMU for a transient domain of
+//!   the harness (`kind = "libvirt"`).
 //!
-//! A new kind (e.g. libvirt) is a new module here implementing [`Launcher`],
-//! one arm in [`for_board`], and its `kind` value in the board parser.
+//! A new kind is a new module here implementing [`Launcher`], one arm in
+//! [`for_run`], and its `kind` value in the board parser.
 //!
 //! The runner asks the launcher for: whether the board can run on this host
 //! ([`Launcher::skip_reason`]), a concurrency slot ([`Launcher::slot`]), the
 //! allowance on top of a row's timeout ([`Launcher::boot_allowance`]), the
-//! process and its negotiated QMP session ([`Launcher::start`], from the
-//! host-side [`QemuCmd`] of the run), the clock that puts QMP timestamps on
-//! the host's ([`Launcher::clock`]), QEMU's stderr while it runs
-//! ([`Launcher::live_stderr`]) and, afterwards, the exit status and the
+//! guest process and its negotiated QMP session ([`Launcher::start`], from
+//! the host-side [`QemuCmd`] of the run), the clock that puts QMP timestamps
+//! on the host's ([`Launcher::clock`]), QEMU's stderr while it runs
+//! ([`Launcher::live_stderr`]), the host actions of a row
+//! ([`Launcher::host_action`]), whether its own checks still wait
+//! ([`Launcher::waiting`]) and, afterwards, the exit status and the
 //! artifacts ([`Launcher::finish`]).
 
 mod host;
+mod libvirt;
 mod local;
 mod nested;
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
+pub use libvirt::{Libvirt, LibvirtRun};
 use local::Local;
 use nested::Nested;
 
-use crate::config::{Board, BoardKind};
+use crate::config::{Board, BoardKind, LibvirtChecks};
 use crate::qemu::{self, QemuProcess, QmpListener, Session, Start};
 use crate::qemu_cmd::QemuCmd;
 use crate::qmp::{Qmp, QmpEvent};
 use crate::util::shell_join;
 
-/// The launcher of `board`'s kind.
+/// The launcher of `board`'s kind, for probes and set-up (no run).
 pub fn for_board(board: &Board) -> Box<dyn Launcher + '_> {
+    for_run(board, None)
+}
+
+/// The launcher of one run on `board` (`libvirt`: what a run on a libvirt
+/// board asks of its domain; `None` elsewhere, or an empty domain).
+pub fn for_run<'a>(board: &'a Board, libvirt: Option<&LibvirtRun>) -> Box<dyn Launcher + 'a> {
     match board.launch.kind {
         BoardKind::Qemu => Box::new(Local::new(board)),
         BoardKind::NestedHyperv => Box::new(Nested::new(board)),
+        BoardKind::Libvirt => Box::new(Libvirt::new(board, libvirt.cloned().unwrap_or_default())),
+    }
+}
+
+/// How a run's guest process ended: its exit status when this host saw it
+/// (`None`: a libvirt domain, whose QEMU is libvirtd's child).
+#[derive(Clone, Copy, Debug)]
+pub struct Ended(pub Option<ExitStatus>);
+
+/// What the runner holds of a run's guest while it runs: a QEMU (or L1)
+/// process of ours, or a libvirt domain.
+pub trait Guest {
+    /// When it was started (the QEMU spawn, the `virsh create`).
+    fn spawned_at(&self) -> SystemTime;
+    /// Waits until it has ended, or `deadline` (`None`: still running).
+    fn wait_until(&mut self, deadline: Instant) -> Result<Option<Ended>>;
+    /// Ends it (SIGKILL, `virsh destroy`).
+    fn kill(&mut self) -> Result<Ended>;
+    /// Its CPU time (user + system), once known.
+    fn cpu_time(&self) -> Option<Duration>;
+}
+
+impl Guest for QemuProcess {
+    fn spawned_at(&self) -> SystemTime {
+        self.spawned_at
+    }
+
+    fn wait_until(&mut self, deadline: Instant) -> Result<Option<Ended>> {
+        Ok(QemuProcess::wait_until(self, deadline)?.map(|st| Ended(Some(st))))
+    }
+
+    fn kill(&mut self) -> Result<Ended> {
+        Ok(Ended(Some(QemuProcess::kill(self)?)))
+    }
+
+    fn cpu_time(&self) -> Option<Duration> {
+        QemuProcess::cpu_time(self)
     }
 }
 
@@ -56,6 +105,8 @@ pub struct Ending {
     pub error: Option<String>,
     /// QEMU's stderr (`stderr.txt`).
     pub stderr: String,
+    /// What libvirt said (libvirt boards).
+    pub libvirt: Option<crate::libvirt::bridge::Record>,
 }
 
 /// Maps the QMP timestamps of a run to the host's clock.
@@ -104,9 +155,9 @@ pub trait Launcher {
         Duration::ZERO
     }
 
-    /// Starts the process for `cmd` (the run's QEMU as on this host; its
+    /// Starts the guest for `cmd` (the run's QEMU as on this host; its
     /// serial port and files are in `dir`) into `process`, and returns its
-    /// negotiated QMP session; all within `limit` of the spawn. Writes
+    /// negotiated QMP session; all within `limit` of the start. Writes
     /// `cmdline.txt`, `stderr.txt` and the QMP transcript `qmp.jsonl` into
     /// `dir`.
     fn start(
@@ -114,9 +165,21 @@ pub trait Launcher {
         cmd: &QemuCmd,
         dir: &Path,
         limit: Duration,
-        process: &mut Option<QemuProcess>,
+        process: &mut Option<Box<dyn Guest>>,
         on_event: &mut dyn FnMut(&mut Qmp, QmpEvent),
     ) -> Result<Session>;
+
+    /// Runs a row's host action `virsh <args[0]> <domain> <args[1..]>`;
+    /// its output.
+    fn host_action(&self, args: &[String]) -> Result<String> {
+        bail!("`virsh {}` needs a libvirt board (board {} is not one)", args.join(" "), self.board().name)
+    }
+
+    /// Whether the launcher's own checks (a libvirt row's events) still wait
+    /// for something that may yet come.
+    fn waiting(&self, _checks: Option<&LibvirtChecks>) -> bool {
+        false
+    }
 
     /// The clock of the run's QMP timestamps.
     fn clock(&self) -> Box<dyn EventClock> {
@@ -140,7 +203,7 @@ fn start_here(
     listener: &QmpListener,
     dir: &Path,
     limit: Duration,
-    process: &mut Option<QemuProcess>,
+    process: &mut Option<Box<dyn Guest>>,
     on_event: &mut dyn FnMut(&mut Qmp, QmpEvent),
 ) -> Result<Session> {
     std::fs::write(dir.join("cmdline.txt"), format!("{}\n", shell_join(argv)))?;
@@ -154,7 +217,11 @@ fn start_here(
         transcript: Some(&dir.join("qmp.jsonl")),
         stderr_file: Some(&stderr_file),
     };
-    qemu::start_session(start, process, on_event)
+    // The process is the caller's even when the start fails (it reaps it).
+    let mut spawned: Option<QemuProcess> = None;
+    let session = qemu::start_session(start, &mut spawned, on_event);
+    *process = spawned.map(|p| Box::new(p) as Box<dyn Guest>);
+    session
 }
 
 /// Runs of one kind under way at once: at most a given number.

@@ -30,10 +30,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Result, anyhow, bail};
 
-use super::{Ending, EventClock, Launcher, Slot, Slots, host, start_here};
+use super::{Ending, EventClock, Guest, Launcher, Slot, Slots, host, start_here};
 use crate::config::Board;
 use crate::nested::{self, L1Env, NestedRun};
-use crate::qemu::{QemuProcess, QmpListener, Session};
+use crate::qemu::{QmpListener, Session};
 use crate::qemu_cmd::{Chardev, Delivery, QemuCmd, Script};
 use crate::qmp::{Qmp, QmpEvent};
 use crate::util::{find_program, shell_join, unix_micros};
@@ -167,7 +167,7 @@ impl Launcher for Nested<'_> {
         cmd: &QemuCmd,
         dir: &Path,
         limit: Duration,
-        process: &mut Option<QemuProcess>,
+        process: &mut Option<Box<dyn Guest>>,
         on_event: &mut dyn FnMut(&mut Qmp, QmpEvent),
     ) -> Result<Session> {
         let l1 = l1_env(&self.board.binary).map_err(|e| anyhow!(e))?;

@@ -1,0 +1,255 @@
+//! libvirt's daemons for the harness.
+//!
+//! When libvirt answers on [`super::URI`] (a system service, or daemons a
+//! person started) the harness uses it and touches nothing of it but its own
+//! transient domains. When nothing answers (a CI machine without systemd,
+//! where installing libvirt starts no service) the harness starts what is
+//! missing itself: `virtlogd` (libvirt's QEMU driver sends every domain's
+//! log through it) and then `libvirtd` (Debian's monolithic daemon), both in
+//! the foreground as children of this process, with their output in
+//! `target/pvagent-libvirt/`. It stops exactly those at its end ([`stop`]:
+//! the end of `cargo xtask` and of the e2e harness, and the stop hook on
+//! Ctrl-C, SIGTERM and SIGHUP), after destroying its domains. Should the
+//! harness be killed outright, they get SIGTERM too (PR_SET_PDEATHSIG, from
+//! a thread that lives as long as the process).
+//!
+//! Once libvirt answers, domains named like the harness's (`pvagent-<pid>-…`)
+//! whose process is gone and whose description is [`super::MARKER`] are
+//! destroyed: leftovers of a harness that was killed outright.
+
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{MARKER, VIRSH_TIMEOUT, pid_of_name, virsh};
+use crate::util::find_program;
+
+/// virtlogd's socket: something listening there is a virtlogd.
+const VIRTLOGD_SOCK: &str = "/run/libvirt/virtlogd-sock";
+/// How long a started daemon may take to answer (libvirtd probes every
+/// installed QEMU's capabilities on its first start: seconds).
+const START_LIMIT: Duration = Duration::from_secs(60);
+/// How long a daemon may take to stop after SIGTERM.
+const STOP_LIMIT: Duration = Duration::from_secs(15);
+
+struct Started {
+    what: &'static str,
+    child: Child,
+}
+
+#[derive(Default)]
+struct State {
+    /// The outcome of the first [`ensure`] (kept until [`stop`]).
+    checked: Option<Result<String, String>>,
+    /// Daemons this process started, in start order.
+    ours: Vec<Started>,
+}
+
+static STATE: Mutex<State> = Mutex::new(State { checked: None, ours: Vec::new() });
+
+fn state() -> std::sync::MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Does libvirt answer on [`super::URI`]?
+pub fn answering() -> bool {
+    virsh(&["version"], Duration::from_secs(10)).is_ok()
+}
+
+/// Makes sure libvirt answers, starting virtlogd and libvirtd when nothing
+/// does (once per process; every caller waits for the first). `Ok`: a line
+/// saying whose daemons run; `Err`: why libvirt cannot be used.
+pub fn ensure() -> Result<String, String> {
+    let mut s = state();
+    if let Some(r) = &s.checked {
+        return r.clone();
+    }
+    let r = if answering() {
+        Ok("libvirt: using the libvirt that answers on qemu:///system (the harness touches only its own domains)"
+            .into())
+    } else {
+        start(&mut s.ours).map(|what| {
+            format!(
+                "libvirt: nothing answered on qemu:///system: started {what} (logs in {}); stopped at the end",
+                log_dir().display()
+            )
+        })
+    };
+    if r.is_ok() {
+        remove_leftovers();
+    }
+    s.checked = Some(r.clone());
+    r
+}
+
+/// Whether this process started daemons that still run.
+pub fn started_any() -> bool {
+    !state().ours.is_empty()
+}
+
+/// Stops the daemons this process started (after destroying its domains),
+/// libvirtd first; each gets SIGTERM and [`STOP_LIMIT`] before SIGKILL.
+/// Nothing to do when it started none.
+pub fn stop() {
+    let ours = {
+        let mut s = state();
+        s.checked = None;
+        std::mem::take(&mut s.ours)
+    };
+    if ours.is_empty() {
+        return;
+    }
+    super::destroy_all();
+    for mut d in ours.into_iter().rev() {
+        let pid = d.child.id() as i32;
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_LIMIT;
+        loop {
+            match d.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = d.child.kill();
+                    let _ = d.child.wait();
+                    let _ = std::io::Write::write_fmt(
+                        &mut std::io::stderr(),
+                        format_args!("libvirt: {} did not stop within {} s: killed\n", d.what, STOP_LIMIT.as_secs()),
+                    );
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+/// Where the started daemons' output goes.
+pub fn log_dir() -> PathBuf {
+    crate::util::target_dir(&crate::agent::workspace_root()).join("pvagent-libvirt")
+}
+
+fn program(name: &str) -> Option<PathBuf> {
+    find_program(name).or_else(|| {
+        let p = Path::new("/usr/sbin").join(name);
+        p.is_file().then_some(p)
+    })
+}
+
+/// Starts virtlogd (unless one listens) and libvirtd; returns what it
+/// started.
+fn start(ours: &mut Vec<Started>) -> Result<String, String> {
+    let install = "libvirt is not installed: run `cargo xtask setup --board <a libvirt board>` (as root it installs \
+                   libvirt-daemon-system and libvirt-clients)";
+    let libvirtd = program("libvirtd").ok_or(install)?;
+    let virtlogd = program("virtlogd").ok_or(install)?;
+    if find_program("virsh").is_none() {
+        return Err(install.into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("no libvirt answers on qemu:///system, and only root can start its system daemons: start \
+                    libvirtd (e.g. `sudo systemctl start libvirtd`), or run as root"
+            .into());
+    }
+    let dir = log_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let mut what = Vec::new();
+    if UnixStream::connect(VIRTLOGD_SOCK).is_err() {
+        let child = spawn_daemon(&virtlogd, &dir.join("virtlogd.log"))?;
+        ours.push(Started { what: "virtlogd", child });
+        wait_for("virtlogd", ours, &dir.join("virtlogd.log"), || UnixStream::connect(VIRTLOGD_SOCK).is_ok())?;
+        what.push("virtlogd");
+    }
+    let child = spawn_daemon(&libvirtd, &dir.join("libvirtd.log"))?;
+    ours.push(Started { what: "libvirtd", child });
+    wait_for("libvirtd", ours, &dir.join("libvirtd.log"), answering)?;
+    what.push("libvirtd");
+    Ok(what.join(" and "))
+}
+
+/// Waits until `ready`, or fails when the last started daemon exits or
+/// [`START_LIMIT`] passes (naming its log).
+fn wait_for(what: &str, ours: &mut [Started], log: &Path, mut ready: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + START_LIMIT;
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        let last = ours.last_mut().expect("just started");
+        if let Ok(Some(st)) = last.child.try_wait() {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(format!(
+                "{what} exited ({st}) before answering: {}",
+                crate::util::excerpt(&tail, 3, 400).replace('\n', " | ")
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{what} did not answer within {} s (see {})", START_LIMIT.as_secs(), log.display()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Spawns a daemon in the foreground, from a thread that lives as long as
+/// the process: PR_SET_PDEATHSIG fires when the spawning thread ends, and it
+/// must fire only when the whole process does (then the daemon gets
+/// SIGTERM and shuts down cleanly). Its own process group: a terminal's
+/// Ctrl-C reaches the harness, which destroys its domains first.
+fn spawn_daemon(program: &Path, log: &Path) -> Result<Child, String> {
+    let out = std::fs::File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let program = program.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let shown = program.display().to_string();
+    std::thread::Builder::new()
+        .name("libvirt-daemon".into())
+        .spawn(move || {
+            let parent = std::process::id() as libc::pid_t;
+            let mut cmd = Command::new(&program);
+            cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+            // SAFETY: only async-signal-safe libc calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::getppid() != parent {
+                        return Err(std::io::Error::other("parent exited"));
+                    }
+                    Ok(())
+                });
+            }
+            let _ = tx.send(cmd.spawn());
+            loop {
+                std::thread::park();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    rx.recv().map_err(|e| e.to_string())?.map_err(|e| format!("starting {shown}: {e}"))
+}
+
+/// Destroys domains a killed harness left behind (see the module docs).
+fn remove_leftovers() {
+    let Ok(list) = virsh(&["list", "--name"], VIRSH_TIMEOUT) else { return };
+    for name in list.lines().map(str::trim).filter(|n| !n.is_empty()) {
+        let Some(pid) = pid_of_name(name) else { continue };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        // SAFETY: signal 0 only checks whether the pid exists.
+        let alive =
+            unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        if alive {
+            continue;
+        }
+        let ours = virsh(&["desc", name], VIRSH_TIMEOUT).is_ok_and(|d| d.trim() == MARKER);
+        if ours && super::destroy(name).is_ok() {
+            eprintln!("libvirt: destroyed {name}, left behind by a harness (pid {pid}) that no longer runs");
+        }
+    }
+}
