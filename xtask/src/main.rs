@@ -341,9 +341,17 @@ fn table_run(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
     let qemu: BTreeMap<String, String> = versions.iter().map(|(b, v)| (b.clone(), v.to_string())).collect();
     // Table to stdout, or to stderr when stdout carries JSON.
     let mut out: Box<dyn Write> = if args.json { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
+    let libvirt = if used.iter().any(|b| b.launch.kind == xtask::config::BoardKind::Libvirt) {
+        match xtask::libvirt::versions() {
+            Ok((lib, qemu)) => format!("libvirt {lib} (qemu:///system, its QEMU {qemu})\n"),
+            Err(e) => format!("libvirt: {e}\n"),
+        }
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "image {}\nQEMU {}\nartifacts {}\n",
+        "image {}\nQEMU {}\n{libvirt}artifacts {}\n",
         img,
         qemu.iter().map(|(b, v)| format!("{b} {v}")).collect::<Vec<_>>().join(", "),
         run_dir.display()

@@ -295,6 +295,9 @@ pub fn junit(results: &[CaseResult], wall: std::time::Duration) -> String {
             let mut case = TestCase::new(r.id.as_str(), status);
             case.set_classname(board).set_time(wall_of(r));
             case.add_property(quick_junit::Property::new("clock", r.clock.as_str()));
+            if let Some(v) = r.libvirt.as_ref().and_then(|l| l.version.as_deref()) {
+                case.add_property(quick_junit::Property::new("libvirt", v));
+            }
             let notes = notes(r);
             if !notes.is_empty() && !matches!(r.verdict, Verdict::Skipped(_)) {
                 case.set_system_out(notes.join("\n"));

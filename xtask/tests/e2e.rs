@@ -37,6 +37,8 @@ struct Shared {
     root: PathBuf,
     /// Architectures of the trials that will run.
     arches: OnceLock<BTreeSet<Arch>>,
+    /// Whether a trial on a libvirt board will run.
+    libvirt: OnceLock<bool>,
     env: OnceLock<Result<RunEnv, String>>,
 }
 
@@ -54,6 +56,13 @@ impl Shared {
                 let run_dir = artifacts::new_run_dir(&runs).map_err(|e| format!("{e:#}"))?;
                 let shown: Vec<String> = imgs.values().map(|p| p.display().to_string()).collect();
                 eprintln!("e2e: images {}, artifacts in {}", shown.join(", "), run_dir.display());
+                if *self.libvirt.get().unwrap_or(&false) {
+                    // The libvirt boards' daemons (started here when none answers) and versions.
+                    match xtask::libvirt::daemons::ensure().and_then(|line| Ok((line, xtask::libvirt::versions()?))) {
+                        Ok((line, (lib, qemu))) => eprintln!("e2e: {line}; libvirt {lib}, QEMU {qemu}"),
+                        Err(e) => eprintln!("e2e: libvirt: {e}"),
+                    }
+                }
                 Ok(RunEnv::with_images(imgs, run_dir))
             })
             .as_ref()
@@ -117,7 +126,12 @@ fn main() {
     args.test_threads = args.test_threads.or_else(|| Some(default_threads()));
     qemu::install_signal_handlers();
     let root = agent::workspace_root();
-    let shared = Arc::new(Shared { root: root.clone(), arches: OnceLock::new(), env: OnceLock::new() });
+    let shared = Arc::new(Shared {
+        root: root.clone(),
+        arches: OnceLock::new(),
+        libvirt: OnceLock::new(),
+        env: OnceLock::new(),
+    });
     let trials: Vec<Trial> = match clock::forced_from_env()
         .map_err(anyhow::Error::msg)
         .and_then(|forced| Ok((Project::load(&root, None)?, forced)))
@@ -133,6 +147,7 @@ fn main() {
             let runs = artifacts::runs_root(&agent::target_dir(&root));
             let mut slots: Vec<Option<Case>> = cases.iter().cloned().map(Some).collect();
             let mut arches = BTreeSet::new();
+            let mut libvirt = false;
             let trials = schedule::longest_first(&cases, &runs)
                 .into_iter()
                 .filter_map(|i| slots[i].take())
@@ -141,20 +156,28 @@ fn main() {
                     let name = case.full_name();
                     let shared = shared.clone();
                     let arch = Arch::of(&case.board).ok();
+                    let on_libvirt = case.board.launch.kind == xtask::config::BoardKind::Libvirt;
                     let trial = Trial::ignorable_test(name, move || run_trial(&shared, &case));
                     if !args.is_filtered_out(&trial) {
                         match &pre {
                             Precheck::Ignore(reason) => eprintln!("e2e: SKIPPED {}: {reason}", trial.name()),
                             Precheck::Fail(_) => {}
-                            Precheck::Run => arches.extend(arch),
+                            Precheck::Run => {
+                                arches.extend(arch);
+                                libvirt |= on_libvirt;
+                            }
                         }
                     }
                     trial.with_ignored_flag(matches!(pre, Precheck::Ignore(_)))
                 })
                 .collect();
             let _ = shared.arches.set(arches);
+            let _ = shared.libvirt.set(libvirt);
             trials
         }
     };
-    libtest_mimic::run(&args, trials).exit();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // The libvirt daemons this harness started for the libvirt boards, if any.
+    xtask::libvirt::daemons::stop();
+    conclusion.exit();
 }

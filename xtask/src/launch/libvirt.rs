@@ -232,6 +232,12 @@ impl Launcher for Libvirt<'_> {
             return Err(e.context(format!("libvirt did not create the domain (see {})", xml_file.display())));
         }
         let id = virsh(&["domid", &name], VIRSH_TIMEOUT).ok().and_then(|s| s.trim().parse::<u32>().ok());
+        if let Some(pid) = std::fs::read_to_string(Path::new(libvirt::RUN_DIR).join(format!("{name}.pid")))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            shared.qemu_pid.store(pid, Ordering::Relaxed);
+        }
         let mut bridge = Bridge::attach(&name, dir, spawned_at, shared.clone())?;
         bridge.probe(deadline)?;
         let console = if self.run.virsh_console {
@@ -378,13 +384,15 @@ impl Guest for DomainGuest {
     }
 
     fn kill(&mut self) -> Result<Ended> {
+        self.shared.sample_cpu();
         libvirt::destroy(&self.name)?;
         self.shared.gone.store(true, Ordering::SeqCst);
         Ok(Ended(None))
     }
 
+    /// At its last sample (each event, and right before it is destroyed).
     fn cpu_time(&self) -> Option<Duration> {
-        None
+        *self.shared.cpu.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -493,6 +501,47 @@ mod tests {
             domain_of(&rom, &cmd, "n", &settings).unwrap().boot,
             xml::Boot::Rom("/run/pvagent-x86_64.rom".into())
         );
+    }
+
+    /// The README's "Under libvirt" XML is what the generator makes of its
+    /// `cargo xtask libvirt-xml` command (the board file's machine and
+    /// memory; the checkout's path as the README writes it; libvirt 11.3.0's
+    /// doubled commas).
+    #[test]
+    fn the_readmes_xml_is_the_generators() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let section = &readme[readme.find("\n## Under libvirt\n").expect("the README's libvirt section")..];
+        let command = section.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
+        let xml = section.split("```xml\n").nth(1).unwrap().split("```").next().unwrap();
+        let script = "pvpanic.crashloaded; i6300esb.arm:300ms,300ms; sleep:5s";
+        for arg in [
+            format!("--script '{script}'"),
+            "--device pvpanic-pci --device i6300esb --watchdog-action shutdown".into(),
+            "--console-log /var/tmp/pvagent-console.log".into(),
+        ] {
+            assert!(command.replace("\\\n    ", "").contains(&arg), "{arg} not in {command}");
+        }
+        let boards = crate::config::load_boards(&root.join("boards"), root).unwrap();
+        let b = boards.iter().find(|b| b.name == "libvirt-q35").unwrap();
+        let d = Domain {
+            name: "pvagent".into(),
+            description: None,
+            arch: b.arch,
+            domain_type: "qemu",
+            machine: b.machine.clone(),
+            memory: b.memory.clone(),
+            emulator: Some("/usr/bin/qemu-system-x86_64".into()),
+            boot: xml::Boot::Kernel("/home/you/pvagent/target/x86_64-unknown-none/release/pvagent".into()),
+            script: Some(ScriptIn::FwCfg(script.into(), libvirt::Commas::Double)),
+            settings: Settings {
+                devices: vec![xml::Device::PvpanicPci, xml::Device::I6300esb],
+                watchdog_action: Some("shutdown".into()),
+                ..Settings::default()
+            },
+            console_log: "/var/tmp/pvagent-console.log".into(),
+        };
+        assert_eq!(xml, d.xml());
     }
 
     #[test]

@@ -110,9 +110,27 @@ pub struct Shared {
     pub gone: AtomicBool,
     /// Lines virsh wrote on stderr, and commands that failed (`stderr.txt`).
     pub errors: Mutex<Vec<String>>,
+    /// The domain's QEMU (libvirt's pid file), 0: unknown.
+    pub qemu_pid: std::sync::atomic::AtomicI32,
+    /// QEMU's CPU time at its last sample (it is libvirtd's child: its
+    /// final counters are not ours to read once it has exited).
+    pub cpu: Mutex<Option<Duration>>,
 }
 
 impl Shared {
+    /// Reads QEMU's CPU time now (kept when QEMU is gone).
+    pub fn sample_cpu(&self) {
+        let pid = self.qemu_pid.load(Ordering::Relaxed);
+        if pid <= 0 {
+            return;
+        }
+        if let Some(t) =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| crate::qemu::cpu_of_stat(&s))
+        {
+            *self.cpu.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        }
+    }
+
     pub fn note_error(&self, e: impl Into<String>) {
         self.errors.lock().unwrap_or_else(|e| e.into_inner()).push(e.into());
     }
@@ -297,14 +315,26 @@ impl Bridge {
         self.stop_watchers();
     }
 
-    /// Kills the watchers (they never end by themselves while libvirtd runs).
+    /// Ends the watchers (they never end by themselves while libvirtd
+    /// runs): SIGINT, on which virsh deregisters its callbacks, then SIGKILL
+    /// for one that is still there after a moment.
     pub fn stop_watchers(&mut self) {
+        for w in &self.watchers {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe {
+                libc::kill(w.pid(), libc::SIGINT);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(500);
         for mut w in self.watchers.drain(..) {
-            let _ = w.kill();
+            if !matches!(w.wait_until(deadline), Ok(Some(_))) {
+                let _ = w.kill();
+            }
         }
     }
 
     fn take(&mut self, input: Input) {
+        self.shared.sample_cpu();
         match input {
             Input::Libvirt(line, at) => self.libvirt_line(&line, at),
             Input::Qmp(line) => self.qmp_line(&line),
@@ -466,6 +496,7 @@ impl Bridge {
 
     /// `virsh destroy`, then libvirt's `stopped` event (or [`DESTROY_GRACE`]).
     fn destroy(&mut self) {
+        self.shared.sample_cpu();
         if let Err(e) = super::destroy(&self.name) {
             self.shared.note_error(format!("{e:#}"));
         }

@@ -52,6 +52,8 @@ const QEMU_CONF: &str = "/etc/libvirt/qemu.conf";
 const DEFAULT_DUMP_PATH: &str = "/var/lib/libvirt/qemu/dump";
 /// Where libvirt's QEMU driver keeps each domain's log.
 pub const DOMAIN_LOG_DIR: &str = "/var/log/libvirt/qemu";
+/// Where it keeps the running domains' state (`<name>.pid`: QEMU's pid).
+pub const RUN_DIR: &str = "/run/libvirt/qemu";
 
 /// A `virsh -c URI …` command (`LC_ALL=C`: virsh's words are parsed).
 pub fn virsh_command(args: &[&str]) -> Command {
