@@ -292,7 +292,10 @@ impl Observer<'_> {
         if self.live {
             let data = if ev.data.is_null() { String::new() } else { format!(" {}", ev.data) };
             let late = match ms {
-                Some(ms) if arrived_ms - ms > 100.0 => format!("  (arrived at {arrived_ms:.1} ms: QMP rate limit)"),
+                Some(ms) if arrived_ms - ms > 100.0 && ev.event == "WATCHDOG" => {
+                    format!("  (arrived at {arrived_ms:.1} ms: QMP rate limit)")
+                }
+                Some(ms) if arrived_ms - ms > 100.0 => format!("  (arrived at {arrived_ms:.1} ms)"),
                 _ => String::new(),
             };
             match ms {

@@ -13,7 +13,8 @@
 //!   ([`Bridge::probe`]), attaches `virsh console` when the row asks
 //!   (`libvirt.virsh_console`), then hands the runner a QMP session served
 //!   by the [`Bridge`], whose `cont` is `virsh resume`;
-//! * gets [`BOOT_ALLOWANCE`] on top of the row's `timeout`;
+//! * gets [`BOOT_ALLOWANCE`] on top of the row's `timeout` to create the
+//!   domain; the `timeout` counts from the domain ready to resume;
 //! * afterwards destroys the domain if it still exists, and keeps libvirt's
 //!   domain log (`libvirt-domain.log`, also `stderr.txt`: QEMU's stderr is in
 //!   it), both watchers' output (`virsh-event.txt`,
@@ -268,6 +269,9 @@ impl Launcher for Libvirt<'_> {
         let greeting = qmp.greeting(deadline)?;
         let greeting_at = SystemTime::now();
         qmp.execute("qmp_capabilities", None, deadline, on_event)?;
+        // The row's `timeout` counts from here, the domain ready to resume:
+        // the allowance was for creating it.
+        let deadline = deadline.min(Instant::now() + limit.saturating_sub(BOOT_ALLOWANCE));
         Ok(Session { qmp, greeting, deadline, greeting_at, ready_at: SystemTime::now() })
     }
 

@@ -494,23 +494,38 @@ impl Bridge {
         Ok(v.get("return").cloned().unwrap_or(Value::Null))
     }
 
-    /// `virsh destroy`, then libvirt's `stopped` event (or [`DESTROY_GRACE`]).
+    /// `virsh destroy` (on a thread of its own: it takes about 1.5 s, and
+    /// the events keep coming meanwhile), then libvirt's `stopped` event (or
+    /// [`DESTROY_GRACE`] after it returned).
     fn destroy(&mut self) {
         self.shared.sample_cpu();
-        if let Err(e) = super::destroy(&self.name) {
-            self.shared.note_error(format!("{e:#}"));
-        }
-        let deadline = Instant::now() + DESTROY_GRACE;
+        let name = self.name.clone();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(super::destroy(&name));
+        });
+        let give_up = Instant::now() + VIRSH_TIMEOUT + DESTROY_GRACE;
+        let mut returned: Option<Instant> = None;
         while !self.shared.gone.load(Ordering::SeqCst) {
-            match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(Input::Command(_)) | Ok(Input::RunnerGone) => {}
-                Ok(input) => self.take(input),
-                Err(_) => {
-                    if !self.exists() {
-                        self.set_gone();
-                    }
-                    break;
+            let now = Instant::now();
+            if returned.is_none()
+                && let Ok(r) = done_rx.try_recv()
+            {
+                if let Err(e) = r {
+                    self.shared.note_error(format!("{e:#}"));
                 }
+                returned = Some(now);
+            }
+            if returned.is_some_and(|t| now >= t + DESTROY_GRACE) || now >= give_up {
+                if !self.exists() {
+                    self.set_gone();
+                }
+                break;
+            }
+            match self.rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Input::Command(_)) | Ok(Input::RunnerGone) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(input) => self.take(input),
+                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
         self.gone_at.get_or_insert(Instant::now());

@@ -233,23 +233,30 @@ fn spawn_daemon(program: &Path, log: &Path) -> Result<Child, String> {
     rx.recv().map_err(|e| e.to_string())?.map_err(|e| format!("starting {shown}: {e}"))
 }
 
-/// Destroys domains a killed harness left behind (see the module docs).
+/// Destroys domains a killed harness left behind (see the module docs), all
+/// at once.
 fn remove_leftovers() {
     let Ok(list) = virsh(&["list", "--name"], VIRSH_TIMEOUT) else { return };
-    for name in list.lines().map(str::trim).filter(|n| !n.is_empty()) {
-        let Some(pid) = pid_of_name(name) else { continue };
-        if pid == std::process::id() as i32 {
-            continue;
-        }
-        // SAFETY: signal 0 only checks whether the pid exists.
-        let alive =
-            unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
-        if alive {
-            continue;
-        }
-        let ours = virsh(&["desc", name], VIRSH_TIMEOUT).is_ok_and(|d| d.trim() == MARKER);
-        if ours && super::destroy(name).is_ok() {
-            eprintln!("libvirt: destroyed {name}, left behind by a harness (pid {pid}) that no longer runs");
-        }
+    let threads: Vec<_> = list
+        .lines()
+        .map(str::trim)
+        .filter_map(|name| Some((name.to_string(), pid_of_name(name)?)))
+        .filter(|&(_, pid)| {
+            // SAFETY: signal 0 only checks whether the pid exists.
+            let gone = unsafe { libc::kill(pid, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            pid != std::process::id() as i32 && gone
+        })
+        .map(|(name, pid)| {
+            std::thread::spawn(move || {
+                let ours = virsh(&["desc", &name], VIRSH_TIMEOUT).is_ok_and(|d| d.trim() == MARKER);
+                if ours && super::destroy(&name).is_ok() {
+                    eprintln!("libvirt: destroyed {name}, left behind by a harness (pid {pid}) that no longer runs");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
     }
 }
