@@ -178,6 +178,135 @@ pub fn validate(row: &Place, value: toml::Value, errs: &mut Vec<ConfigError>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::fixtures::PC;
+    use crate::config::{Board, End, HostStep, load_boards};
+    use std::path::Path;
+
+    const LV_Q35: &str = "name = \"lq\"\ndescription = \"d\"\narch = \"x86_64\"\nbinary = \"qemu-system-x86_64\"\n\
+                          machine = \"q35\"\naccel = \"tcg\"\nmemory = \"128M\"\npackage = \"qemu-system-x86\"\n\
+                          kind = \"libvirt\"\ngroups = [\"lv\"]\n";
+
+    /// `pc` (a QEMU board), `lq` (libvirt q35), `lp` (libvirt pc), `ls`
+    /// (libvirt s390x); @lv: the libvirt ones.
+    fn boards() -> Vec<Board> {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(format!("{name}.toml")), text).unwrap();
+        write("pc", PC.to_string());
+        write("lq", LV_Q35.to_string());
+        write("lp", LV_Q35.replace("\"lq\"", "\"lp\"").replace("\"q35\"", "\"pc\""));
+        write(
+            "ls",
+            LV_Q35
+                .replace("\"lq\"", "\"ls\"")
+                .replace("\"q35\"", "\"s390-ccw-virtio\"")
+                .replace("x86_64", "s390x")
+                .replace("qemu-system-x86\"", "qemu-system-s390x\""),
+        );
+        load_boards(dir.path(), dir.path()).unwrap()
+    }
+
+    fn table(rows: &str) -> Result<crate::config::Scenarios, String> {
+        crate::config::fixtures::parse_with(rows, &boards())
+    }
+
+    const ROW: &str = r#"
+[[scenario]]
+name = "r"
+script = "pvpanic.panicked"
+boards = ["@lv"]
+libvirt = { devices = ["pvpanic-pci"], on_crash = "destroy", events = ["crashed:panicked", "stopped:crashed"], state = "gone" }
+expect = [ { event = "GUEST_PANICKED" } ]
+end = { stopped = true }
+"#;
+
+    #[test]
+    fn libvirt_boards_and_their_rows() {
+        let b = boards();
+        assert_eq!(b.iter().filter(|b| b.launch.kind == crate::config::BoardKind::Libvirt).count(), 3);
+        // No -icount under libvirt, and no QEMU arguments of the board's own.
+        let e = crate::config::parse_board(
+            Path::new("boards/lq.toml"),
+            &format!("{LV_Q35}clock = \"virtual\"\n"),
+            Path::new("/w"),
+        )
+        .unwrap_err();
+        assert!(e.contains("libvirt has no setting for -icount"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("lq.toml"), format!("{LV_Q35}args = [\"-device\", \"pvpanic\"]\n")).unwrap();
+        let e = load_boards(dir.path(), dir.path()).unwrap_err();
+        assert!(e.contains("`args`: is set; a libvirt board's QEMU command line is libvirt's"), "{e}");
+
+        // ib700 is refused on the q35 board only; diag288 runs on s390x only.
+        let e = table(&ROW.replace("[\"pvpanic-pci\"]", "[\"ib700\"]")).unwrap_err();
+        assert!(e.contains("board `lq` (x86_64 q35): libvirt refuses ib700 on q35"), "{e}");
+        assert!(e.contains("board `ls`") && !e.contains("board `lp`"), "{e}");
+        let t = table(&ROW.replace("@lv", "lq")).unwrap();
+        let s = &t.scenarios[0];
+        assert_eq!((s.end.clone(), s.libvirt.as_ref().unwrap().checks.state.as_str()), (End::Stopped, "gone"));
+
+        let fails = |edit: &dyn Fn(&str) -> String, want: &str| {
+            let e = table(&edit(ROW)).unwrap_err();
+            assert!(e.contains(want), "{want}: {e}");
+        };
+        fails(&|r| r.replace("[\"@lv\"]", "[\"lq\", \"pc\"]"), "mixes libvirt boards (lq) with others (pc)");
+        fails(&|r| r.replace("end = { stopped = true }", "end = { exit = 0 }"), "an exit status on a libvirt board");
+        fails(&|r| format!("{r}args = [\"-device\", \"pvpanic\"]\n"), "libvirt makes the QEMU command line");
+        fails(
+            &|r| {
+                format!(
+                    "[variants.v]\nargs = [\"-device\", \"pvpanic\"]\n{}",
+                    r.replace("boards = [", "variants = [\"v\"]\nboards = [")
+                )
+            },
+            "variants add QEMU arguments",
+        );
+        fails(
+            &|r| r.lines().filter(|l| !l.starts_with("libvirt =")).collect::<Vec<_>>().join("\n"),
+            "`libvirt`: is missing; the row runs on libvirt boards",
+        );
+        fails(&|r| r.replace("state = \"gone\"", "state = \"gone\", virsh_console = true"), "no `console_contains`");
+        // The other way round: what only libvirt boards have.
+        fails(&|r| r.replace("[\"@lv\"]", "[\"pc\"]"), "none of the row's boards is a libvirt board");
+        let local = "[[scenario]]\nname = \"l\"\nboards = [\"pc\"]\nexpect = []\n";
+        let e = table(&format!("{local}end = {{ stopped = true }}\n")).unwrap_err();
+        assert!(e.contains("{ stopped = true } is for libvirt boards"), "{e}");
+        let e = table(&format!(
+            "{local}end = {{ status = \"running\" }}\nhost_actions = [{{ after_log = \"x\", virsh = [\"shutdown\"] }}]\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("a `virsh` action needs libvirt boards"), "{e}");
+    }
+
+    #[test]
+    fn host_actions() {
+        let row = |actions: &str| {
+            table(&format!(
+                "[[scenario]]\nname = \"a\"\nboards = [\"lq\"]\nlibvirt = {{ state = \"running:unpaused\" }}\nexpect = []\n\
+                 end = {{ status = \"running\" }}\nhost_actions = [{actions}]\n"
+            ))
+        };
+        let t = row(r#"{ after_log = "armed", virsh = ["shutdown", "--mode", "acpi"] },
+                       { after_log = "ignored", execute = "system_powerdown" }"#)
+        .unwrap();
+        let a = &t.scenarios[0].host_actions;
+        assert_eq!(a[0].step, HostStep::Virsh(vec!["shutdown".into(), "--mode".into(), "acpi".into()]));
+        assert!(matches!(&a[1].step, HostStep::Qmp(c) if c.execute == "system_powerdown"));
+        assert_eq!(
+            (a[0].to_string(), a[1].to_string()),
+            ("virsh shutdown --mode acpi".into(), "QMP system_powerdown".into())
+        );
+        for (bad, want) in [
+            (r#"{ after_log = "x" }"#, "exactly one of `virsh` and `execute`"),
+            (r#"{ after_log = "x", virsh = ["a"], execute = "b" }"#, "exactly one of"),
+            (r#"{ after_log = "", virsh = ["a"] }"#, "`after_log`: is empty"),
+            (r#"{ after_log = "x", virsh = ["--mode"] }"#, "needs a virsh command first"),
+            (r#"{ after_log = "x", execute = "cont" }"#, "sent by the runner itself"),
+            (r#"{ after_log = "x", virsh = ["a"], wait = 1 }"#, "wait"),
+        ] {
+            let e = row(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
 
     fn check(table: &str) -> Result<LibvirtRow, String> {
         let v: toml::Value = toml::from_str::<toml::Table>(&format!("libvirt = {table}")).unwrap()["libvirt"].clone();
