@@ -107,6 +107,7 @@ impl Row<'_> {
             BootFile::Elf => "ELF -kernel",
             BootFile::Rom => "ROM -bios",
             BootFile::Arm64Image => "Image -kernel",
+            BootFile::Disk => "disk",
         }
     }
 
@@ -200,6 +201,9 @@ pub struct Sample {
     pub resume_ms: Option<f64>,
     /// QMP timestamp of the asserted event.
     pub event_ms: Option<f64>,
+    /// The agent's first line on the serial port (host clock): the
+    /// firmware's hand-over (disk boards only, see [`crate::handover`]).
+    pub handover_ms: Option<f64>,
 }
 
 impl Sample {
@@ -267,6 +271,31 @@ pub struct BoardResult {
     pub ratios: Vec<f64>,
     pub agent_samples: Vec<Sample>,
     pub floor_samples: Vec<Sample>,
+    /// Disk boards: the agent's boots split at the firmware's hand-over.
+    pub handover: Option<Handover>,
+}
+
+/// A disk board's boots of the agent split at the hand-over (the agent's
+/// first line on the serial port).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Handover {
+    /// RESUME → the agent's first line: the firmware.
+    pub firmware: Stats,
+    /// The agent's first line → the event: the agent's own time.
+    pub agent: Stats,
+}
+
+impl Handover {
+    fn of(samples: &[Sample]) -> Option<Handover> {
+        let (mut fw, mut own) = (Vec::new(), Vec::new());
+        for s in samples {
+            if let (Some(r), Some(h), Some(e)) = (s.resume_ms, s.handover_ms, s.event_ms) {
+                fw.push(h - r);
+                own.push(e - h);
+            }
+        }
+        (!fw.is_empty()).then(|| Handover { firmware: Stats::of(&fw), agent: Stats::of(&own) })
+    }
 }
 
 /// A median of the agent's boots and one of the floor's (`None`: not measured).
@@ -297,6 +326,9 @@ pub struct Images {
     pub aarch64_elf: Option<ElfSizes>,
     /// The agent as arm64 `Image` (`-kernel` on virt): its file-backed bytes.
     pub aarch64_image_bytes: Option<u64>,
+    /// The x86_64 disk (`cargo xtask image`): its size, and its UEFI loader's.
+    pub x86_64_disk_bytes: Option<u64>,
+    pub x86_64_efi_bytes: Option<u64>,
     pub floor_image_bytes: Option<u64>,
 }
 
@@ -347,6 +379,13 @@ pub fn run(root: &Path, boards: &[Board], args: &BenchArgs) -> Result<()> {
             let rom = rom::build(&bytes)?;
             images.x86_64_rom_bytes = Some(rom.len() as u64);
             roms.push(("agent.rom", rom));
+        }
+        if rows.iter().any(|r| r.board.boot == Boot::Disk) {
+            // The disk of `cargo xtask image` (its UEFI loader built around this ELF).
+            let disk = crate::disk::make(root, elf, false)?;
+            images.x86_64_disk_bytes = Some(disk.len() as u64);
+            images.x86_64_efi_bytes = Some(crate::disk::layout::read_efi(&disk)?.len() as u64);
+            roms.push(("agent.disk.raw", disk));
         }
     }
     if rows.iter().any(|r| r.spec.floor == BenchFloor::Rom) {
@@ -407,18 +446,23 @@ pub fn run(root: &Path, boards: &[Board], args: &BenchArgs) -> Result<()> {
         floor_rom: made("floor.rom"),
         agent_image: made("agent.Image"),
         floor_image: made("floor.Image"),
+        agent_disk: made("agent.disk.raw"),
     };
     for r in &rows {
         let (agent, floor) = commands(r, &paths, &dir)?;
-        agent.write_files()?;
         let (agent_argv, floor_argv) = (agent.argv(), floor.argv());
         let want_floor_event = r.spec.floor != BenchFloor::QmpReady;
+        // A disk board's agent boots are split at the firmware's hand-over.
+        let serial = (r.board.boot == Boot::Disk).then(|| dir.join("serial.sock"));
         let mut agent_samples = Vec::new();
         let mut floor_samples = Vec::new();
         for i in 0..args.warmup.saturating_add(args.runs) {
-            let a = boot(&agent_argv, true, args.timeout, &mut qemus)
+            // Each boot its own copy of what the run writes (a disk board's
+            // disk and UEFI variables: the firmware writes its boot entries).
+            agent.write_files()?;
+            let a = boot(&agent_argv, true, args.timeout, serial.as_deref(), &mut qemus)
                 .with_context(|| format!("board {}: agent boot {}", r.name(), i + 1))?;
-            let f = boot(&floor_argv, want_floor_event, args.timeout, &mut qemus)
+            let f = boot(&floor_argv, want_floor_event, args.timeout, None, &mut qemus)
                 .with_context(|| format!("board {}: floor boot {}", r.name(), i + 1))?;
             if i >= args.warmup {
                 agent_samples.push(a);
@@ -531,6 +575,8 @@ struct Paths<'a> {
     /// The aarch64 agent as arm64 Image.
     agent_image: Option<&'a Path>,
     floor_image: Option<&'a Path>,
+    /// The x86_64 disk (`boot = "disk"` boards).
+    agent_disk: Option<&'a Path>,
 }
 
 fn need<'p>(p: Option<&'p Path>, what: &str) -> Result<&'p Path> {
@@ -545,11 +591,13 @@ fn commands(r: &Row<'_>, paths: &Paths<'_>, dir: &Path) -> Result<(QemuCmd, Qemu
     let image = match (r.board.arch, BootFile::of(r.board.arch, r.board.boot)) {
         (_, BootFile::Rom) => need(paths.agent_rom, "agent ROM")?,
         (_, BootFile::Arm64Image) => need(paths.agent_image, "aarch64 agent Image")?,
+        (_, BootFile::Disk) => need(paths.agent_disk, "x86_64 agent disk")?,
         (Arch::X86_64, BootFile::Elf) => need(paths.x86_elf, "x86_64 image")?,
         (Arch::S390x, BootFile::Elf) => need(paths.s390_elf, "s390x image")?,
         (Arch::Aarch64, BootFile::Elf) => bail!("aarch64 boards boot the arm64 Image"),
     };
     let mut agent = QemuCmd::new(r.board, image)
+        .files_in(dir)
         .args(&r.spec.args)
         .args(&BENCH_ARGS)
         .script(Some(&r.spec.script), Delivery::of(r.board.script_via, dir));
@@ -576,10 +624,22 @@ fn commands(r: &Row<'_>, paths: &Paths<'_>, dir: &Path) -> Result<(QemuCmd, Qemu
 
 /// One boot: spawn, QMP handshake, `cont`, wait for [`EVENT`] (if
 /// `want_event`), kill. Records the QEMU of the first greeting per binary.
-fn boot(argv: &[String], want_event: bool, timeout: Duration, qemus: &mut Vec<QemuInfo>) -> Result<Sample> {
+/// `serial`: a socket path for the guest's serial port, watched for the
+/// agent's first line ([`crate::handover`]).
+fn boot(
+    argv: &[String],
+    want_event: bool,
+    timeout: Duration,
+    serial: Option<&Path>,
+    qemus: &mut Vec<QemuInfo>,
+) -> Result<Sample> {
     let listener = QmpListener::new()?;
     let mut full = argv.to_vec();
     full.extend(listener.chardev().qmp_args());
+    let watch = serial.map(crate::handover::SerialWatch::listen).transpose()?;
+    if let Some(w) = &watch {
+        full.extend(w.chardev().serial_args("serial0"));
+    }
     let errf = tempfile::tempfile().context("creating a temp file for QEMU's stderr")?;
     let mut err_read = errf.try_clone()?;
     let mut process = None;
@@ -602,7 +662,7 @@ fn boot(argv: &[String], want_event: bool, timeout: Duration, qemus: &mut Vec<Qe
         }
         let (greeting_ms, ready_ms) = (ms(unix_micros(greeting_at)), ms(unix_micros(ready_at)));
         if !want_event {
-            return Ok(Sample { greeting_ms, ready_ms, resume_ms: None, event_ms: None });
+            return Ok(Sample { greeting_ms, ready_ms, resume_ms: None, event_ms: None, handover_ms: None });
         }
         q.execute("cont", None, deadline, &mut |_, e| events.push(e))?;
         let stamp = |events: &[QmpEvent], name: &str| {
@@ -615,6 +675,7 @@ fn boot(argv: &[String], want_event: bool, timeout: Duration, qemus: &mut Vec<Qe
                     ready_ms,
                     resume_ms: stamp(&events, "RESUME"),
                     event_ms: Some(event_ms),
+                    handover_ms: None,
                 });
             }
             match q.poll(deadline)? {
@@ -632,14 +693,28 @@ fn boot(argv: &[String], want_event: bool, timeout: Duration, qemus: &mut Vec<Qe
             }
         }
     });
+    let spawn_us = process.as_ref().map(|p| unix_micros(p.spawned_at));
     if let Some(mut qemu) = process {
         let _ = qemu.kill();
     }
-    result.map_err(|e| {
+    let seen = watch.map(crate::handover::SerialWatch::finish);
+    let handover_ms = match (&seen, spawn_us) {
+        (Some(seen), Some(t0)) => seen.first_agent_line_us.map(|t| (t - t0) as f64 / 1000.0),
+        _ => None,
+    };
+    result.map(|sample| Sample { handover_ms, ..sample }).map_err(|e| {
         let mut s = String::new();
         let _ = err_read.rewind();
         let _ = err_read.read_to_string(&mut s);
         let e = e.context(format!("$ {}", shell_join(argv)));
+        let e = match seen.filter(|s| !s.bytes.is_empty()) {
+            Some(seen) => {
+                let text = String::from_utf8_lossy(&seen.bytes);
+                let tail: String = text.chars().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
+                e.context(format!("the serial port's last output: {}", tail.trim()))
+            }
+            None => e,
+        };
         if s.trim().is_empty() { e } else { e.context(format!("QEMU's stderr: {}", s.trim())) }
     })
 }
@@ -667,6 +742,9 @@ fn summarize(
     let ratios: Vec<f64> = agent_ms.iter().zip(&floor_ms).map(|(a, f)| round4(a / f)).collect();
     let (file, loaded) = match (r.board.arch, r.board.boot) {
         (_, Boot::Firmware) => (images.x86_64_rom_bytes.unwrap_or(0), images.x86_64_rom_bytes.unwrap_or(0)),
+        (_, Boot::Disk) => {
+            (images.x86_64_disk_bytes.unwrap_or(0), images.x86_64_elf.as_ref().map_or(0, |e| e.load_memsz_bytes))
+        }
         (Arch::X86_64, _) => images.x86_64_elf.as_ref().map_or((0, 0), |e| (e.file_bytes, e.load_memsz_bytes)),
         (Arch::S390x, _) => images.s390x_elf.as_ref().map_or((0, 0), |e| (e.file_bytes, e.load_memsz_bytes)),
         (Arch::Aarch64, _) => {
@@ -695,6 +773,7 @@ fn summarize(
         agent_ms,
         floor_ms,
         ratios,
+        handover: Handover::of(&agent_samples),
         agent_samples,
         floor_samples,
     }
@@ -766,6 +845,29 @@ fn footer(results: &[BoardResult], images: &Images, host: &Host) -> String {
             opt(g.floor)
         );
     }
+    let split: Vec<&BoardResult> = results.iter().filter(|r| r.handover.is_some()).collect();
+    if !split.is_empty() {
+        let _ = writeln!(
+            s,
+            "\ndisk boards, the agent's boots split at the hand-over (the agent's first `pvagent:` line on the \
+             serial port, read as it arrives), ms median (min–max):"
+        );
+        let _ = writeln!(s, "  firmware = RESUME → hand-over; agent = hand-over → {EVENT}");
+        for r in split {
+            let h = r.handover.expect("filtered");
+            let _ = writeln!(
+                s,
+                "  {:<16} firmware {:>8.1} ({:.1}–{:.1})   agent {:>6.2} ({:.2}–{:.2})",
+                r.board,
+                h.firmware.median_ms,
+                h.firmware.min_ms,
+                h.firmware.max_ms,
+                h.agent.median_ms,
+                h.agent.min_ms,
+                h.agent.max_ms
+            );
+        }
+    }
     let _ = writeln!(s, "\nimages");
     if let Some(e) = &images.x86_64_elf {
         let _ = writeln!(s, "  x86_64 ELF  {}", elf_line(e));
@@ -773,6 +875,12 @@ fn footer(results: &[BoardResult], images: &Images, host: &Host) -> String {
     if let Some(n) = images.x86_64_rom_bytes {
         let carried = images.x86_64_elf.as_ref().map_or(0, |e| e.load_filesz_bytes);
         let _ = writeln!(s, "  agent ROM   {n} B (-bios; carries the image's {carried} file-backed bytes)");
+    }
+    if let (Some(n), Some(efi)) = (images.x86_64_disk_bytes, images.x86_64_efi_bytes) {
+        let _ = writeln!(
+            s,
+            "  agent disk  {n} B (GPT: the ROM in the BIOS boot partition, a {efi} B BOOTX64.EFI on the ESP)"
+        );
     }
     if let Some(n) = images.floor_rom_bytes {
         let _ = writeln!(s, "  floor ROM   {n} B (-bios; 9 bytes of code at the reset vector)");
@@ -881,6 +989,7 @@ mod tests {
             floor_rom: Some(floor),
             agent_image: Some(Path::new("/a/agent.Image")),
             floor_image: Some(Path::new("/a/floor.Image")),
+            agent_disk: Some(Path::new("/a/agent.disk.raw")),
         };
         let boards = boards();
         let rows: Vec<Row<'_>> =
@@ -898,11 +1007,18 @@ mod tests {
                     assert!(f.windows(2).any(|w| w == ["-kernel", "/a/floor.Image"]), "{f:?}");
                     assert!(!f.iter().any(|x| x == "-bios"), "{f:?}");
                 }
+                // What boots: -bios/-kernel, or a disk board's disk and its UEFI pflash.
+                let boots = |opt: &str, val: &str| {
+                    ["-bios", "-kernel"].contains(&opt)
+                        || (opt == "-drive" && (val.starts_with("if=pflash") || val.contains("id=disk0")))
+                        || (opt == "-device" && val.contains("drive=disk0"))
+                        || (opt == "-global" && val.starts_with("driver=cfi.pflash01"))
+                };
                 let strip = |v: &[String]| -> Vec<String> {
                     let mut out = Vec::new();
                     let mut i = 0;
                     while i < v.len() {
-                        if v[i] == "-bios" || v[i] == "-kernel" {
+                        if boots(&v[i], v.get(i + 1).map_or("", String::as_str)) {
                             i += 2;
                         } else {
                             out.push(v[i].clone());

@@ -414,13 +414,16 @@ pub const SAY_PREFIX: &str = "pvagent: ";
 
 /// Whether a log is the text form: a line of its first 4 KiB starts with
 /// `D:` or `pvagent: ` (a run whose lines were all for a person has no `D:`
-/// line at all).
+/// line at all), or the whole log is printable text (a firmware's console
+/// before the agent ran, or instead of it: no frame is that).
 fn is_text_form(bytes: &[u8]) -> bool {
     let start = &bytes[..bytes.len().min(4096)];
-    start.split(|&b| b == b'\n').any(|line| {
+    let agent_line = start.split(|&b| b == b'\n').any(|line| {
         let line = line.trim_ascii_start();
         line.starts_with(HEX_PREFIX) || line.starts_with(SAY_PREFIX.as_bytes())
-    })
+    });
+    let printable = |b: &u8| matches!(b, b'\n' | b'\r' | b'\t' | 0x1b | 0x20..=0x7e);
+    agent_line || (bytes.contains(&b'\n') && bytes.iter().any(u8::is_ascii_graphic) && bytes.iter().all(printable))
 }
 
 /// Splits a log into frame bytes and text. A log without `D:` lines is raw
@@ -610,6 +613,10 @@ mod tests {
             ]
         );
         assert_eq!(console_lines(log), ["step 1: halt", "error: \\u{1b}[2Jx", "warning: w"]);
+        // Only a firmware's console text (no agent line): text, not frames.
+        assert!(is_text_form(b"\x1b[2JBdsDxe: failed to load Boot0001: Access Denied\r\nBdsDxe: x\r\n"));
+        assert!(!is_text_form(b"\x01\x02abc\n"), "not printable");
+        assert!(!is_text_form(b"abc"), "no line");
         // A D: line after other text still makes the log the text form.
         assert!(is_text_form(b"SeaBIOS (version 1.16)\r\nD:00\r\n"));
         assert!(!is_text_form(b"\x01\x02\x00"));

@@ -121,6 +121,9 @@ pub enum BootFile {
     Rom,
     /// The flat arm64 `Image`, with `-kernel` ([`crate::arm64_image`]).
     Arm64Image,
+    /// The x86_64 hybrid disk of `cargo xtask image` ([`crate::disk`]),
+    /// which every run copies.
+    Disk,
 }
 
 impl BootFile {
@@ -128,6 +131,7 @@ impl BootFile {
     pub fn of(arch: Arch, boot: Boot) -> BootFile {
         match (arch, boot) {
             (_, Boot::Firmware) => BootFile::Rom,
+            (_, Boot::Disk) => BootFile::Disk,
             (Arch::Aarch64, Boot::Kernel) => BootFile::Arm64Image,
             (Arch::X86_64 | Arch::S390x, Boot::Kernel) => BootFile::Elf,
         }
@@ -140,6 +144,7 @@ impl BootFile {
             BootFile::Elf => None,
             BootFile::Rom => Some(format!("pvagent-{arch}.rom")),
             BootFile::Arm64Image => Some(format!("pvagent-{arch}.Image")),
+            BootFile::Disk => Some(format!("pvagent-{arch}.disk.raw")),
         }
     }
 
@@ -149,6 +154,7 @@ impl BootFile {
             BootFile::Elf => bail!("the ELF is booted as it is"),
             BootFile::Rom => write_rom(elf, out),
             BootFile::Arm64Image => write_arm64_image(elf, out),
+            BootFile::Disk => crate::disk::write(elf, out),
         }
     }
 }
@@ -204,7 +210,8 @@ pub struct AgentImage {
     pub elf: PathBuf,
     /// `Err` keeps the reason for agent.log.
     pub log_table: Result<LogTable, String>,
-    made: OnceLock<Result<PathBuf, String>>,
+    /// The files made from the ELF, one per kind (x86_64: the ROM, the disk).
+    made: [OnceLock<Result<PathBuf, String>>; 4],
 }
 
 /// The images of a run.
@@ -220,7 +227,7 @@ impl Images {
             .into_iter()
             .map(|(arch, elf)| {
                 let log_table = LogTable::from_file(&elf).map_err(|e| format!("{e:#}"));
-                (arch, AgentImage { arch, elf, log_table, made: OnceLock::new() })
+                (arch, AgentImage { arch, elf, log_table, made: Default::default() })
             })
             .collect();
         Images { images, rom_dir }
@@ -259,10 +266,9 @@ impl AgentImage {
     }
 
     /// The file of `kind` made from the ELF, written once to
-    /// `<dir>/pvagent-<arch>.rom` or `<dir>/pvagent-<arch>.Image` (an
-    /// architecture's boards all boot the same kind).
+    /// `<dir>/pvagent-<arch>.rom`, `….Image` or `….disk.raw`.
     pub fn made(&self, kind: BootFile, dir: &Path) -> Result<PathBuf, String> {
-        self.made
+        self.made[kind as usize]
             .get_or_init(|| {
                 let name =
                     kind.made_name(self.arch).ok_or_else(|| format!("the {} ELF is booted as it is", self.arch))?;

@@ -61,6 +61,9 @@ enum Cmd {
     /// when missing): script, fw_cfg, decode, qmp
     #[command(after_help = "Examples:\n  cargo xtask fuzz --time 60s\n  cargo xtask fuzz script --time 10m")]
     Fuzz(xtask::fuzz::FuzzArgs),
+    /// Write the agent as a bootable disk (UEFI and legacy BIOS), optionally with a baked-in script,
+    /// as raw or qcow2, and optionally a KubeVirt containerDisk (OCI image archive)
+    Image(xtask::disk::ImageArgs),
     /// Set up prerequisites, build the images, then `cargo test --workspace` (incl. the e2e harness)
     Test {
         /// Run every scenario in this clock (sets PVAGENT_CLOCK for the e2e harness) [default: each
@@ -196,6 +199,10 @@ impl From<ClockArg> for Clock {
 enum Via {
     FwCfg,
     Append,
+    /// An SMBIOS OEM string (-smbios type=11,value=pvagent:script=…)
+    Smbios,
+    /// Baked into the run's copy of the disk (boot = "disk" boards)
+    Image,
 }
 
 fn parse_dur(s: &str) -> Result<std::time::Duration, String> {
@@ -240,6 +247,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     images::write_rom(&img, &rom)?;
                     println!("{} ({arch} -bios ROM, {} bytes)", rom.display(), xtask::rom::ROM_SIZE);
                 }
+                if arch == images::Arch::X86_64 {
+                    // The UEFI loader that embeds it (what the disk's ESP holds).
+                    let efi = xtask::disk::efi::build(&root, &img, false)?;
+                    let path = xtask::disk::efi::efi_path(&root);
+                    println!("{} ({arch} UEFI loader \\EFI\\BOOT\\BOOTX64.EFI, {} bytes)", path.display(), efi.len());
+                }
                 if arch == images::Arch::Aarch64 {
                     // What -kernel boots on -M virt: the flat arm64 Image.
                     let image = img.with_extension("Image");
@@ -251,6 +264,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::LibvirtXml(args) => libvirt_xml(&root, args),
+        Cmd::Image(args) => {
+            for line in xtask::disk::run(&root, &args)? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Decode { serial, elf, any_build } => {
             let elf = elf.unwrap_or_else(|| images::decoding_image(&root, &serial));
             let lines = xtask::defmt_log::decode_command(&serial, &elf, any_build)?;
@@ -276,6 +295,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let sel = select_boards(&project, &[])?;
             setup::setup(&root, &sel)?;
             let built = images::build(&root, &images::arches(sel.iter().copied())?)?;
+            build_disk_loader(&root, &sel, &built)?;
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = std::process::Command::new(cargo);
             cmd.args(["test", "--workspace"]).current_dir(&root);
@@ -307,6 +327,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Builds the UEFI loader around the x86_64 image when a disk board is
+/// used (the runs then find it up to date), so that its build shows here.
+fn build_disk_loader(root: &std::path::Path, boards: &[&Board], imgs: &BTreeMap<images::Arch, PathBuf>) -> Result<()> {
+    if let Some(elf) = imgs.get(&images::Arch::X86_64)
+        && boards.iter().any(|b| b.boot == xtask::config::Boot::Disk)
+    {
+        xtask::disk::efi::build(root, elf, false)?;
+    }
+    Ok(())
+}
+
 fn select_boards<'a>(project: &'a Project, names: &[String]) -> Result<Vec<&'a Board>> {
     if names.is_empty() {
         return Ok(project.boards.iter().collect());
@@ -330,6 +361,7 @@ fn table_run(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
     }
     let versions = setup::setup(root, &used)?;
     let imgs = images::resolve(root, &args.images, &images::arches(used.iter().copied())?)?;
+    build_disk_loader(root, &used, &imgs)?;
     let run_dir = artifacts::new_run_dir(&artifacts::runs_root(&agent::target_dir(root)))?;
     let env = RunEnv::with_images(imgs, run_dir.clone());
     for i in env.images.iter() {
@@ -442,6 +474,8 @@ fn libvirt_xml(root: &std::path::Path, args: LibvirtXmlArgs) -> Result<ExitCode>
         None => board.script_via,
         Some(Via::FwCfg) => ScriptVia::FwCfg,
         Some(Via::Append) => ScriptVia::Append,
+        Some(Via::Smbios) => ScriptVia::Smbios,
+        Some(Via::Image) => ScriptVia::Image,
     };
     if let Some(problem) = board.script_via_problem(via) {
         bail!("board {} cannot take a script through {}: {problem}", board.name, via.name());
@@ -460,6 +494,7 @@ fn libvirt_xml(root: &std::path::Path, args: LibvirtXmlArgs) -> Result<ExitCode>
             images::write_rom(&elf, &rom)?;
             xml::Boot::Rom(rom)
         }
+        xtask::config::Boot::Disk => bail!("board {}: libvirt boards do not boot a disk here yet", board.name),
     };
     let script = match args.script.filter(|s| !s.is_empty()) {
         None => None,
@@ -523,6 +558,7 @@ fn adhoc(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
     })?;
     setup::setup(root, &[board])?;
     let imgs = images::resolve(root, &args.images, &images::arches([board])?)?;
+    build_disk_loader(root, &[board], &imgs)?;
     let run_dir = artifacts::new_run_dir(&artifacts::runs_root(&agent::target_dir(root)))?;
     let env = RunEnv::with_images(imgs, run_dir.clone());
     let mut extra = Vec::new();
@@ -556,6 +592,8 @@ fn adhoc(root: &std::path::Path, args: QemuRunArgs) -> Result<ExitCode> {
         None => board.script_via,
         Some(Via::FwCfg) => ScriptVia::FwCfg,
         Some(Via::Append) => ScriptVia::Append,
+        Some(Via::Smbios) => ScriptVia::Smbios,
+        Some(Via::Image) => ScriptVia::Image,
     };
     if let Some(problem) = board.script_via_problem(script_via) {
         bail!("board {} cannot take a script through {}: {problem}", board.name, script_via.name());

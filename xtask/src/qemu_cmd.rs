@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::agent::SCRIPT_FW_CFG_NAME;
 use crate::clock::Clock;
-use crate::config::{Board, Boot, ScriptVia};
+use crate::config::{Board, Boot, DiskBoot, ScriptVia};
 use crate::util::escape_qemu_opt;
 
 /// Where a character device goes.
@@ -84,6 +84,10 @@ pub enum Delivery {
     /// `-append <script>` (PVH command line, s390x kernel command line,
     /// aarch64 device-tree bootargs).
     Append,
+    /// `-smbios type=11,value=pvagent:script=<script>`: an SMBIOS OEM string.
+    Smbios,
+    /// Baked into the run's copy of the disk (`boot = "disk"`), no argument.
+    Image,
 }
 
 impl Delivery {
@@ -94,6 +98,8 @@ impl Delivery {
             ScriptVia::FwCfg => Delivery::FwCfg,
             ScriptVia::FwCfgFile => Delivery::FwCfgFile(dir.join("script.bin")),
             ScriptVia::Append => Delivery::Append,
+            ScriptVia::Smbios => Delivery::Smbios,
+            ScriptVia::Image => Delivery::Image,
         }
     }
 }
@@ -105,13 +111,24 @@ pub struct Script {
     pub delivery: Delivery,
 }
 
+/// The prefix of the agent's SMBIOS OEM string (type 11).
+pub const SMBIOS_SCRIPT_PREFIX: &str = "pvagent:script=";
+
+/// `-smbios type=11,value=pvagent:script=<script>`: the script as an
+/// SMBIOS OEM string (`,` doubled).
+pub fn smbios_script(script: &str) -> [String; 2] {
+    ["-smbios".into(), format!("type=11,value={}", escape_qemu_opt(&format!("{SMBIOS_SCRIPT_PREFIX}{script}")))]
+}
+
 impl Script {
-    /// The arguments that deliver it.
-    pub fn args(&self) -> [String; 2] {
+    /// The arguments that deliver it (none when it is baked into the disk).
+    pub fn args(&self) -> Vec<String> {
         match &self.delivery {
-            Delivery::FwCfg => fw_cfg(SCRIPT_FW_CFG_NAME, FwCfg::String(&self.text)),
-            Delivery::FwCfgFile(file) => fw_cfg(SCRIPT_FW_CFG_NAME, FwCfg::File(file)),
-            Delivery::Append => ["-append".into(), self.text.clone()],
+            Delivery::FwCfg => fw_cfg(SCRIPT_FW_CFG_NAME, FwCfg::String(&self.text)).into(),
+            Delivery::FwCfgFile(file) => fw_cfg(SCRIPT_FW_CFG_NAME, FwCfg::File(file)).into(),
+            Delivery::Append => vec!["-append".into(), self.text.clone()],
+            Delivery::Smbios => smbios_script(&self.text).into(),
+            Delivery::Image => Vec::new(),
         }
     }
 }
@@ -143,6 +160,12 @@ pub struct QemuCmd {
     pub clock: Clock,
     /// The board's `virtual_args` (used only in virtual time).
     pub virtual_args: Vec<String>,
+    /// `boot = "disk"`: how the disk is attached, the UEFI firmware
+    /// (`image` is then the disk every run copies).
+    pub disk: Option<DiskBoot>,
+    /// Where the run's own files go: the disk's copy and the UEFI
+    /// variables' (see [`QemuCmd::files_in`]).
+    pub files_dir: Option<PathBuf>,
 }
 
 impl QemuCmd {
@@ -164,7 +187,31 @@ impl QemuCmd {
             script: None,
             clock: board.clock,
             virtual_args: board.virtual_args.clone(),
+            disk: board.disk.clone(),
+            files_dir: None,
         }
+    }
+
+    /// Where the run's own files go (a disk board's copy of the disk and of
+    /// the UEFI variables, written by [`QemuCmd::write_files`]); without it
+    /// they are relative to QEMU's working directory.
+    pub fn files_in(mut self, dir: &Path) -> QemuCmd {
+        self.files_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    fn run_file(&self, name: &str) -> PathBuf {
+        self.files_dir.as_deref().unwrap_or(Path::new(".")).join(name)
+    }
+
+    /// The run's copy of the disk (`boot = "disk"`).
+    pub fn disk_copy(&self) -> PathBuf {
+        self.run_file(RUN_DISK)
+    }
+
+    /// The run's copy of the UEFI variables.
+    pub fn uefi_vars_copy(&self) -> PathBuf {
+        self.run_file(RUN_UEFI_VARS)
     }
 
     /// The guest's clock (instead of the board's).
@@ -212,6 +259,15 @@ impl QemuCmd {
         if let Some(fw) = &self.firmware {
             push(&["-bios", &fw.to_string_lossy()]);
         }
+        let uefi = self.disk.as_ref().and_then(|d| d.uefi.as_ref()).filter(|_| self.boot == Boot::Disk);
+        if let Some(u) = uefi {
+            let code = format!("if=pflash,format=raw,unit=0,readonly=on,file={}", opt_path(&u.code));
+            let vars = format!("if=pflash,format=raw,unit=1,file={}", opt_path(&self.uefi_vars_copy()));
+            push(&["-drive", &code, "-drive", &vars]);
+            if u.secure_boot {
+                push(&["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+            }
+        }
         if let Some(q) = &self.qmp {
             a.extend(q.qmp_args());
         }
@@ -219,11 +275,22 @@ impl QemuCmd {
             a.extend(s.serial_args("serial0"));
         }
         a.extend(self.args.iter().cloned());
-        a.push(match self.boot {
-            Boot::Kernel => "-kernel".into(),
-            Boot::Firmware => "-bios".into(),
-        });
-        a.push(self.image.to_string_lossy().into_owned());
+        match (self.boot, &self.disk) {
+            (Boot::Disk, Some(d)) => {
+                a.push("-drive".into());
+                a.push(format!("if=none,id=disk0,format=raw,file={}", opt_path(&self.disk_copy())));
+                a.push("-device".into());
+                a.push(d.bus.device("disk0"));
+            }
+            (Boot::Kernel | Boot::Disk, _) => {
+                a.push("-kernel".into());
+                a.push(self.image.to_string_lossy().into_owned());
+            }
+            (Boot::Firmware, _) => {
+                a.push("-bios".into());
+                a.push(self.image.to_string_lossy().into_owned());
+            }
+        }
         if let Some(s) = &self.script {
             a.extend(s.args());
         }
@@ -231,14 +298,41 @@ impl QemuCmd {
     }
 
     /// Writes what the command line refers to and the run creates: the
-    /// script file of `fw_cfg_file`.
-    pub fn write_files(&self) -> std::io::Result<()> {
-        match &self.script {
-            Some(Script { text, delivery: Delivery::FwCfgFile(file) }) => std::fs::write(file, text.as_bytes()),
-            _ => Ok(()),
+    /// script file of `fw_cfg_file`; on a disk board the run's copy of the
+    /// disk (with the script baked in for `image`) and of the UEFI
+    /// variables.
+    pub fn write_files(&self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        if let Some(Script { text, delivery: Delivery::FwCfgFile(file) }) = &self.script {
+            std::fs::write(file, text.as_bytes()).with_context(|| format!("writing {}", file.display()))?;
         }
+        let Some(disk) = self.disk.as_ref().filter(|_| self.boot == Boot::Disk) else {
+            return Ok(());
+        };
+        let baked = match &self.script {
+            Some(Script { text, delivery: Delivery::Image }) => Some(text.as_str()),
+            _ => None,
+        };
+        crate::disk::write_run_copy(&self.image, baked, &self.disk_copy())?;
+        if let Some(u) = &disk.uefi {
+            let copy = self.uefi_vars_copy();
+            std::fs::copy(&u.vars, &copy).with_context(|| {
+                format!(
+                    "copying the UEFI variables {} to {} (package {}: `cargo xtask setup`)",
+                    u.vars.display(),
+                    copy.display(),
+                    u.package
+                )
+            })?;
+        }
+        Ok(())
     }
 }
+
+/// The run's copy of the disk, in its directory.
+pub const RUN_DISK: &str = "disk.raw";
+/// The run's copy of the UEFI variables, in its directory.
+pub const RUN_UEFI_VARS: &str = "uefi-vars.fd";
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,13 @@ const RESET_VECTOR: usize = ROM_SIZE - 16;
 
 /// Builds the ROM from the image's ELF bytes.
 pub fn build(elf: &[u8]) -> Result<Vec<u8>> {
+    build_with_entry(elf).map(|(rom, _)| rom)
+}
+
+/// Builds the ROM and returns it with the offset of `pvagent_rom_entry` in
+/// it (where the reset vector jumps; the disk's boot sector enters the ROM
+/// there too, see `disk`).
+pub fn build_with_entry(elf: &[u8]) -> Result<(Vec<u8>, u16)> {
     let file = object::File::parse(elf).context("parsing the agent image (ELF)")?;
     let symbol = |name: &str| -> Result<u64> {
         file.symbols()
@@ -52,7 +59,15 @@ pub fn build(elf: &[u8]) -> Result<Vec<u8>> {
     let rel = (target as i64 - (RESET_VECTOR as i64 + 3)) as i16;
     rom[RESET_VECTOR] = 0xe9;
     rom[RESET_VECTOR + 1..RESET_VECTOR + 3].copy_from_slice(&rel.to_le_bytes());
-    Ok(rom)
+    Ok((rom, u16::try_from(target)?))
+}
+
+/// The entry offset a ROM's reset vector jumps to (`jmp rel16` at 0xfff0:
+/// `(0xfff3 + rel16) & 0xffff`); `None` when it is no such jump.
+pub fn reset_vector_target(rom: &[u8]) -> Option<u16> {
+    let jmp = rom.get(RESET_VECTOR..RESET_VECTOR + 3)?;
+    (rom.len() == ROM_SIZE && jmp[0] == 0xe9)
+        .then(|| (RESET_VECTOR as u16 + 3).wrapping_add(u16::from_le_bytes([jmp[1], jmp[2]])))
 }
 
 /// The floor image of the benchmark: a 64 KiB ROM whose reset vector

@@ -454,6 +454,7 @@ fn boot(
 ) -> Result<()> {
     let image = env.images.boot_file(&spec.board)?;
     let cmd = QemuCmd::new(&spec.board, &image)
+        .files_in(dir)
         .clock(spec.clock)
         .serial_file(serial)
         .args(&spec.extra_args)

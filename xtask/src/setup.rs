@@ -217,9 +217,75 @@ fn run(cmd: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The Rust targets that build the images `boards` boot, each once.
+/// The Rust targets that build the images `boards` boot, each once (a disk
+/// board also needs the UEFI loader's, x86_64-unknown-uefi).
 pub fn rust_targets(boards: &[&Board]) -> Vec<&'static str> {
-    boards.iter().map(|b| b.arch).collect::<BTreeSet<_>>().into_iter().map(|a| a.target()).collect()
+    let mut t: Vec<&'static str> =
+        boards.iter().map(|b| b.arch).collect::<BTreeSet<_>>().into_iter().map(|a| a.target()).collect();
+    if boards.iter().any(|b| b.boot == crate::config::Boot::Disk) {
+        t.push(crate::disk::efi::TARGET);
+    }
+    t
+}
+
+/// What the disk boards need besides QEMU: (what must exist, the Debian
+/// package that has it). Their UEFI firmware files; `qemu-img` (qcow2 for
+/// `cargo xtask image`); `skopeo` (the test that reads the containerDisk).
+pub fn disk_packages(boards: &[&Board]) -> Vec<(String, String)> {
+    let mut want: Vec<(String, String)> = Vec::new();
+    let mut add = |what: String, pkg: &str| {
+        if !want.iter().any(|(w, _)| *w == what) {
+            want.push((what, pkg.to_string()));
+        }
+    };
+    for u in boards.iter().filter_map(|b| b.disk.as_ref()?.uefi.as_ref()) {
+        add(u.code.display().to_string(), &u.package);
+        add(u.vars.display().to_string(), &u.package);
+    }
+    if boards.iter().any(|b| b.boot == crate::config::Boot::Disk) {
+        add("qemu-img".into(), "qemu-utils");
+        add("skopeo".into(), "skopeo");
+    }
+    want
+}
+
+/// Installs the packages of the `wanted` files and programs (absolute paths:
+/// files; other names: programs in PATH) that are missing: as root on a
+/// Debian-like system with apt-get, else an error with the command to run.
+pub fn ensure_packages(wanted: &[(String, String)]) -> Result<()> {
+    let present = |what: &str| {
+        if what.starts_with('/') { Path::new(what).exists() } else { crate::util::find_program(what).is_some() }
+    };
+    let mut missing: Vec<&str> = Vec::new();
+    for (what, pkg) in wanted {
+        if !present(what) && !missing.contains(&pkg.as_str()) {
+            missing.push(pkg);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let os = parse_os_release(&std::fs::read_to_string("/etc/os-release").unwrap_or_default());
+    // SAFETY: geteuid has no preconditions.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let what: Vec<&str> = wanted.iter().filter(|(w, _)| !present(w)).map(|(w, _)| w.as_str()).collect();
+    if !os.debian_like() || !is_root {
+        bail!(
+            "missing {}. Install them with:\n  sudo apt-get update\n  sudo apt-get install -y {}",
+            what.join(", "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("setup: missing {}: installing {}", what.join(", "), missing.join(" "));
+    run(&["apt-get", "update"])?;
+    let mut cmd = vec!["apt-get", "install", "-y", "--no-install-recommends"];
+    cmd.extend(&missing);
+    run(&cmd)?;
+    let still: Vec<&str> = wanted.iter().filter(|(w, _)| !present(w)).map(|(w, _)| w.as_str()).collect();
+    if !still.is_empty() {
+        bail!("installing {} did not provide {}", missing.join(" "), still.join(", "));
+    }
+    Ok(())
 }
 
 /// Ensures the Rust targets that build the images are installed
@@ -500,6 +566,7 @@ pub fn setup(root: &Path, boards: &[&Board]) -> Result<Vec<(String, Version)>> {
     ensure_rust_targets(root, &rust_targets(boards))?;
     let versions = ensure_qemu(boards)?;
     ensure_libvirt(boards)?;
+    ensure_packages(&disk_packages(boards))?;
     // Host probes of boards with `requires`, and the nested board's L1.
     crate::launch::setup(boards);
     Ok(versions)

@@ -39,6 +39,8 @@ struct BoardFile {
     virtual_args: Vec<String>,
     #[serde(default)]
     bench: Vec<BenchFile>,
+    disk: Option<super::disk::DiskFile>,
+    uefi: Option<super::disk::UefiFile>,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +91,9 @@ pub struct Board {
     /// Arguments a run in virtual time adds (after `-icount`), e.g.
     /// `-machine pit=off` on x86_64 (see boards/pc.toml).
     pub virtual_args: Vec<String>,
+    /// `boot = "disk"`: how the disk is attached and the UEFI firmware
+    /// (`[disk]`, `[uefi]`; see boards/q35-ovmf.toml).
+    pub disk: Option<super::disk::DiskBoot>,
 }
 
 /// One row of `cargo xtask bench` (a `[[bench]]` table): the agent booted
@@ -136,6 +141,10 @@ pub enum Boot {
     /// x86_64 only: the agent is the firmware, `-bios <ROM>` (`rom.rs`). No
     /// `-append`, no firmware PCI set-up (the agent assigns BARs on bus 0).
     Firmware,
+    /// x86_64 only: the disk of `cargo xtask image` (made per run), booted
+    /// by the firmware: the legacy BIOS through its MBR, UEFI through
+    /// `\EFI\BOOT\BOOTX64.EFI` (the board's `[disk]` and `[uefi]`).
+    Disk,
 }
 
 /// How the script reaches the agent (a board's default, or a scenario's
@@ -151,6 +160,12 @@ pub enum ScriptVia {
     /// script's bytes verbatim (a NUL byte included), from a file the runner
     /// writes into the run's directory.
     FwCfgFile,
+    /// `-smbios type=11,value=pvagent:script=<script>`: an SMBIOS OEM string
+    /// (x86_64; what libvirt's `<oemStrings>` gives).
+    Smbios,
+    /// Baked into the run's copy of the disk (`cargo xtask image --script`;
+    /// `boot = "disk"` boards).
+    Image,
 }
 
 impl ScriptVia {
@@ -159,6 +174,8 @@ impl ScriptVia {
             ScriptVia::FwCfg => "fw_cfg",
             ScriptVia::Append => "append",
             ScriptVia::FwCfgFile => "fw_cfg_file",
+            ScriptVia::Smbios => "smbios",
+            ScriptVia::Image => "image",
         }
     }
 }
@@ -226,8 +243,8 @@ pub fn parse(file: &Path, text: &str, root: &Path) -> Result<Board, ConfigError>
     let at = Place::new(file.display().to_string());
     let fix = "a board file has exactly the fields name, description, arch, binary, machine, \
                accel, memory, package, args and optionally cpu, firmware, boot, script_via, groups, \
-               kind, requires, instead_of, clock, virtual_args and [[bench]] tables (see boards/pc.toml, \
-               boards/hyperv-nested.toml)";
+               kind, requires, instead_of, clock, virtual_args, [[bench]] tables, [disk] and [uefi] (see \
+               boards/pc.toml, boards/hyperv-nested.toml, boards/q35-ovmf.toml)";
     let b: BoardFile = at.deserialize(toml::Value::Table(at.parse_toml(text)?), fix)?;
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
     if b.name != stem {
@@ -269,6 +286,9 @@ pub fn parse(file: &Path, text: &str, root: &Path) -> Result<Board, ConfigError>
         return Err(at.field("cpu", "is empty", "remove `cpu` to use QEMU's default"));
     }
     let (boot, script_via) = board_boot(&b, arch).map_err(|(field, p)| at.problem(Some(field), p))?;
+    let disk =
+        super::disk::parse(b.disk.as_ref(), b.uefi.as_ref(), boot == Boot::Disk, &b.machine, b.firmware.is_some())
+            .map_err(|(field, p)| at.problem(Some(field), p))?;
     for g in &b.groups {
         if !valid_name(g) {
             return Err(at.field(
@@ -372,6 +392,7 @@ pub fn parse(file: &Path, text: &str, root: &Path) -> Result<Board, ConfigError>
         bench,
         clock,
         virtual_args: b.virtual_args,
+        disk,
     })
 }
 
@@ -401,6 +422,15 @@ fn script_via_problem(arch: Arch, boot: Boot, via: ScriptVia) -> Option<String> 
         (_, Boot::Firmware, ScriptVia::Append) => {
             Some("the agent boots as the firmware (-bios), and -append needs -kernel".into())
         }
+        (_, Boot::Disk, ScriptVia::Append) => Some("the board boots a disk, and -append needs -kernel".into()),
+        (Arch::S390x | Arch::Aarch64, _, ScriptVia::Smbios) => {
+            Some(format!("the agent reads SMBIOS OEM strings on x86_64 only, this board is {arch}"))
+        }
+        (_, Boot::Kernel | Boot::Firmware, ScriptVia::Image) => Some(
+            "the script is baked into the disk of `cargo xtask image`, and this board boots no disk \
+             (boot = \"disk\" boards only)"
+                .into(),
+        ),
         _ => None,
     }
 }
@@ -415,6 +445,9 @@ impl Board {
     pub fn script_via_problem(&self, via: ScriptVia) -> Option<String> {
         if via == ScriptVia::FwCfgFile && self.launch.kind == BoardKind::NestedHyperv {
             return Some("this board's QEMU runs inside L1, where the run directory's files are not".into());
+        }
+        if self.launch.kind == BoardKind::Libvirt && matches!(via, ScriptVia::Smbios | ScriptVia::Image) {
+            return Some("a libvirt board's domain takes scripts through fw_cfg or the command line here".into());
         }
         script_via_problem(self.arch, self.boot, via)
     }
@@ -442,6 +475,15 @@ fn board_boot(b: &BoardFile, arch: Arch) -> Result<(Boot, ScriptVia), (&'static 
                 ),
             ));
         }
+    }
+    if boot == Boot::Disk && arch != Arch::X86_64 {
+        return Err((
+            "boot",
+            Problem::new(
+                format!("\"disk\" (the disk of `cargo xtask image`) exists for x86_64 only, this board is {arch}"),
+                "remove `boot`",
+            ),
+        ));
     }
     let default = if arch == Arch::S390x { ScriptVia::Append } else { ScriptVia::FwCfg };
     let via = b.script_via.unwrap_or(default);
@@ -571,6 +613,13 @@ pub fn check_boards(boards: &mut [Board]) -> Vec<ConfigError> {
             }
             if b.arch == Arch::Aarch64 {
                 err("arch", "aarch64 has no libvirt board here yet".into(), "use x86_64 or s390x".into());
+            }
+            if b.boot == Boot::Disk {
+                err(
+                    "boot",
+                    "\"disk\" has no libvirt board here yet (the disk boards are kind = \"qemu\")".into(),
+                    "use boot = \"kernel\" or \"firmware\"".into(),
+                );
             }
             continue;
         }

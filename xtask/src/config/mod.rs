@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod board;
+pub mod disk;
 pub mod libvirt;
 pub mod scenario;
 pub mod scripts;
@@ -19,6 +20,7 @@ pub mod scripts;
 pub(crate) mod fixtures;
 
 pub use board::{Board, BoardKind, Boot, HostFeature, Launch, ScriptVia};
+pub use disk::{DiskBoot, DiskBus, Uefi};
 pub use libvirt::{LibvirtChecks, LibvirtRow};
 pub use scenario::{
     DEFAULT_SETTLE, DEFAULT_TIMEOUT, End, HostAction, HostStep, QmpCommand, RUN_STATES, Scenario, Scenarios, Variant,

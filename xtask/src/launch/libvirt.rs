@@ -129,6 +129,9 @@ pub fn domain_of(board: &Board, cmd: &QemuCmd, name: &str, settings: &Settings) 
             }
             Some(ScriptIn::Cmdline(text.clone()))
         }
+        Some(Script { delivery: Delivery::Smbios | Delivery::Image, .. }) => {
+            bail!("libvirt boards take scripts through fw_cfg or the command line here")
+        }
     };
     let Some(Chardev::File(console_log)) = &cmd.serial else {
         bail!("libvirt: the agent's console must be logged to a file");
@@ -144,6 +147,7 @@ pub fn domain_of(board: &Board, cmd: &QemuCmd, name: &str, settings: &Settings) 
         boot: match cmd.boot {
             Boot::Kernel => xml::Boot::Kernel(cmd.image.clone()),
             Boot::Firmware => xml::Boot::Rom(cmd.image.clone()),
+            Boot::Disk => bail!("libvirt boards do not boot the disk of `cargo xtask image` here yet"),
         },
         script,
         settings: settings.clone(),

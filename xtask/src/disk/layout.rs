@@ -1,0 +1,325 @@
+//! The hybrid disk: one image that both firmware kinds boot.
+//!
+//! ```text
+//! LBA 0            protective MBR; its bootstrap code is the agent's boot
+//!                  sector (.pvagent_mbr), which a legacy BIOS runs
+//! LBA 1..33        primary GPT (header, 128 entries)
+//! LBA 2048..4095   partition 1, BIOS boot (21686148-6449-6E6F-744E-656564454649):
+//!                  the 64 KiB -bios ROM of the agent at its start; the boot
+//!                  sector reads its 128 sectors to 0x10000 and enters it
+//! LBA 4096..14335  partition 2, EFI System (C12A7328-F81F-11D2-BA4B-00A0C93EC93B):
+//!                  FAT16 with \EFI\BOOT\BOOTX64.EFI, the UEFI loader
+//!                  that embeds the agent
+//! LBA 16351..16383 backup GPT
+//! ```
+//!
+//! 8 MiB in all (a few hundred KiB of it written: the raw file is sparse,
+//! the qcow2 small). Every byte is a function of the agent's ELF and the
+//! loader: the GUIDs, the FAT's volume id and its timestamps are fixed, so
+//! the same build gives the same disk (and the same containerDisk digest).
+
+use std::collections::BTreeMap;
+use std::io::{Cursor, Read, Seek, SeekFrom, Write};
+
+use anyhow::{Context, Result, bail, ensure};
+use gpt::partition::Partition;
+use gpt::partition_types;
+
+/// Bytes per sector (the GPT's logical block).
+pub const SECTOR: u64 = 512;
+/// The whole disk.
+pub const DISK_BYTES: u64 = 8 << 20;
+/// Partition 1, the BIOS boot partition: first sector and length.
+pub const BIOS_BOOT_LBA: u64 = 2048;
+pub const BIOS_BOOT_SECTORS: u64 = 2048;
+/// Partition 2, the EFI System Partition: first sector and length.
+pub const ESP_LBA: u64 = 4096;
+pub const ESP_SECTORS: u64 = 10240;
+/// Where the UEFI loader is on the ESP (the removable-media path that
+/// firmware boots without a boot entry).
+pub const EFI_PATH: [&str; 3] = ["EFI", "BOOT", "BOOTX64.EFI"];
+
+/// The agent's boot sector code (`.pvagent_mbr`): the MBR's bootstrap area.
+pub const BOOTSTRAP_LEN: usize = 0x1b8;
+/// Where the boot sector keeps the LBA it reads the ROM from (u64 LE, the
+/// DAP's LBA at 0x180 + 8) …
+pub const MBR_LBA_AT: usize = 0x188;
+/// … and the ROM's entry offset (u16 LE, the far pointer's offset at 0x190).
+pub const MBR_ENTRY_AT: usize = 0x190;
+/// The ROM's sectors (128: the boot sector reads 64 KiB).
+pub const ROM_SECTORS: u64 = (crate::rom::ROM_SIZE as u64) / SECTOR;
+
+/// The disk's GUID and the partitions' (fixed: reproducible images).
+pub const DISK_GUID: uuid::Uuid = uuid::Uuid::from_u128(0x70766167_656e_7400_8000_000000000000);
+pub const BIOS_BOOT_GUID: uuid::Uuid = uuid::Uuid::from_u128(0x70766167_656e_7400_8000_000000000001);
+pub const ESP_GUID: uuid::Uuid = uuid::Uuid::from_u128(0x70766167_656e_7400_8000_000000000002);
+/// The FAT volume's id and label.
+pub const VOLUME_ID: u32 = 0x7076_6167;
+pub const VOLUME_LABEL: [u8; 11] = *b"PVAGENT    ";
+
+/// What goes on the disk: the boot sector, the ROM and the UEFI loader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parts {
+    /// `.pvagent_mbr` of the x86_64 ELF, [`BOOTSTRAP_LEN`] bytes.
+    pub boot_sector: Vec<u8>,
+    /// The 64 KiB `-bios` ROM ([`crate::rom`]).
+    pub rom: Vec<u8>,
+    /// Offset of `pvagent_rom_entry` in the ROM.
+    pub rom_entry: u16,
+    /// `\EFI\BOOT\BOOTX64.EFI`.
+    pub efi: Vec<u8>,
+}
+
+/// Writes the disk of `parts` (see the module's documentation).
+pub fn build(parts: &Parts) -> Result<Vec<u8>> {
+    ensure!(
+        parts.boot_sector.len() == BOOTSTRAP_LEN,
+        "the boot sector is {} bytes, the MBR's bootstrap area {BOOTSTRAP_LEN}",
+        parts.boot_sector.len()
+    );
+    ensure!(parts.rom.len() as u64 == ROM_SECTORS * SECTOR, "the ROM is {} bytes, not 64 KiB", parts.rom.len());
+    let mut disk = Cursor::new(vec![0u8; DISK_BYTES as usize]);
+
+    // The GPT (primary and backup), with fixed GUIDs.
+    let mut gpt = gpt::GptConfig::new()
+        .writable(true)
+        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+        .create_from_device(&mut disk, Some(DISK_GUID))
+        .context("creating the GPT")?;
+    let partitions = BTreeMap::from([
+        (
+            1,
+            Partition {
+                part_type_guid: partition_types::BIOS,
+                part_guid: BIOS_BOOT_GUID,
+                first_lba: BIOS_BOOT_LBA,
+                last_lba: BIOS_BOOT_LBA + BIOS_BOOT_SECTORS - 1,
+                flags: 0,
+                name: "BIOS boot partition".into(),
+            },
+        ),
+        (
+            2,
+            Partition {
+                part_type_guid: partition_types::EFI,
+                part_guid: ESP_GUID,
+                first_lba: ESP_LBA,
+                last_lba: ESP_LBA + ESP_SECTORS - 1,
+                flags: 0,
+                name: "EFI System Partition".into(),
+            },
+        ),
+    ]);
+    gpt.update_partitions(partitions).context("adding the partitions")?;
+    gpt.write().context("writing the GPT")?;
+
+    // The protective MBR with the agent's boot sector, told where the ROM is.
+    let mut code = [0u8; 440];
+    code[..BOOTSTRAP_LEN].copy_from_slice(&parts.boot_sector);
+    code[MBR_LBA_AT..MBR_LBA_AT + 8].copy_from_slice(&BIOS_BOOT_LBA.to_le_bytes());
+    code[MBR_ENTRY_AT..MBR_ENTRY_AT + 2].copy_from_slice(&parts.rom_entry.to_le_bytes());
+    let mut mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(DISK_BYTES / SECTOR - 1)?);
+    mbr.set_bootcode(code);
+    mbr.set_disk_signature(VOLUME_ID.to_le_bytes());
+    mbr.overwrite_lba0(&mut disk).context("writing the protective MBR")?;
+
+    let mut disk = disk.into_inner();
+    let rom_at = (BIOS_BOOT_LBA * SECTOR) as usize;
+    disk[rom_at..rom_at + parts.rom.len()].copy_from_slice(&parts.rom);
+    let esp = esp_with(&parts.efi)?;
+    let esp_at = (ESP_LBA * SECTOR) as usize;
+    disk[esp_at..esp_at + esp.len()].copy_from_slice(&esp);
+    Ok(disk)
+}
+
+/// The ESP's FAT16 volume with the loader at [`EFI_PATH`].
+fn esp_with(efi: &[u8]) -> Result<Vec<u8>> {
+    let mut esp = Cursor::new(vec![0u8; (ESP_SECTORS * SECTOR) as usize]);
+    let options = fatfs::FormatVolumeOptions::new()
+        .fat_type(fatfs::FatType::Fat16)
+        .bytes_per_cluster(512)
+        .volume_id(VOLUME_ID)
+        .volume_label(VOLUME_LABEL);
+    fatfs::format_volume(&mut esp, options).context("formatting the ESP (FAT16)")?;
+    let fs = fatfs::FileSystem::new(&mut esp, fatfs::FsOptions::new()).context("opening the new ESP")?;
+    {
+        let mut dir = fs.root_dir();
+        for d in &EFI_PATH[..EFI_PATH.len() - 1] {
+            dir = dir.create_dir(d).with_context(|| format!("creating {d} on the ESP"))?;
+        }
+        let mut file = dir.create_file(EFI_PATH[EFI_PATH.len() - 1]).context("creating the loader on the ESP")?;
+        file.write_all(efi).context("writing the loader to the ESP")?;
+        file.flush()?;
+    }
+    fs.unmount().context("closing the ESP")?;
+    Ok(esp.into_inner())
+}
+
+/// The disk's partitions as read back from its GPT (primary header), by
+/// number: (type, first LBA, last LBA).
+pub fn partitions(disk: &[u8]) -> Result<BTreeMap<u32, (gpt::partition_types::Type, u64, u64)>> {
+    let cursor = Cursor::new(disk.to_vec());
+    let gpt = gpt::GptConfig::new()
+        .writable(false)
+        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+        .open_from_device(cursor)
+        .context("reading the disk's GPT")?;
+    Ok(gpt.partitions().iter().map(|(n, p)| (*n, (p.part_type_guid.clone(), p.first_lba, p.last_lba))).collect())
+}
+
+/// The byte range of the disk's partition of type `ty` (exactly one).
+fn partition_range(disk: &[u8], ty: &gpt::partition_types::Type, what: &str) -> Result<std::ops::Range<usize>> {
+    let found: Vec<_> = partitions(disk)?.into_values().filter(|(t, _, _)| t == ty).collect();
+    let [(_, first, last)] = found[..] else {
+        bail!("the disk has {} {what} partitions, not one (is it a disk of `cargo xtask image`?)", found.len());
+    };
+    let (start, end) = (first * SECTOR, (last + 1) * SECTOR);
+    ensure!(end as usize <= disk.len() && start < end, "the {what} partition lies outside the disk");
+    Ok(start as usize..end as usize)
+}
+
+/// The bytes of the BIOS boot partition (the ROM at its start).
+pub fn bios_boot_partition(disk: &mut [u8]) -> Result<&mut [u8]> {
+    let r = partition_range(disk, &partition_types::BIOS, "BIOS boot")?;
+    Ok(&mut disk[r])
+}
+
+/// Reads the loader from the disk's ESP.
+pub fn read_efi(disk: &[u8]) -> Result<Vec<u8>> {
+    let r = partition_range(disk, &partition_types::EFI, "EFI System")?;
+    let mut esp = Cursor::new(disk[r].to_vec());
+    let fs = fatfs::FileSystem::new(&mut esp, fatfs::FsOptions::new()).context("opening the ESP (FAT)")?;
+    let mut file = fs.root_dir().open_file(&EFI_PATH.join("/")).context("opening \\EFI\\BOOT\\BOOTX64.EFI")?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Changes the loader on the disk's ESP in place: `edit` gets its bytes and
+/// may change them but not their length (the file keeps its clusters).
+pub fn edit_efi(disk: &mut [u8], edit: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
+    let r = partition_range(disk, &partition_types::EFI, "EFI System")?;
+    let mut esp = Cursor::new(disk[r.clone()].to_vec());
+    let fs = fatfs::FileSystem::new(&mut esp, fatfs::FsOptions::new()).context("opening the ESP (FAT)")?;
+    {
+        let mut file = fs.root_dir().open_file(&EFI_PATH.join("/")).context("opening \\EFI\\BOOT\\BOOTX64.EFI")?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let len = bytes.len();
+        edit(&mut bytes)?;
+        ensure!(bytes.len() == len, "the loader's length changed");
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&bytes)?;
+        file.flush()?;
+    }
+    fs.unmount().context("closing the ESP")?;
+    disk[r].copy_from_slice(&esp.into_inner());
+    Ok(())
+}
+
+/// Writes `bytes` to `path` as a sparse file: runs of zeros become holes
+/// (the 8 MiB disk takes a few hundred KiB).
+pub fn write_sparse(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    const BLOCK: usize = 4096;
+    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    for (i, chunk) in bytes.chunks(BLOCK).enumerate() {
+        if chunk.iter().any(|&b| b != 0) {
+            f.seek(SeekFrom::Start((i * BLOCK) as u64))?;
+            f.write_all(chunk).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    f.set_len(bytes.len() as u64).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Parts with recognisable contents: a boot sector of 0xb0, a ROM whose
+    /// bytes count up, a loader of `len` bytes.
+    pub(crate) fn parts(efi_len: usize) -> Parts {
+        let mut rom: Vec<u8> = (0..crate::rom::ROM_SIZE).map(|i| (i % 251) as u8).collect();
+        rom[0] = 0x5a;
+        Parts {
+            boot_sector: vec![0xb0; BOOTSTRAP_LEN],
+            rom,
+            rom_entry: 0xabcd,
+            efi: (0..efi_len).map(|i| (i % 241) as u8 ^ 0x55).collect(),
+        }
+    }
+
+    #[test]
+    fn the_layout_of_the_hybrid_disk() {
+        let p = parts(70_000);
+        let disk = build(&p).unwrap();
+        assert_eq!(disk.len() as u64, DISK_BYTES);
+        // The MBR: our code, its two fields, one protective partition (0xEE
+        // from LBA 1), the signature.
+        assert_eq!(&disk[..0x180], &p.boot_sector[..0x180]);
+        assert_eq!(u64::from_le_bytes(disk[MBR_LBA_AT..MBR_LBA_AT + 8].try_into().unwrap()), BIOS_BOOT_LBA);
+        assert_eq!(u16::from_le_bytes(disk[MBR_ENTRY_AT..MBR_ENTRY_AT + 2].try_into().unwrap()), 0xabcd);
+        assert_eq!(&disk[0x1b8..0x1bc], &VOLUME_ID.to_le_bytes());
+        assert_eq!(disk[0x1be + 4], 0xee, "protective partition type");
+        assert_eq!(u32::from_le_bytes(disk[0x1be + 8..0x1be + 12].try_into().unwrap()), 1, "starts at LBA 1");
+        assert_eq!(&disk[510..512], &[0x55, 0xaa]);
+        assert!(disk[0x1ce..510].iter().all(|&b| b == 0), "one MBR partition only");
+        // The GPT, read back: the two partitions, their types and places.
+        assert_eq!(&disk[512..520], b"EFI PART");
+        assert_eq!(&disk[disk.len() - 512..disk.len() - 504], b"EFI PART", "backup header in the last sector");
+        let parts_read = partitions(&disk).unwrap();
+        assert_eq!(parts_read.len(), 2);
+        assert_eq!(parts_read[&1], (partition_types::BIOS, BIOS_BOOT_LBA, BIOS_BOOT_LBA + BIOS_BOOT_SECTORS - 1));
+        assert_eq!(parts_read[&2], (partition_types::EFI, ESP_LBA, ESP_LBA + ESP_SECTORS - 1));
+        assert_eq!(partition_types::BIOS.guid.to_string().to_uppercase(), "21686148-6449-6E6F-744E-656564454649");
+        // The ROM where the boot sector reads it, the loader on the ESP.
+        let at = (BIOS_BOOT_LBA * SECTOR) as usize;
+        assert_eq!(&disk[at..at + p.rom.len()], &p.rom[..]);
+        assert_eq!(read_efi(&disk).unwrap(), p.efi);
+        let esp = &disk[(ESP_LBA * SECTOR) as usize..];
+        assert_eq!(&esp[0x36..0x3e], b"FAT16   ");
+        assert_eq!(&esp[510..512], &[0x55, 0xaa]);
+        // Reproducible: the same parts, the same bytes.
+        assert!(build(&p).unwrap() == disk);
+    }
+
+    #[test]
+    fn editing_the_loader_in_place() {
+        let mut disk = build(&parts(5000)).unwrap();
+        edit_efi(&mut disk, |b| {
+            b[100] = 0xee;
+            Ok(())
+        })
+        .unwrap();
+        let efi = read_efi(&disk).unwrap();
+        assert_eq!((efi.len(), efi[100], efi[99]), (5000, 0xee, parts(5000).efi[99]));
+        let e = edit_efi(&mut disk, |b| {
+            b.push(0);
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("length"), "{e}");
+        assert_eq!(bios_boot_partition(&mut disk).unwrap().len() as u64, BIOS_BOOT_SECTORS * SECTOR);
+        let e = read_efi(&vec![0u8; 1 << 20]).unwrap_err();
+        assert!(format!("{e:#}").contains("GPT"), "{e:#}");
+    }
+
+    #[test]
+    fn wrong_parts_are_refused() {
+        let mut p = parts(10);
+        p.boot_sector.push(0);
+        assert!(build(&p).unwrap_err().to_string().contains("bootstrap area"));
+        let mut p = parts(10);
+        p.rom.truncate(100);
+        assert!(build(&p).unwrap_err().to_string().contains("64 KiB"));
+    }
+
+    #[test]
+    fn sparse_files_keep_their_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = build(&parts(3000)).unwrap();
+        let path = tmp.path().join("d.raw");
+        write_sparse(&path, &disk).unwrap();
+        assert!(std::fs::read(&path).unwrap() == disk);
+    }
+}
