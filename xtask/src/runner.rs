@@ -1298,6 +1298,54 @@ package = "qemu-system-x86"
     }
 
     #[test]
+    fn libvirts_report_is_judged() {
+        use crate::libvirt::bridge::{CoreDump, LibvirtEvent};
+        let ev =
+            |name: &str, judged: bool| LibvirtEvent { name: name.into(), text: String::new(), arrived_ms: 1.0, judged };
+        let c = LibvirtChecks {
+            events: vec![
+                ExpectEntry { min: 0, ..ExpectEntry::new("suspended:paused") },
+                ExpectEntry::new("crashed:panicked"),
+            ],
+            ignore: vec!["reboot".into()],
+            state: "crashed:panicked".into(),
+            core_dumps: 1,
+            virsh_console: true,
+        };
+        let mut r = LibvirtRecord {
+            events: vec![
+                ev("metadata-change", false),
+                ev("resumed:unpaused", false),
+                ev("reboot", true),
+                ev("crashed:panicked", true),
+            ],
+            state: Some("crashed:panicked".into()),
+            core_dumps: vec![CoreDump { path: "/d/1-x-t".into(), bytes: 9, elf_core: true }],
+            virsh_console: Some("pvagent: log: hi\n".into()),
+            ..Default::default()
+        };
+        let console = ["pvagent: log: hi".to_string()];
+        assert!(judge_libvirt(&c, &console, Some(&r)).is_empty());
+        r.events.push(ev("stopped:crashed", true));
+        r.state = Some("gone".into());
+        r.core_dumps[0].elf_core = false;
+        r.virsh_console = Some(String::new());
+        let why = judge_libvirt(&c, &console, Some(&r)).join("; ");
+        for want in [
+            "libvirt: unexpected event stopped:crashed (#2; expected no further event; libvirt's events: crashed:panicked, stopped:crashed)",
+            "libvirt: domain state gone, expected crashed:panicked",
+            "1 core dump(s): /d/1-x-t (9 bytes, not an ELF core), expected 1 ELF core(s)",
+            "libvirt: `virsh console` did not show \"pvagent: log: hi\"",
+        ] {
+            assert!(why.contains(want), "{want}: {why}");
+        }
+        r.events.truncate(3);
+        let why = judge_libvirt(&c, &console, Some(&r)).join("; ");
+        assert!(why.contains("libvirt: missing event crashed:panicked (libvirt's events: none)"), "{why}");
+        assert!(judge_libvirt(&c, &console, None)[0].contains("no record"));
+    }
+
+    #[test]
     fn timing_from_the_cont_resume() {
         let mut c = checks(End::Status("running".into()));
         c.expect = vec![ExpectEntry::new("WATCHDOG")];
