@@ -507,7 +507,12 @@ fn libvirt_xml(root: &std::path::Path, args: LibvirtXmlArgs) -> Result<ExitCode>
                 _ => {
                     // Whether libvirt escapes commas, from the libvirt installed here.
                     let commas = libvirt::daemons::ensure()
-                        .and_then(|_| libvirt::fw_cfg_commas())
+                        .map(|line| {
+                            if libvirt::daemons::started_any() {
+                                eprintln!("{line}");
+                            }
+                        })
+                        .and_then(|()| libvirt::fw_cfg_commas())
                         .map_err(|e| anyhow::anyhow!("cannot ask libvirt how it writes fw_cfg strings: {e}"))?;
                     if commas == libvirt::Commas::Double && text.contains(',') {
                         let (lib, _) = libvirt::versions().unwrap_or_default();
