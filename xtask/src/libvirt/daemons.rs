@@ -156,6 +156,7 @@ fn start(ours: &mut Vec<Started>) -> Result<String, String> {
                     libvirtd (e.g. `sudo systemctl start libvirtd`), or run as root"
             .into());
     }
+    super::install_stop_hook();
     let dir = log_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut what = Vec::new();

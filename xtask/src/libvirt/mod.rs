@@ -130,9 +130,15 @@ pub fn pid_of_name(name: &str) -> Option<i32> {
 /// Remembers a live domain of ours (destroyed by [`destroy_all`] on a stop
 /// signal); the stop hook is installed on the first call.
 pub fn register(name: &str) {
+    install_stop_hook();
+    DOMAINS.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
+}
+
+/// Makes a stop signal destroy our domains and stop the daemons we started
+/// (once per process: on the first domain, or the first daemon started).
+pub(crate) fn install_stop_hook() {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| crate::qemu::on_stop(stop_hook));
-    DOMAINS.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
 }
 
 /// Forgets a domain that is gone.
