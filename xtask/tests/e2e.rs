@@ -14,6 +14,11 @@
 //! Every trial runs on its row's clock (else its board's); `PVAGENT_CLOCK`
 //! (`real` or `virtual`, what `cargo xtask test --clock` sets) forces one.
 //!
+//! Trials on libvirt boards need libvirt on `qemu:///system`: when one of
+//! them will run and none answers, the harness starts virtlogd and libvirtd
+//! itself and stops them when it ends (`xtask::libvirt::daemons`); under
+//! `cargo xtask test` the set-up before it has started them already.
+//!
 //! Trials run on libtest-mimic's worker threads, each trial's QEMU spawned,
 //! watched and reaped on the same thread. The number of threads is
 //! `--test-threads`, else `RUST_TEST_THREADS`, else `PVAGENT_JOBS`, else
