@@ -235,9 +235,10 @@ fn spawn_daemon(program: &Path, log: &Path) -> Result<Child, String> {
 }
 
 /// Destroys domains a killed harness left behind (see the module docs), all
-/// at once.
+/// at once, and removes the logs and core files of its domains.
 fn remove_leftovers() {
     let Ok(list) = virsh(&["list", "--name"], VIRSH_TIMEOUT) else { return };
+    remove_dead_harness_files(&list);
     let threads: Vec<_> = list
         .lines()
         .map(str::trim)
@@ -253,11 +254,31 @@ fn remove_leftovers() {
                 let ours = virsh(&["desc", &name], VIRSH_TIMEOUT).is_ok_and(|d| d.trim() == MARKER);
                 if ours && super::destroy(&name).is_ok() {
                     eprintln!("libvirt: destroyed {name}, left behind by a harness (pid {pid}) that no longer runs");
+                    super::remove_files_of(pid);
                 }
             })
         })
         .collect();
     for t in threads {
         let _ = t.join();
+    }
+}
+
+/// The logs and core files of domains whose harness no longer runs and
+/// which no longer exist (`running`: `virsh list --name`; a domain that
+/// still runs is destroyed first, and its files then).
+fn remove_dead_harness_files(running: &str) {
+    let Ok(rd) = std::fs::read_dir(super::DOMAIN_LOG_DIR) else { return };
+    let mut pids: Vec<i32> = rd.flatten().filter_map(|e| pid_of_name(&e.file_name().to_string_lossy())).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    for pid in pids {
+        // SAFETY: signal 0 only checks whether the pid exists.
+        let gone =
+            unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        let has_domain = running.lines().any(|n| pid_of_name(n.trim()) == Some(pid));
+        if gone && !has_domain && pid != std::process::id() as i32 {
+            super::remove_files_of(pid);
+        }
     }
 }

@@ -157,14 +157,59 @@ pub fn destroy(name: &str) -> Result<()> {
 }
 
 /// Destroys every registered domain at once (each `virsh destroy` takes
-/// about 1.5 s: libvirt waits for QEMU to exit after its SIGTERM).
+/// about 1.5 s: libvirt waits for QEMU to exit after its SIGTERM), and
+/// removes libvirt's logs of them.
 pub fn destroy_all() {
     let names: Vec<String> =
         std::mem::take(&mut *DOMAINS.lock().unwrap_or_else(|e| e.into_inner())).into_iter().collect();
-    let threads: Vec<_> = names.into_iter().map(|n| std::thread::spawn(move || destroy(&n))).collect();
+    let threads: Vec<_> = names
+        .into_iter()
+        .map(|n| {
+            std::thread::spawn(move || {
+                if destroy(&n).is_ok() {
+                    let _ = std::fs::remove_file(Path::new(DOMAIN_LOG_DIR).join(format!("{n}.log")));
+                }
+            })
+        })
+        .collect();
     for t in threads {
         let _ = t.join();
     }
+}
+
+/// Removes what a harness that no longer runs (pid `pid`) left of its
+/// domains in libvirt's directories: their logs (`pvagent-<pid>-<n>-….log`)
+/// and core files (`<id>-pvagent-<pid>-…`). Returns how many.
+pub fn remove_files_of(pid: i32) -> usize {
+    remove_files_in(&PathBuf::from(DOMAIN_LOG_DIR), &dump_dir(), pid)
+}
+
+/// [`remove_files_of`] with the log and dump directories given.
+fn remove_files_in(logs: &Path, dumps: &Path, pid: i32) -> usize {
+    let prefix = format!("pvagent-{pid}-");
+    let mut removed = 0;
+    for (dir, strip_id) in [(logs, false), (dumps, true)] {
+        let Ok(rd) = std::fs::read_dir(dir) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rest = if strip_id {
+                match name.split_once('-') {
+                    Some((id, rest)) if id.chars().all(|c| c.is_ascii_digit()) => rest.to_string(),
+                    _ => continue,
+                }
+            } else {
+                name
+            };
+            let ours = rest
+                .strip_prefix(&prefix)
+                .and_then(|r| r.split('-').next())
+                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+            if ours && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }
 
 /// On a stop signal: our domains, then the daemons we started.
@@ -314,6 +359,26 @@ mod tests {
         );
         assert_eq!(auto_dump_path("#auto_dump_path = \"/var/lib/libvirt/qemu/dump\"\n"), None);
         assert_eq!(dump_prefix(8, "pvagent-123-4-libvirt-q35__x"), "8-pvagent-123-4-libvir-");
+    }
+
+    #[test]
+    fn files_of_a_dead_harness() {
+        let (logs, dumps) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for f in ["pvagent-42-1-libvirt-q35-x.log", "pvagent-42-x.log", "pvagent-421-1-y.log", "web.log"] {
+            std::fs::write(logs.path().join(f), "").unwrap();
+        }
+        for f in ["8-pvagent-42-3-libvir-2026-11-30-04:44:20", "9-pvagent-43-1-libvir-2026", "x-pvagent-42-1-a"] {
+            std::fs::write(dumps.path().join(f), "").unwrap();
+        }
+        assert_eq!(remove_files_in(logs.path(), dumps.path(), 42), 2);
+        let left = |d: &Path| {
+            let mut v: Vec<String> =
+                std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(left(logs.path()), ["pvagent-42-x.log", "pvagent-421-1-y.log", "web.log"]);
+        assert_eq!(left(dumps.path()), ["9-pvagent-43-1-libvir-2026", "x-pvagent-42-1-a"]);
     }
 
     #[test]
