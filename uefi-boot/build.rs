@@ -1,7 +1,9 @@
-//! Embeds the x86_64 agent: reads its ELF (`PVAGENT_ELF`, which `cargo
-//! xtask build` sets) and writes the payload the loader copies to memory:
-//! a 32-byte header (magic, load address, file length, memory length, entry)
-//! and the image's file-backed bytes. Host builds (clippy, tests) embed
+//! Embeds the agent of the loader's architecture: reads its ELF
+//! (`PVAGENT_ELF`, which `cargo xtask build` sets) and writes the payload
+//! the loader copies to memory: a 32-byte header (magic, load address, file
+//! length, memory length, entry) and the image's file-backed bytes. The
+//! entry is the agent's UEFI entry (`pvagent_entry64` on x86_64,
+//! `pvagent_entry_uefi` on aarch64). Host builds (clippy, tests) embed
 //! nothing.
 use std::path::PathBuf;
 
@@ -14,27 +16,35 @@ fn main() {
         std::fs::write(&out, []).expect("writing the empty payload");
         return;
     }
+    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let entry = match arch.as_str() {
+        "x86_64" => "pvagent_entry64",
+        "aarch64" => "pvagent_entry_uefi",
+        other => panic!("no agent for UEFI on {other}"),
+    };
     let Ok(elf_path) = std::env::var("PVAGENT_ELF") else {
         panic!(
-            "PVAGENT_ELF is not set: the UEFI loader embeds the x86_64 agent. Build it with \
-             `cargo xtask build` (or set PVAGENT_ELF to target/x86_64-unknown-none/release/pvagent)"
+            "PVAGENT_ELF is not set: the UEFI loader embeds the {arch} agent. Build it with \
+             `cargo xtask build` (or set PVAGENT_ELF to the agent's ELF, e.g. \
+             target/{arch}-unknown-none/release/pvagent)"
         );
     };
     println!("cargo::rerun-if-changed={elf_path}");
     let elf = std::fs::read(&elf_path).unwrap_or_else(|e| panic!("reading {elf_path}: {e}"));
-    std::fs::write(&out, payload(&elf).unwrap_or_else(|e| panic!("{elf_path}: {e}"))).expect("writing the payload");
+    std::fs::write(&out, payload(&elf, entry).unwrap_or_else(|e| panic!("{elf_path}: {e}")))
+        .expect("writing the payload");
 }
 
-fn payload(elf: &[u8]) -> Result<Vec<u8>, String> {
+fn payload(elf: &[u8], entry: &str) -> Result<Vec<u8>, String> {
     let file = object::File::parse(elf).map_err(|e| format!("not an ELF file: {e}"))?;
     let symbol = |name: &str| {
         file.symbols()
             .find(|s| s.name() == Ok(name))
             .map(|s| s.address())
-            .ok_or(format!("no symbol {name}: is it the x86_64 agent?"))
+            .ok_or(format!("no symbol {name}: is it the agent of the loader's architecture?"))
     };
     let (start, file_end, end, entry) =
-        (symbol("__image_start")?, symbol("__file_end")?, symbol("__image_end")?, symbol("pvagent_entry64")?);
+        (symbol("__image_start")?, symbol("__file_end")?, symbol("__image_end")?, symbol(entry)?);
     if !(start < file_end && file_end <= end && start <= entry && entry < file_end && end < 1 << 32) {
         return Err(format!("implausible layout: {start:#x} {file_end:#x} {end:#x}, entry {entry:#x}"));
     }

@@ -7,7 +7,7 @@
 //! the MMU on with an identity map (RAM Normal, the rest Device), zeroes
 //! `.bss` (QEMU reloads the file's bytes on a reset, not the rest), lets
 //! EL1 use the FP/SIMD registers (the compiler may), and calls
-//! `pvagent_main(dtb)` on the agent's stack. Every exception goes to
+//! `pvagent_main(dtb, by_uefi)` on the agent's stack. Every exception goes to
 //! `pvagent_exception(kind)`, which returns only for the one it handles
 //! (the semihosting probe); all registers it may clobber are saved.
 
@@ -36,6 +36,8 @@ pvagent_vectors:
     .long   0                       /* res5: no PE header */
 
 pvagent_entry:
+    mov     x20, #0                 /* booted as an Image (-kernel) */
+pvagent_entry_common:
     mov     x19, x0                 /* the device tree, kept across the set-up */
     mrs     x1, CurrentEL
     lsr     x1, x1, #2
@@ -105,10 +107,41 @@ pvagent_entry:
     stp     xzr, xzr, [x1], #16
     b       2b
 3:  mov     x0, x19
+    mov     x1, x20
     bl      pvagent_main
 4:  wfi
     b       4b
     .ltorg
+
+    /* UEFI boot: the loader (uefi-boot/) copied the image where it is
+       linked, cleaned it to the point of coherency, left boot services
+       and jumps here with x0 = the device tree, interrupts masked, at EL1
+       or EL2, with the firmware's MMU and caches on. Off with them: the
+       entry above sets up the agent's own identity map. */
+    .pushsection .text.pvagent_uefi, "ax"
+    .globl pvagent_entry_uefi
+pvagent_entry_uefi:
+    mrs     x1, CurrentEL
+    lsr     x1, x1, #2
+    cmp     x1, #2
+    b.eq    8f
+    mrs     x1, sctlr_el1
+    bic     x1, x1, #1              /* M */
+    bic     x1, x1, #(1 << 2)       /* C */
+    bic     x1, x1, #(1 << 12)      /* I */
+    msr     sctlr_el1, x1
+    isb
+    mov     x20, #1                 /* booted by UEFI */
+    b       pvagent_entry_common
+8:  mrs     x1, sctlr_el2
+    bic     x1, x1, #1
+    bic     x1, x1, #(1 << 2)
+    bic     x1, x1, #(1 << 12)
+    msr     sctlr_el2, x1
+    isb
+    mov     x20, #1
+    b       pvagent_entry_common
+    .popsection
 
     /* Slot 4: a synchronous exception at EL1; the common path. */
     .org    0x200

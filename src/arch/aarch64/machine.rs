@@ -43,6 +43,8 @@ static BOOT_COUNT: AtomicU64 = AtomicU64::new(0);
 
 pub struct Arm {
     platform: Platform,
+    /// Started by the UEFI loader (else by QEMU as an Image).
+    by_uefi: bool,
     fw_cfg: Option<FwCfg>,
     script_file: Option<FileEntry>,
     pci: Option<PciDevices>,
@@ -60,7 +62,7 @@ fn scan_pci() -> PciDevices {
 }
 
 impl Arm {
-    pub fn new(platform: Platform) -> Self {
+    pub fn new(platform: Platform, by_uefi: bool) -> Self {
         if let Some(host) = platform.pci {
             // SAFETY: the device tree's ECAM window of its PCIe host bridge.
             unsafe { crate::pci::set_ecam(host.ecam as u64, host.buses) };
@@ -81,7 +83,7 @@ impl Arm {
         let state =
             fw_cfg.as_ref().map_or(0, |fw| 1 | u64::from(fw.uses_dma()) << 1) | u64::from(script_file.is_some()) << 2;
         FW_CFG_STATE.store(state, Ordering::Release);
-        Arm { platform, fw_cfg, script_file, pci: None, clock: None }
+        Arm { platform, by_uefi, fw_cfg, script_file, pci: None, clock: None }
     }
 
     fn pci(&mut self) -> &mut PciDevices {
@@ -166,7 +168,11 @@ impl Machine for Arm {
 
     fn log_start(&mut self) {
         let p = &self.platform;
-        crate::say!(info, "booted as an arm64 Image (-kernel), device tree at {=u64:#x}", p.dtb as u64);
+        if self.by_uefi {
+            crate::say!(info, "booted by UEFI (\\EFI\\BOOT\\BOOTAA64.EFI), device tree at {=u64:#x}", p.dtb as u64);
+        } else {
+            crate::say!(info, "booted as an arm64 Image (-kernel), device tree at {=u64:#x}", p.dtb as u64);
+        }
         match p.pci {
             Some(host) => crate::say!(
                 info,

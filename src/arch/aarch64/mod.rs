@@ -16,7 +16,7 @@ pub use pl011::Pl011 as Console;
 
 /// Called by the entry on the agent's stack with what QEMU left in x0.
 #[unsafe(no_mangle)]
-extern "C" fn pvagent_main(dtb: usize) -> ! {
+extern "C" fn pvagent_main(dtb: usize, by_uefi: usize) -> ! {
     // SAFETY: x0 at entry, per the arm64 boot protocol QEMU follows for
     // an Image: the device tree's address.
     let platform = unsafe { devicetree::Platform::read(dtb) };
@@ -25,7 +25,7 @@ extern "C" fn pvagent_main(dtb: usize) -> ! {
         unsafe { pl011::set_base(uart) };
     }
     crate::log::init();
-    crate::agent::run(&mut machine::Arm::new(platform))
+    crate::agent::run(&mut machine::Arm::new(platform, by_uefi != 0))
 }
 
 /// Idles forever with interrupts masked: QEMU then uses no CPU for the guest.
