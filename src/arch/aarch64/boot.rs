@@ -121,25 +121,22 @@ pvagent_entry_common:
     .pushsection .text.pvagent_uefi, "ax"
     .globl pvagent_entry_uefi
 pvagent_entry_uefi:
+    .macro  PVAGENT_MMU_OFF sctlr
+    mrs     x1, \sctlr
+    bic     x1, x1, #1              /* M */
+    bic     x1, x1, #(1 << 2)       /* C */
+    bic     x1, x1, #(1 << 12)      /* I */
+    msr     \sctlr, x1
+    isb
+    .endm
+    mov     x20, #1                 /* booted by UEFI */
     mrs     x1, CurrentEL
     lsr     x1, x1, #2
     cmp     x1, #2
     b.eq    8f
-    mrs     x1, sctlr_el1
-    bic     x1, x1, #1              /* M */
-    bic     x1, x1, #(1 << 2)       /* C */
-    bic     x1, x1, #(1 << 12)      /* I */
-    msr     sctlr_el1, x1
-    isb
-    mov     x20, #1                 /* booted by UEFI */
+    PVAGENT_MMU_OFF sctlr_el1
     b       pvagent_entry_common
-8:  mrs     x1, sctlr_el2
-    bic     x1, x1, #1
-    bic     x1, x1, #(1 << 2)
-    bic     x1, x1, #(1 << 12)
-    msr     sctlr_el2, x1
-    isb
-    mov     x20, #1
+8:  PVAGENT_MMU_OFF sctlr_el2
     b       pvagent_entry_common
     .popsection
 
