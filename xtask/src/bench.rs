@@ -329,6 +329,10 @@ pub struct Images {
     /// The x86_64 disk (`cargo xtask image`): its size, and its UEFI loader's.
     pub x86_64_disk_bytes: Option<u64>,
     pub x86_64_efi_bytes: Option<u64>,
+    /// The aarch64 disk (`cargo xtask image --arch aarch64`): its size, and
+    /// its UEFI loader's (BOOTAA64.EFI).
+    pub aarch64_disk_bytes: Option<u64>,
+    pub aarch64_efi_bytes: Option<u64>,
     pub floor_image_bytes: Option<u64>,
 }
 
@@ -380,7 +384,7 @@ pub fn run(root: &Path, boards: &[Board], args: &BenchArgs) -> Result<()> {
             images.x86_64_rom_bytes = Some(rom.len() as u64);
             roms.push(("agent.rom", rom));
         }
-        if rows.iter().any(|r| r.board.boot == Boot::Disk) {
+        if rows.iter().any(|r| r.board.boot == Boot::Disk && r.board.arch == Arch::X86_64) {
             // The disk of `cargo xtask image` (its UEFI loader built around this ELF).
             let disk = crate::disk::make(root, elf, false)?;
             images.x86_64_disk_bytes = Some(disk.len() as u64);
@@ -403,6 +407,13 @@ pub fn run(root: &Path, boards: &[Board], args: &BenchArgs) -> Result<()> {
             arm64_image::build(&bytes).with_context(|| format!("making an arm64 Image of {}", elf.display()))?;
         images.aarch64_image_bytes = Some(image.len() as u64);
         roms.push(("agent.Image", image));
+        if rows.iter().any(|r| r.board.boot == Boot::Disk && r.board.arch == Arch::Aarch64) {
+            // `cargo xtask image --arch aarch64` (BOOTAA64.EFI built around this ELF).
+            let disk = crate::disk::make(root, elf, false)?;
+            images.aarch64_disk_bytes = Some(disk.len() as u64);
+            images.aarch64_efi_bytes = Some(crate::disk::layout::read_efi(&disk)?.len() as u64);
+            roms.push(("agent-aarch64.disk.raw", disk));
+        }
     }
     if rows.iter().any(|r| r.spec.floor == BenchFloor::Image) {
         let floor = arm64_image::floor();
@@ -447,6 +458,7 @@ pub fn run(root: &Path, boards: &[Board], args: &BenchArgs) -> Result<()> {
         agent_image: made("agent.Image"),
         floor_image: made("floor.Image"),
         agent_disk: made("agent.disk.raw"),
+        aarch64_disk: made("agent-aarch64.disk.raw"),
     };
     for r in &rows {
         let (agent, floor) = commands(r, &paths, &dir)?;
@@ -577,6 +589,8 @@ struct Paths<'a> {
     floor_image: Option<&'a Path>,
     /// The x86_64 disk (`boot = "disk"` boards).
     agent_disk: Option<&'a Path>,
+    /// The aarch64 disk (UEFI only).
+    aarch64_disk: Option<&'a Path>,
 }
 
 fn need<'p>(p: Option<&'p Path>, what: &str) -> Result<&'p Path> {
@@ -591,6 +605,7 @@ fn commands(r: &Row<'_>, paths: &Paths<'_>, dir: &Path) -> Result<(QemuCmd, Qemu
     let image = match (r.board.arch, BootFile::of(r.board.arch, r.board.boot)) {
         (_, BootFile::Rom) => need(paths.agent_rom, "agent ROM")?,
         (_, BootFile::Arm64Image) => need(paths.agent_image, "aarch64 agent Image")?,
+        (Arch::Aarch64, BootFile::Disk) => need(paths.aarch64_disk, "aarch64 agent disk")?,
         (_, BootFile::Disk) => need(paths.agent_disk, "x86_64 agent disk")?,
         (Arch::X86_64, BootFile::Elf) => need(paths.x86_elf, "x86_64 image")?,
         (Arch::S390x, BootFile::Elf) => need(paths.s390_elf, "s390x image")?,
@@ -742,6 +757,9 @@ fn summarize(
     let ratios: Vec<f64> = agent_ms.iter().zip(&floor_ms).map(|(a, f)| round4(a / f)).collect();
     let (file, loaded) = match (r.board.arch, r.board.boot) {
         (_, Boot::Firmware) => (images.x86_64_rom_bytes.unwrap_or(0), images.x86_64_rom_bytes.unwrap_or(0)),
+        (Arch::Aarch64, Boot::Disk) => {
+            (images.aarch64_disk_bytes.unwrap_or(0), images.aarch64_elf.as_ref().map_or(0, |e| e.load_memsz_bytes))
+        }
         (_, Boot::Disk) => {
             (images.x86_64_disk_bytes.unwrap_or(0), images.x86_64_elf.as_ref().map_or(0, |e| e.load_memsz_bytes))
         }
@@ -894,6 +912,9 @@ fn footer(results: &[BoardResult], images: &Images, host: &Host) -> String {
     if let Some(n) = images.aarch64_image_bytes {
         let _ = writeln!(s, "  agent Image {n} B (-kernel; the aarch64 ELF's file-backed bytes from __image_start)");
     }
+    if let (Some(n), Some(efi)) = (images.aarch64_disk_bytes, images.aarch64_efi_bytes) {
+        let _ = writeln!(s, "  aarch64 disk {n} B (GPT: a {efi} B BOOTAA64.EFI on the ESP, UEFI only)");
+    }
     if let Some(n) = images.floor_image_bytes {
         let _ = writeln!(s, "  floor Image {n} B (-kernel; the 64-byte header and 10 instructions)");
     }
@@ -990,6 +1011,7 @@ mod tests {
             agent_image: Some(Path::new("/a/agent.Image")),
             floor_image: Some(Path::new("/a/floor.Image")),
             agent_disk: Some(Path::new("/a/agent.disk.raw")),
+            aarch64_disk: Some(Path::new("/a/agent-aarch64.disk.raw")),
         };
         let boards = boards();
         let rows: Vec<Row<'_>> =
@@ -1054,6 +1076,20 @@ mod tests {
         assert!(a.iter().any(|x| x == "name=opt/pvagent/script,string=pvpanic-pci.panicked"), "{a:?}");
         assert!(f.windows(2).any(|w| w == ["-device", "pvpanic-pci,addr=0x2"]), "{f:?}");
         assert_eq!(crate::arm64_image::FLOOR_PCI_SLOT, 2, "the slot of the virt row's addr=0x2");
+        // virt-uefi: AAVMF boots the aarch64 disk; the floor is the same floor.Image with -kernel, no firmware.
+        let uefi = rows.iter().find(|r| r.name() == "virt-uefi").unwrap();
+        assert_eq!(commands(uefi, &paths, Path::new("/a")).unwrap().0.image, Path::new("/a/agent-aarch64.disk.raw"));
+        let (a, f) = commands(uefi, &paths, Path::new("/a")).unwrap();
+        let (a, f) = (a.argv(), f.argv());
+        assert!(
+            a.iter().any(|x| x.starts_with("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/")),
+            "{a:?}"
+        );
+        assert!(a.windows(2).any(|w| w == ["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]), "{a:?}");
+        assert!(a.windows(2).any(|w| w == ["-device", "pvpanic-pci,addr=0x2"]), "{a:?}");
+        assert!(a.windows(2).any(|w| w == ["-machine", "virt,acpi=off"]), "{a:?}");
+        assert!(!f.iter().any(|x| x.contains("pflash") || x.contains("disk0")), "{f:?}");
+        assert!(f.windows(2).any(|w| w == ["-kernel", "/a/floor.Image"]), "{f:?}");
     }
 
     #[test]

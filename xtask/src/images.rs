@@ -121,8 +121,8 @@ pub enum BootFile {
     Rom,
     /// The flat arm64 `Image`, with `-kernel` ([`crate::arm64_image`]).
     Arm64Image,
-    /// The x86_64 hybrid disk of `cargo xtask image` ([`crate::disk`]),
-    /// which every run copies.
+    /// The disk of `cargo xtask image` ([`crate::disk`]: x86_64's hybrid,
+    /// aarch64's UEFI-only), which every run copies.
     Disk,
 }
 
@@ -315,6 +315,8 @@ mod tests {
         assert_eq!(BootFile::of(Arch::Aarch64, Boot::Kernel), BootFile::Arm64Image);
         assert_eq!(BootFile::Arm64Image.made_name(Arch::Aarch64).unwrap(), "pvagent-aarch64.Image");
         assert_eq!(BootFile::Elf.made_name(Arch::S390x), None);
+        assert_eq!(BootFile::of(Arch::Aarch64, Boot::Disk), BootFile::Disk);
+        assert_eq!(BootFile::Disk.made_name(Arch::Aarch64).unwrap(), "pvagent-aarch64.disk.raw");
     }
 
     /// An aarch64 board boots the Image made (once, into the run directory)

@@ -61,8 +61,9 @@ enum Cmd {
     /// when missing): script, fw_cfg, decode, qmp
     #[command(after_help = "Examples:\n  cargo xtask fuzz --time 60s\n  cargo xtask fuzz script --time 10m")]
     Fuzz(xtask::fuzz::FuzzArgs),
-    /// Write the agent as a bootable disk (UEFI and legacy BIOS), optionally with a baked-in script,
-    /// as raw or qcow2, and optionally a KubeVirt containerDisk (OCI image archive)
+    /// Write the agent as a bootable disk (x86_64: UEFI and legacy BIOS; --arch aarch64: UEFI), optionally
+    /// with a baked-in script (x86_64), as raw or qcow2, and optionally a KubeVirt containerDisk (OCI image
+    /// archive)
     Image(xtask::disk::ImageArgs),
     /// Set up prerequisites, build the images, then `cargo test --workspace` (incl. the e2e harness)
     Test {
@@ -247,11 +248,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     images::write_rom(&img, &rom)?;
                     println!("{} ({arch} -bios ROM, {} bytes)", rom.display(), xtask::rom::ROM_SIZE);
                 }
-                if arch == images::Arch::X86_64 {
+                if let Some((_, name)) = xtask::disk::efi::uefi(arch) {
                     // The UEFI loader that embeds it (what the disk's ESP holds).
-                    let efi = xtask::disk::efi::build(&root, &img, false)?;
-                    let path = xtask::disk::efi::efi_path(&root);
-                    println!("{} ({arch} UEFI loader \\EFI\\BOOT\\BOOTX64.EFI, {} bytes)", path.display(), efi.len());
+                    let efi = xtask::disk::efi::build(&root, arch, &img, false)?;
+                    let path = xtask::disk::efi::efi_path(&root, arch)?;
+                    println!("{} ({arch} UEFI loader \\EFI\\BOOT\\{name}, {} bytes)", path.display(), efi.len());
                 }
                 if arch == images::Arch::Aarch64 {
                     // What -kernel boots on -M virt: the flat arm64 Image.
@@ -285,8 +286,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for (bin, v) in setup::setup(&root, &sel)? {
                 println!("ok: {bin} {v}");
             }
-            for arch in images::arches(sel.iter().copied())? {
-                println!("ok: Rust target {}", arch.target());
+            for target in setup::rust_targets(&sel) {
+                println!("ok: Rust target {target}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -327,13 +328,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Builds the UEFI loader around the x86_64 image when a disk board is
-/// used (the runs then find it up to date), so that its build shows here.
+/// Builds the UEFI loader around the image of each architecture a used disk
+/// board boots (the runs then find it up to date), so that its build shows
+/// here.
 fn build_disk_loader(root: &std::path::Path, boards: &[&Board], imgs: &BTreeMap<images::Arch, PathBuf>) -> Result<()> {
-    if let Some(elf) = imgs.get(&images::Arch::X86_64)
-        && boards.iter().any(|b| b.boot == xtask::config::Boot::Disk)
-    {
-        xtask::disk::efi::build(root, elf, false)?;
+    for (arch, elf) in imgs {
+        if boards.iter().any(|b| b.boot == xtask::config::Boot::Disk && b.arch == *arch) {
+            xtask::disk::efi::build(root, *arch, elf, false)?;
+        }
     }
     Ok(())
 }

@@ -218,13 +218,13 @@ fn run(cmd: &[&str]) -> Result<()> {
 }
 
 /// The Rust targets that build the images `boards` boot, each once (a disk
-/// board also needs the UEFI loader's, x86_64-unknown-uefi).
+/// board also needs its UEFI loader's, x86_64-unknown-uefi or
+/// aarch64-unknown-uefi).
 pub fn rust_targets(boards: &[&Board]) -> Vec<&'static str> {
     let mut t: Vec<&'static str> =
         boards.iter().map(|b| b.arch).collect::<BTreeSet<_>>().into_iter().map(|a| a.target()).collect();
-    if boards.iter().any(|b| b.boot == crate::config::Boot::Disk) {
-        t.push(crate::disk::efi::TARGET);
-    }
+    let disks: BTreeSet<_> = boards.iter().filter(|b| b.boot == crate::config::Boot::Disk).map(|b| b.arch).collect();
+    t.extend(disks.into_iter().filter_map(|a| Some(crate::disk::efi::uefi(a)?.0)));
     t
 }
 

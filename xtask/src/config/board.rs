@@ -141,9 +141,10 @@ pub enum Boot {
     /// x86_64 only: the agent is the firmware, `-bios <ROM>` (`rom.rs`). No
     /// `-append`, no firmware PCI set-up (the agent assigns BARs on bus 0).
     Firmware,
-    /// x86_64 only: the disk of `cargo xtask image` (made per run), booted
-    /// by the firmware: the legacy BIOS through its MBR, UEFI through
-    /// `\EFI\BOOT\BOOTX64.EFI` (the board's `[disk]` and `[uefi]`).
+    /// x86_64 and aarch64: the disk of `cargo xtask image` (made per run),
+    /// booted by the firmware: the legacy BIOS through its MBR, UEFI through
+    /// `\EFI\BOOT\BOOTX64.EFI` or `\EFI\BOOT\BOOTAA64.EFI` (the board's
+    /// `[disk]` and `[uefi]`; aarch64 needs `[uefi]`).
     Disk,
 }
 
@@ -286,9 +287,15 @@ pub fn parse(file: &Path, text: &str, root: &Path) -> Result<Board, ConfigError>
         return Err(at.field("cpu", "is empty", "remove `cpu` to use QEMU's default"));
     }
     let (boot, script_via) = board_boot(&b, arch).map_err(|(field, p)| at.problem(Some(field), p))?;
-    let disk =
-        super::disk::parse(b.disk.as_ref(), b.uefi.as_ref(), boot == Boot::Disk, &b.machine, b.firmware.is_some())
-            .map_err(|(field, p)| at.problem(Some(field), p))?;
+    let disk = super::disk::parse(
+        b.disk.as_ref(),
+        b.uefi.as_ref(),
+        boot == Boot::Disk,
+        arch,
+        &b.machine,
+        b.firmware.is_some(),
+    )
+    .map_err(|(field, p)| at.problem(Some(field), p))?;
     for g in &b.groups {
         if !valid_name(g) {
             return Err(at.field(
@@ -426,6 +433,9 @@ fn script_via_problem(arch: Arch, boot: Boot, via: ScriptVia) -> Option<String> 
         (Arch::S390x | Arch::Aarch64, _, ScriptVia::Smbios) => {
             Some(format!("the agent reads SMBIOS OEM strings on x86_64 only, this board is {arch}"))
         }
+        (Arch::S390x | Arch::Aarch64, Boot::Disk, ScriptVia::Image) => {
+            Some(crate::disk::bake_problem(arch).unwrap_or_default())
+        }
         (_, Boot::Kernel | Boot::Firmware, ScriptVia::Image) => Some(
             "the script is baked into the disk of `cargo xtask image`, and this board boots no disk \
              (boot = \"disk\" boards only)"
@@ -476,11 +486,13 @@ fn board_boot(b: &BoardFile, arch: Arch) -> Result<(Boot, ScriptVia), (&'static 
             ));
         }
     }
-    if boot == Boot::Disk && arch != Arch::X86_64 {
+    if boot == Boot::Disk && crate::disk::efi::uefi(arch).is_none() {
         return Err((
             "boot",
             Problem::new(
-                format!("\"disk\" (the disk of `cargo xtask image`) exists for x86_64 only, this board is {arch}"),
+                format!(
+                    "\"disk\" (the disk of `cargo xtask image`) exists for x86_64 and aarch64 only, this board is {arch}"
+                ),
                 "remove `boot`",
             ),
         ));

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::arch::Arch;
 use crate::error::Problem;
 
 /// `[disk]` of a board file.
@@ -96,12 +97,14 @@ impl DiskBoot {
     }
 }
 
-/// A board's `[disk]` and `[uefi]` against its `boot` (x86_64 only, checked
-/// before), `machine` and `firmware`: `Some` for a disk board, or the field and its problem.
+/// A board's `[disk]` and `[uefi]` against its `boot` (x86_64 and aarch64
+/// only, checked before), `arch`, `machine` and `firmware`: `Some` for a
+/// disk board, or the field and its problem.
 pub(super) fn parse(
     disk: Option<&DiskFile>,
     uefi: Option<&UefiFile>,
     boots_disk: bool,
+    arch: Arch,
     machine: &str,
     has_firmware: bool,
 ) -> Result<Option<DiskBoot>, (&'static str, Problem)> {
@@ -130,6 +133,22 @@ pub(super) fn parse(
             "add [disk] with bus = \"virtio-blk\" or \"ide\"",
         );
     };
+    if arch == Arch::Aarch64 {
+        if disk.bus == DiskBus::Ide {
+            return err(
+                "disk.bus",
+                "is \"ide\", and aarch64's virt machine has no IDE controller".into(),
+                "set bus = \"virtio-blk\"",
+            );
+        }
+        if uefi.is_none() {
+            return err(
+                "uefi",
+                "is missing; on aarch64 the disk boots under UEFI only (no legacy BIOS, no boot sector)".into(),
+                "add [uefi] with AAVMF's files (see boards/virt-uefi.toml)",
+            );
+        }
+    }
     let uefi = match uefi {
         None => None,
         Some(u) => {
@@ -240,7 +259,7 @@ mod tests {
             ),
             (
                 format!("{}{disk}", Q35.replace("x86_64", "s390x")),
-                "field `boot`: \"disk\" (the disk of `cargo xtask image`) exists for x86_64 only",
+                "field `boot`: \"disk\" (the disk of `cargo xtask image`) exists for x86_64 and aarch64 only",
             ),
             (
                 format!("{Q35}{disk}script_via = \"append\"\n").replace(
@@ -257,6 +276,33 @@ mod tests {
         let sb =
             parse(&format!("{}{disk}{UEFI}secure_boot = true\n", Q35.replace("\"q35\"", "\"q35,smm=on\""))).unwrap();
         assert!(sb.disk.unwrap().uefi.unwrap().secure_boot);
+    }
+
+    /// aarch64 disk boards: UEFI only, virtio-blk only, scripts through
+    /// fw_cfg (no SMBIOS, no baked script, no -append).
+    #[test]
+    fn an_aarch64_disk_board() {
+        let virt = Q35.replace("x86_64", "aarch64").replace("qemu-system-x86\"", "qemu-system-arm\"");
+        let aavmf =
+            UEFI.replace("OVMF/OVMF_CODE_4M", "AAVMF/AAVMF_CODE").replace("OVMF/OVMF_VARS_4M", "AAVMF/AAVMF_VARS");
+        let b = parse(&format!("{virt}boot = \"disk\"\n[disk]\nbus = \"virtio-blk\"\n{aavmf}")).unwrap();
+        assert_eq!((b.arch, b.boot, b.script_via), (crate::arch::Arch::Aarch64, Boot::Disk, ScriptVia::FwCfg));
+        assert_eq!(b.disk.as_ref().unwrap().firmware_name(), "UEFI (AAVMF_CODE.fd)");
+        assert_eq!(b.script_via_problem(ScriptVia::FwCfgFile), None);
+        assert!(b.script_via_problem(ScriptVia::Image).unwrap().contains("the aarch64 agent has no baked-script area"));
+        assert!(b.script_via_problem(ScriptVia::Smbios).unwrap().contains("x86_64 only"));
+        assert!(b.script_via_problem(ScriptVia::Append).unwrap().contains("boots a disk"));
+        for (text, want) in [
+            (format!("{virt}boot = \"disk\"\n[disk]\nbus = \"virtio-blk\"\n"), "field `uefi`: is missing; on aarch64"),
+            (format!("{virt}boot = \"disk\"\n[disk]\nbus = \"ide\"\n{aavmf}"), "field `disk.bus`: is \"ide\""),
+            (
+                format!("{virt}boot = \"disk\"\nscript_via = \"image\"\n[disk]\nbus = \"virtio-blk\"\n{aavmf}"),
+                "field `script_via`: \"image\" is impossible here: the aarch64 agent has no baked-script area",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert!(e.contains(want) && e.contains("fix:"), "{want}: {e}");
+        }
     }
 
     /// The workspace's disk boards: what the rows and the README rely on.
@@ -280,5 +326,22 @@ mod tests {
             assert_eq!(b.bench.len(), 1, "{}", b.name);
             assert!(b.groups.contains(&"disk".to_string()));
         }
+        // virt-uefi: AAVMF, acpi=off (else no device tree), not in @disk
+        // (whose rows are x86_64's), two bench rows (with and without the
+        // boot-menu wait).
+        let arm = board("virt-uefi");
+        let u = arm.disk.as_ref().unwrap().uefi.clone().unwrap();
+        assert_eq!(
+            (u.code.to_str(), u.vars.to_str(), u.package.as_str(), u.secure_boot),
+            (Some("/usr/share/AAVMF/AAVMF_CODE.fd"), Some("/usr/share/AAVMF/AAVMF_VARS.fd"), "qemu-efi-aarch64", false)
+        );
+        assert_eq!(
+            (arm.arch, arm.machine.as_str(), arm.boot),
+            (crate::arch::Arch::Aarch64, "virt,acpi=off", Boot::Disk)
+        );
+        assert_eq!(arm.groups, ["aarch64-uefi"]);
+        assert!(arm.args.windows(2).any(|w| w == ["-boot", "menu=on,splash-time=0"]), "{:?}", arm.args);
+        let rows: Vec<&str> = arm.bench.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(rows, ["virt-uefi", "virt-uefi-wait"]);
     }
 }

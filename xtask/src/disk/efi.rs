@@ -1,6 +1,7 @@
 //! The UEFI loader (`uefi-boot/`, package pvagent-uefi): built by cargo
-//! for x86_64-unknown-uefi with the agent's ELF embedded (`PVAGENT_ELF`),
-//! and checked to carry exactly that ELF's bytes.
+//! for the agent's architecture (x86_64-unknown-uefi, aarch64-unknown-uefi)
+//! with the agent's ELF embedded (`PVAGENT_ELF`), and checked to carry
+//! exactly that ELF's bytes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,31 +10,51 @@ use std::sync::Mutex;
 use anyhow::{Context, Result, bail, ensure};
 use object::{Object, ObjectSegment, ObjectSymbol};
 
+use crate::arch::Arch;
 use crate::util::target_dir;
 
-/// The loader's package and target.
+/// The loader's package.
 pub const PACKAGE: &str = "pvagent-uefi";
-pub const TARGET: &str = "x86_64-unknown-uefi";
 /// What `uefi-boot/build.rs` puts before the embedded image.
 const PAYLOAD_MAGIC: &[u8; 16] = b"PVAGENT:PAYLOAD1";
 
-/// Where cargo puts the loader.
-pub fn efi_path(root: &Path) -> PathBuf {
-    target_dir(root).join(TARGET).join("release").join(format!("{PACKAGE}.efi"))
+/// The Rust target of the loader around the agent of `arch`, and the name
+/// UEFI boots from removable media on `arch` (`\EFI\BOOT\<name>`); `None`:
+/// no UEFI loader for `arch` (s390x has no UEFI).
+pub const fn uefi(arch: Arch) -> Option<(&'static str, &'static str)> {
+    match arch {
+        Arch::X86_64 => Some(("x86_64-unknown-uefi", "BOOTX64.EFI")),
+        Arch::Aarch64 => Some(("aarch64-unknown-uefi", "BOOTAA64.EFI")),
+        Arch::S390x => None,
+    }
+}
+
+/// The loader's Rust target for `arch`, or why there is none.
+pub fn target(arch: Arch) -> Result<&'static str> {
+    match uefi(arch) {
+        Some((target, _)) => Ok(target),
+        None => bail!("there is no UEFI on {arch}, so no UEFI loader and no disk of its agent"),
+    }
+}
+
+/// Where cargo puts the loader of `arch`.
+pub fn efi_path(root: &Path, arch: Arch) -> Result<PathBuf> {
+    Ok(target_dir(root).join(target(arch)?).join("release").join(format!("{PACKAGE}.efi")))
 }
 
 /// One build at a time in this process (the e2e harness's threads).
 static BUILDING: Mutex<()> = Mutex::new(());
 
-/// Builds the loader around the x86_64 agent `elf` (`cargo build --release
-/// -p pvagent-uefi --target x86_64-unknown-uefi`, with `PVAGENT_ELF`; a
-/// no-op when it is up to date) and returns its bytes, checked to embed
-/// `elf`. `quiet`: cargo's `--quiet`.
-pub fn build(root: &Path, elf: &Path, quiet: bool) -> Result<Vec<u8>> {
+/// Builds the loader around the agent `elf` of `arch` (`cargo build
+/// --release -p pvagent-uefi --target <arch>-unknown-uefi`, with
+/// `PVAGENT_ELF`; a no-op when it is up to date) and returns its bytes,
+/// checked to embed `elf`. `quiet`: cargo's `--quiet`.
+pub fn build(root: &Path, arch: Arch, elf: &Path, quiet: bool) -> Result<Vec<u8>> {
+    let target = target(arch)?;
     let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let elf = std::path::absolute(elf).with_context(|| format!("the path of {}", elf.display()))?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut args = vec!["build", "--release", "-p", PACKAGE, "--target", TARGET];
+    let mut args = vec!["build", "--release", "-p", PACKAGE, "--target", target];
     if quiet {
         args.push("--quiet");
     } else {
@@ -43,10 +64,10 @@ pub fn build(root: &Path, elf: &Path, quiet: bool) -> Result<Vec<u8>> {
         Command::new(cargo).args(&args).env("PVAGENT_ELF", &elf).current_dir(root).status().context("running cargo")?;
     if !st.success() {
         bail!(
-            "building the UEFI loader ({PACKAGE}, {TARGET}) failed ({st}); is the target installed (rustup target add {TARGET})?"
+            "building the UEFI loader ({PACKAGE}, {target}) failed ({st}); is the target installed (rustup target add {target})?"
         );
     }
-    let path = efi_path(root);
+    let path = efi_path(root, arch)?;
     let efi = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let agent = std::fs::read(&elf).with_context(|| format!("reading {}", elf.display()))?;
     check_embeds(&efi, &agent).with_context(|| format!("{} does not embed {}", path.display(), elf.display()))?;
@@ -61,7 +82,7 @@ pub fn image_bytes(elf: &[u8]) -> Result<Vec<u8>> {
         file.symbols()
             .find(|s| s.name() == Ok(name))
             .map(|s| s.address())
-            .with_context(|| format!("the image has no symbol {name} (is it the x86_64 agent?)"))
+            .with_context(|| format!("the image has no symbol {name} (is it the agent?)"))
     };
     let (start, end) = (symbol("__image_start")?, symbol("__file_end")?);
     ensure!(start < end, "__image_start {start:#x} is not below __file_end {end:#x}");
@@ -104,6 +125,10 @@ mod tests {
     fn a_payload_of_other_bytes_is_refused() {
         let e = check_embeds(b"MZ....", b"not an elf").unwrap_err();
         assert!(format!("{e:#}").contains("ELF"), "{e:#}");
-        assert!(efi_path(Path::new("/w")).ends_with("x86_64-unknown-uefi/release/pvagent-uefi.efi"));
+        let path = |a| efi_path(Path::new("/w"), a).unwrap();
+        assert!(path(Arch::X86_64).ends_with("x86_64-unknown-uefi/release/pvagent-uefi.efi"));
+        assert!(path(Arch::Aarch64).ends_with("aarch64-unknown-uefi/release/pvagent-uefi.efi"));
+        let e = efi_path(Path::new("/w"), Arch::S390x).unwrap_err().to_string();
+        assert!(e.contains("no UEFI on s390x"), "{e}");
     }
 }

@@ -13,6 +13,16 @@
 //! LBA 16351..16383 backup GPT
 //! ```
 //!
+//! The aarch64 disk ([`build_uefi`]) boots under UEFI only (there is no
+//! legacy BIOS on aarch64): no boot code, no BIOS boot partition.
+//!
+//! ```text
+//! LBA 0            protective MBR (no boot code)
+//! LBA 1..33        primary GPT (header, 128 entries)
+//! LBA 2048..12287  partition 1, EFI System: FAT16 with \EFI\BOOT\BOOTAA64.EFI
+//! LBA 16351..16383 backup GPT
+//! ```
+//!
 //! 8 MiB in all (a few hundred KiB of it written: the raw file is sparse,
 //! the qcow2 small). Every byte is a function of the agent's ELF and the
 //! loader: the GUIDs, the FAT's volume id and its timestamps are fixed, so
@@ -25,6 +35,8 @@ use anyhow::{Context, Result, bail, ensure};
 use gpt::partition::Partition;
 use gpt::partition_types;
 
+use crate::arch::Arch;
+
 /// Bytes per sector (the GPT's logical block).
 pub const SECTOR: u64 = 512;
 /// The whole disk.
@@ -35,8 +47,14 @@ pub const BIOS_BOOT_SECTORS: u64 = 2048;
 /// Partition 2, the EFI System Partition: first sector and length.
 pub const ESP_LBA: u64 = 4096;
 pub const ESP_SECTORS: u64 = 10240;
-/// Where the UEFI loader is on the ESP (the removable-media path that
-/// firmware boots without a boot entry).
+/// The UEFI-only disk's (aarch64) EFI System Partition, partition 1: its
+/// first sector (its length is [`ESP_SECTORS`]).
+pub const UEFI_ESP_LBA: u64 = 2048;
+/// Where the UEFI loader is on the ESP: the removable-media path that
+/// firmware boots without a boot entry, `\EFI\BOOT\` and the
+/// architecture's name ([`loader_name`]).
+pub const EFI_DIR: [&str; 2] = ["EFI", "BOOT"];
+/// The x86_64 loader's path on the hybrid disk's ESP.
 pub const EFI_PATH: [&str; 3] = ["EFI", "BOOT", "BOOTX64.EFI"];
 
 /// The agent's boot sector code (`.pvagent_mbr`): the MBR's bootstrap area.
@@ -126,14 +144,57 @@ pub fn build(parts: &Parts) -> Result<Vec<u8>> {
     let mut disk = disk.into_inner();
     let rom_at = (BIOS_BOOT_LBA * SECTOR) as usize;
     disk[rom_at..rom_at + parts.rom.len()].copy_from_slice(&parts.rom);
-    let esp = esp_with(&parts.efi)?;
+    let esp = esp_with(&parts.efi, EFI_PATH[2])?;
     let esp_at = (ESP_LBA * SECTOR) as usize;
     disk[esp_at..esp_at + esp.len()].copy_from_slice(&esp);
     Ok(disk)
 }
 
-/// The ESP's FAT16 volume with the loader at [`EFI_PATH`].
-fn esp_with(efi: &[u8]) -> Result<Vec<u8>> {
+/// The name UEFI boots from `\EFI\BOOT\` on `arch` (`BOOTX64.EFI`,
+/// `BOOTAA64.EFI`), or why there is none.
+pub fn loader_name(arch: Arch) -> Result<&'static str> {
+    match super::efi::uefi(arch) {
+        Some((_, name)) => Ok(name),
+        None => bail!("there is no UEFI on {arch}, so no disk of its agent"),
+    }
+}
+
+/// The UEFI-only disk of the loader `efi` of `arch` (aarch64; see the
+/// module's documentation): a protective MBR without boot code, a GPT with
+/// one partition, the ESP with the loader at `\EFI\BOOT\<loader_name>`.
+pub fn build_uefi(efi: &[u8], arch: Arch) -> Result<Vec<u8>> {
+    let name = loader_name(arch)?;
+    let mut disk = Cursor::new(vec![0u8; DISK_BYTES as usize]);
+    let mut gpt = gpt::GptConfig::new()
+        .writable(true)
+        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+        .create_from_device(&mut disk, Some(DISK_GUID))
+        .context("creating the GPT")?;
+    let partitions = BTreeMap::from([(
+        1,
+        Partition {
+            part_type_guid: partition_types::EFI,
+            part_guid: ESP_GUID,
+            first_lba: UEFI_ESP_LBA,
+            last_lba: UEFI_ESP_LBA + ESP_SECTORS - 1,
+            flags: 0,
+            name: "EFI System Partition".into(),
+        },
+    )]);
+    gpt.update_partitions(partitions).context("adding the partition")?;
+    gpt.write().context("writing the GPT")?;
+    let mut mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(DISK_BYTES / SECTOR - 1)?);
+    mbr.set_disk_signature(VOLUME_ID.to_le_bytes());
+    mbr.overwrite_lba0(&mut disk).context("writing the protective MBR")?;
+    let mut disk = disk.into_inner();
+    let esp = esp_with(efi, name)?;
+    let esp_at = (UEFI_ESP_LBA * SECTOR) as usize;
+    disk[esp_at..esp_at + esp.len()].copy_from_slice(&esp);
+    Ok(disk)
+}
+
+/// The ESP's FAT16 volume with the loader at `\EFI\BOOT\<name>`.
+fn esp_with(efi: &[u8], name: &str) -> Result<Vec<u8>> {
     let mut esp = Cursor::new(vec![0u8; (ESP_SECTORS * SECTOR) as usize]);
     let options = fatfs::FormatVolumeOptions::new()
         .fat_type(fatfs::FatType::Fat16)
@@ -144,10 +205,10 @@ fn esp_with(efi: &[u8]) -> Result<Vec<u8>> {
     let fs = fatfs::FileSystem::new(&mut esp, fatfs::FsOptions::new()).context("opening the new ESP")?;
     {
         let mut dir = fs.root_dir();
-        for d in &EFI_PATH[..EFI_PATH.len() - 1] {
+        for d in EFI_DIR {
             dir = dir.create_dir(d).with_context(|| format!("creating {d} on the ESP"))?;
         }
-        let mut file = dir.create_file(EFI_PATH[EFI_PATH.len() - 1]).context("creating the loader on the ESP")?;
+        let mut file = dir.create_file(name).context("creating the loader on the ESP")?;
         file.write_all(efi).context("writing the loader to the ESP")?;
         file.flush()?;
     }
@@ -184,15 +245,41 @@ pub fn bios_boot_partition(disk: &mut [u8]) -> Result<&mut [u8]> {
     Ok(&mut disk[r])
 }
 
+/// The loader on an ESP: its path and the architecture its name is UEFI's
+/// for (exactly one of `\EFI\BOOT\BOOTX64.EFI`, `…\BOOTAA64.EFI`).
+fn find_loader<IO: fatfs::ReadWriteSeek>(fs: &fatfs::FileSystem<IO>) -> Result<(String, Arch)> {
+    let dir = fs.root_dir().open_dir(&EFI_DIR.join("/")).context("opening \\EFI\\BOOT on the ESP")?;
+    let names: Vec<String> = dir.iter().filter_map(|e| e.ok()).map(|e| e.file_name().to_uppercase()).collect();
+    let found: Vec<(&str, Arch)> = Arch::ALL
+        .into_iter()
+        .filter_map(|a| Some((super::efi::uefi(a)?.1, a)))
+        .filter(|(n, _)| names.iter().any(|x| x == n))
+        .collect();
+    match found[..] {
+        [(name, arch)] => Ok((format!("{}/{name}", EFI_DIR.join("/")), arch)),
+        [] => bail!("the ESP has no \\EFI\\BOOT\\BOOTX64.EFI or BOOTAA64.EFI (is it a disk of `cargo xtask image`?)"),
+        _ => bail!("the ESP has a loader for more than one architecture"),
+    }
+}
+
 /// Reads the loader from the disk's ESP.
 pub fn read_efi(disk: &[u8]) -> Result<Vec<u8>> {
     let r = partition_range(disk, &partition_types::EFI, "EFI System")?;
     let mut esp = Cursor::new(disk[r].to_vec());
     let fs = fatfs::FileSystem::new(&mut esp, fatfs::FsOptions::new()).context("opening the ESP (FAT)")?;
-    let mut file = fs.root_dir().open_file(&EFI_PATH.join("/")).context("opening \\EFI\\BOOT\\BOOTX64.EFI")?;
+    let (path, _) = find_loader(&fs)?;
+    let mut file = fs.root_dir().open_file(&path).with_context(|| format!("opening {path} on the ESP"))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+/// The architecture of the disk's agent: the one whose loader its ESP holds.
+pub fn loader_arch(disk: &[u8]) -> Result<Arch> {
+    let r = partition_range(disk, &partition_types::EFI, "EFI System")?;
+    let mut esp = Cursor::new(disk[r].to_vec());
+    let fs = fatfs::FileSystem::new(&mut esp, fatfs::FsOptions::new()).context("opening the ESP (FAT)")?;
+    Ok(find_loader(&fs)?.1)
 }
 
 /// Changes the loader on the disk's ESP in place: `edit` gets its bytes and
@@ -202,7 +289,8 @@ pub fn edit_efi(disk: &mut [u8], edit: impl FnOnce(&mut Vec<u8>) -> Result<()>) 
     let mut esp = Cursor::new(disk[r.clone()].to_vec());
     let fs = fatfs::FileSystem::new(&mut esp, fatfs::FsOptions::new()).context("opening the ESP (FAT)")?;
     {
-        let mut file = fs.root_dir().open_file(&EFI_PATH.join("/")).context("opening \\EFI\\BOOT\\BOOTX64.EFI")?;
+        let (path, _) = find_loader(&fs)?;
+        let mut file = fs.root_dir().open_file(&path).with_context(|| format!("opening {path} on the ESP"))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let len = bytes.len();
@@ -281,6 +369,81 @@ pub(crate) mod tests {
         assert_eq!(&esp[510..512], &[0x55, 0xaa]);
         // Reproducible: the same parts, the same bytes.
         assert!(build(&p).unwrap() == disk);
+    }
+
+    fn sha256(bytes: &[u8]) -> String {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The disks' bytes are pinned: the x86_64 hybrid disk is what it was
+    /// before the aarch64 one existed, and neither changes by accident
+    /// (a containerDisk's digest follows from them).
+    #[test]
+    fn the_disks_bytes_are_pinned() {
+        assert_eq!(
+            sha256(&build(&parts(70_000)).unwrap()),
+            "e317ec2950bdafb8625f446a2e77289a67d3580b4baaec9163c43a4778b68b5f"
+        );
+        assert_eq!(
+            sha256(&build_uefi(&parts(70_000).efi, Arch::Aarch64).unwrap()),
+            "534a812f7b400cf31bad595becc6f6df848e683faba62da3c7f974dc8fe1b51a"
+        );
+    }
+
+    /// The aarch64 disk: UEFI only, the loader as BOOTAA64.EFI on the one
+    /// partition, the ESP; no boot code, no BIOS boot partition.
+    #[test]
+    fn the_layout_of_the_uefi_only_disk() {
+        let p = parts(70_000);
+        let disk = build_uefi(&p.efi, Arch::Aarch64).unwrap();
+        assert_eq!(disk.len() as u64, DISK_BYTES);
+        // The MBR: no boot code, the signature, one protective partition.
+        assert!(disk[..0x1b8].iter().all(|&b| b == 0), "no boot code");
+        assert_eq!(&disk[0x1b8..0x1bc], &VOLUME_ID.to_le_bytes());
+        assert_eq!(disk[0x1be + 4], 0xee, "protective partition type");
+        assert_eq!(u32::from_le_bytes(disk[0x1be + 8..0x1be + 12].try_into().unwrap()), 1, "starts at LBA 1");
+        assert!(disk[0x1ce..510].iter().all(|&b| b == 0), "one MBR partition only");
+        assert_eq!(&disk[510..512], &[0x55, 0xaa]);
+        // The GPT: the ESP only.
+        assert_eq!(&disk[512..520], b"EFI PART");
+        assert_eq!(&disk[disk.len() - 512..disk.len() - 504], b"EFI PART");
+        let read = partitions(&disk).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[&1], (partition_types::EFI, UEFI_ESP_LBA, UEFI_ESP_LBA + ESP_SECTORS - 1));
+        const { assert!(UEFI_ESP_LBA + ESP_SECTORS <= DISK_BYTES / SECTOR - 33, "the ESP ends before the backup GPT") };
+        // The loader under UEFI's aarch64 name, and nothing else in \EFI\BOOT.
+        let at = (UEFI_ESP_LBA * SECTOR) as usize;
+        let esp = &disk[at..at + (ESP_SECTORS * SECTOR) as usize];
+        assert_eq!(&esp[0x36..0x3e], b"FAT16   ");
+        let mut cursor = Cursor::new(esp.to_vec());
+        let fs = fatfs::FileSystem::new(&mut cursor, fatfs::FsOptions::new()).unwrap();
+        let names: Vec<String> =
+            fs.root_dir().open_dir("EFI/BOOT").unwrap().iter().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [".", "..", "BOOTAA64.EFI"]);
+        drop(fs);
+        assert_eq!(read_efi(&disk).unwrap(), p.efi);
+        assert_eq!(loader_arch(&disk).unwrap(), Arch::Aarch64);
+        assert_eq!(loader_arch(&build(&p).unwrap()).unwrap(), Arch::X86_64);
+        // No BIOS boot partition to put a ROM in.
+        let mut d = disk.clone();
+        let e = bios_boot_partition(&mut d).unwrap_err().to_string();
+        assert!(e.contains("0 BIOS boot partitions"), "{e}");
+        // Editing in place finds BOOTAA64.EFI too.
+        edit_efi(&mut d, |b| {
+            b[7] = 0xaa;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(read_efi(&d).unwrap()[7], 0xaa);
+        // Reproducible; s390x has no UEFI.
+        assert!(build_uefi(&p.efi, Arch::Aarch64).unwrap() == disk);
+        let e = build_uefi(&p.efi, Arch::S390x).unwrap_err().to_string();
+        assert!(e.contains("no UEFI on s390x"), "{e}");
+        assert_eq!(
+            (loader_name(Arch::X86_64).unwrap(), loader_name(Arch::Aarch64).unwrap()),
+            ("BOOTX64.EFI", "BOOTAA64.EFI")
+        );
     }
 
     #[test]

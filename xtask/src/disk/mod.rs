@@ -1,11 +1,14 @@
 //! `cargo xtask image`: the agent as a bootable disk, the way OpenStack,
-//! KubeVirt, Proxmox or oVirt boot a guest. One hybrid disk boots under
-//! both firmware kinds ([`layout`]): a legacy BIOS runs the protective MBR's
-//! boot code, which loads the agent's ROM from the BIOS boot partition;
-//! UEFI runs `\EFI\BOOT\BOOTX64.EFI` from the EFI System Partition, which
-//! embeds the agent ([`efi`]). `--script` bakes a script into both copies
-//! of the agent ([`baked`]). `--format qcow2` converts with `qemu-img`;
-//! `--containerdisk` also writes a KubeVirt containerDisk ([`oci`]).
+//! KubeVirt, Proxmox or oVirt boot a guest. The x86_64 disk is one hybrid
+//! that boots under both firmware kinds ([`layout`]): a legacy BIOS runs
+//! the protective MBR's boot code, which loads the agent's ROM from the
+//! BIOS boot partition; UEFI runs `\EFI\BOOT\BOOTX64.EFI` from the EFI
+//! System Partition, which embeds the agent ([`efi`]). The aarch64 disk
+//! (`--arch aarch64`) is UEFI only: `\EFI\BOOT\BOOTAA64.EFI` on the ESP.
+//! `--script` bakes a script into both copies of the x86_64 agent
+//! ([`baked`]; the aarch64 agent has no area for it). `--format qcow2`
+//! converts with `qemu-img`; `--containerdisk` also writes a KubeVirt
+//! containerDisk ([`oci`]).
 //!
 //! The disk boards (`boot = "disk"`) boot the same disk: made once per run
 //! of the tool from the image under test ([`crate::images`]), copied into
@@ -24,6 +27,8 @@ use anyhow::{Context, Result, bail, ensure};
 use object::{Object, ObjectSection};
 
 pub use layout::Parts;
+
+use crate::arch::Arch;
 
 /// The boot sector's section in the x86_64 ELF.
 pub const MBR_SECTION: &str = ".pvagent_mbr";
@@ -49,12 +54,19 @@ impl Parts {
     }
 }
 
-/// The disk of the agent `elf` with no script: builds the UEFI loader
-/// around it (cargo) and lays both out.
+/// The disk of the agent `elf` with no script: builds the UEFI loader of
+/// its architecture around it (cargo) and lays them out: the x86_64 hybrid
+/// disk, the aarch64 UEFI-only one.
 pub fn make(root: &Path, elf: &Path, quiet: bool) -> Result<Vec<u8>> {
     let bytes = std::fs::read(elf).with_context(|| format!("reading {}", elf.display()))?;
-    let efi = efi::build(root, elf, quiet)?;
-    layout::build(&Parts::new(&bytes, efi)?)
+    let arch =
+        crate::images::arch_of_elf(&bytes).with_context(|| format!("{} is not an agent image", elf.display()))?;
+    layout::loader_name(arch)?;
+    let efi = efi::build(root, arch, elf, quiet)?;
+    match arch {
+        Arch::X86_64 => layout::build(&Parts::new(&bytes, efi)?),
+        _ => layout::build_uefi(&efi, arch),
+    }
 }
 
 /// Writes the disk of the agent `elf` to `out` (raw, sparse): what a disk
@@ -67,11 +79,29 @@ pub fn write(elf: &Path, out: &Path) -> Result<()> {
     layout::write_sparse(out, &disk)
 }
 
+/// Why a script cannot be baked into a disk of `arch`'s agent (`None`: it
+/// can): only the x86_64 agent has the area.
+pub fn bake_problem(arch: Arch) -> Option<String> {
+    (arch != Arch::X86_64).then(|| {
+        format!(
+            "the {arch} agent has no baked-script area (it is x86_64's: the ROM and BOOTX64.EFI); under UEFI \
+             on {arch} the script comes from fw_cfg only (-fw_cfg name=opt/pvagent/script,string=…)"
+        )
+    })
+}
+
 /// Bakes `script` into both copies of the agent on `disk` (the ROM in the
 /// BIOS boot partition, the loader on the ESP); an empty script empties
-/// them.
+/// them. A disk of another architecture than x86_64 has nothing to bake
+/// into: an error, but for the empty script.
 pub fn bake(disk: &mut [u8], script: &str) -> Result<()> {
     if let Some(p) = baked::problem(script) {
+        bail!("{p}");
+    }
+    if let Some(p) = bake_problem(layout::loader_arch(disk)?) {
+        if script.is_empty() {
+            return Ok(());
+        }
         bail!("{p}");
     }
     let rom = &mut layout::bios_boot_partition(disk)?[..crate::rom::ROM_SIZE];
@@ -120,58 +150,105 @@ pub enum Format {
 
 /// `cargo xtask image`.
 #[derive(clap::Args, Debug, Clone)]
-#[command(after_help = "The disk boots under UEFI (\\EFI\\BOOT\\BOOTX64.EFI on its EFI System Partition) and under a \
-    legacy BIOS (the protective MBR's boot code loads the agent from the BIOS boot partition). The agent takes \
-    its script from fw_cfg opt/pvagent/script, else an SMBIOS OEM string pvagent:script=<script>, else the \
-    script baked in here.\n\nExamples:\n  cargo xtask image\n  cargo xtask image --script 'pvpanic.panicked' \
-    --format qcow2 -o pvagent.qcow2\n  cargo xtask image --containerdisk pvagent-containerdisk.tar")]
+#[command(after_help = "The x86_64 disk boots under UEFI (\\EFI\\BOOT\\BOOTX64.EFI on its EFI System Partition) and \
+    under a legacy BIOS (the protective MBR's boot code loads the agent from the BIOS boot partition). The agent \
+    takes its script from fw_cfg opt/pvagent/script, else an SMBIOS OEM string pvagent:script=<script>, else the \
+    script baked in here.\n\nThe aarch64 disk (--arch aarch64) boots under UEFI only \
+    (\\EFI\\BOOT\\BOOTAA64.EFI; QEMU: -M virt,acpi=off with AAVMF), and its agent takes its script from fw_cfg \
+    only (no --script).\n\nExamples:\n  cargo xtask image\n  cargo xtask image --script 'pvpanic.panicked' \
+    --format qcow2 -o pvagent.qcow2\n  cargo xtask image --containerdisk pvagent-containerdisk.tar\n  \
+    cargo xtask image --arch aarch64 --format qcow2 -o pvagent-aarch64.qcow2")]
 pub struct ImageArgs {
-    /// Bake this script into the disk (at most 1024 bytes); fw_cfg and SMBIOS still win over it
+    /// The agent's architecture: x86_64 (a hybrid UEFI and BIOS disk) or aarch64 (UEFI only)
+    #[arg(long, value_enum, default_value = "x86_64")]
+    pub arch: ImageArch,
+    /// Bake this script into the disk (at most 1024 bytes; x86_64 only); fw_cfg and SMBIOS still win over it
     #[arg(long)]
     pub script: Option<String>,
     /// The disk's format
     #[arg(long, value_enum, default_value = "raw")]
     pub format: Format,
-    /// Where to write the disk [default: target/pvagent.raw or target/pvagent.qcow2]
+    /// Where to write the disk [default: target/pvagent.raw or target/pvagent.qcow2; aarch64:
+    /// target/pvagent-aarch64.raw or .qcow2]
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Also write a KubeVirt containerDisk to FILE: an OCI image archive with /disk/pvagent.qcow2
     /// (UID/GID 107), for `skopeo copy oci-archive:FILE docker://…` or `podman load -i FILE`
     #[arg(long, value_name = "FILE")]
     pub containerdisk: Option<PathBuf>,
-    /// The x86_64 agent image to put on the disk (not built) [default: built, in the target dir]
+    /// The agent image (ELF) to put on the disk, of --arch's architecture (not built) [default: built, in
+    /// the target dir]
     #[arg(long, value_name = "PATH")]
     pub image: Option<PathBuf>,
+}
+
+/// `--arch`: the architectures that have a disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageArch {
+    #[value(name = "x86_64")]
+    X86_64,
+    Aarch64,
+}
+
+impl From<ImageArch> for Arch {
+    fn from(a: ImageArch) -> Arch {
+        match a {
+            ImageArch::X86_64 => Arch::X86_64,
+            ImageArch::Aarch64 => Arch::Aarch64,
+        }
+    }
+}
+
+/// The disk's file name in the target dir when `-o` is not given:
+/// `pvagent.raw` (x86_64), `pvagent-aarch64.raw`, or `.qcow2`.
+pub fn default_name(arch: Arch, format: Format) -> String {
+    let ext = match format {
+        Format::Raw => "raw",
+        Format::Qcow2 => "qcow2",
+    };
+    match arch {
+        Arch::X86_64 => format!("pvagent.{ext}"),
+        other => format!("pvagent-{other}.{ext}"),
+    }
 }
 
 /// `cargo xtask image`: builds what is needed and writes the disk (and the
 /// containerDisk); returns what was written, for the caller to print.
 pub fn run(root: &Path, args: &ImageArgs) -> Result<Vec<String>> {
+    let arch = Arch::from(args.arch);
     let script = args.script.as_deref().unwrap_or("");
     if let Some(p) = baked::problem(script) {
         bail!("--script: {p}");
     }
+    if let (Some(p), Some(_)) = (bake_problem(arch), &args.script) {
+        bail!("--script: {p}");
+    }
     let elf = match &args.image {
-        Some(p) => crate::util::image_file(p.clone()).map_err(anyhow::Error::msg)?,
+        Some(p) => {
+            let p = crate::util::image_file(p.clone()).map_err(anyhow::Error::msg)?;
+            let of = crate::images::arch_of_file(&p)?;
+            ensure!(of == arch, "--image {} is the {of} agent, and the disk is {arch}'s (--arch {arch})", p.display());
+            p
+        }
         None => {
-            let arches = [crate::arch::Arch::X86_64].into_iter().collect();
-            crate::images::build(root, &arches)?.remove(&crate::arch::Arch::X86_64).context("no x86_64 image")?
+            let arches = [arch].into_iter().collect();
+            crate::images::build(root, &arches)?.remove(&arch).with_context(|| format!("no {arch} image"))?
         }
     };
     let mut disk = make(root, &elf, false)?;
     bake(&mut disk, script)?;
     let target = crate::util::target_dir(root);
-    let output = args.output.clone().unwrap_or_else(|| {
-        target.join(match args.format {
-            Format::Raw => "pvagent.raw",
-            Format::Qcow2 => "pvagent.qcow2",
-        })
-    });
+    let output = args.output.clone().unwrap_or_else(|| target.join(default_name(arch, args.format)));
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let tmp = tempfile::tempdir().context("creating a temporary directory")?;
-    let what = if script.is_empty() {
+    let what = if arch != Arch::X86_64 {
+        format!(
+            "{arch}, UEFI only (\\EFI\\BOOT\\{}): the agent takes its script from fw_cfg, else halts after its inventory",
+            layout::loader_name(arch)?
+        )
+    } else if script.is_empty() {
         "no script: the agent takes it from fw_cfg or an SMBIOS OEM string, else halts after its inventory".into()
     } else {
         format!("script baked in: {script}")
@@ -205,7 +282,7 @@ pub fn run(root: &Path, args: &ImageArgs) -> Result<Vec<String>> {
             q
         };
         let bytes = std::fs::read(&qcow2).with_context(|| format!("reading {}", qcow2.display()))?;
-        let summary = oci::write_archive(&bytes, archive)?;
+        let summary = oci::write_archive(&bytes, arch, archive)?;
         lines.push(format!(
             "{} (KubeVirt containerDisk, OCI image archive, {} bytes: /disk/{} owned by {}:{}; manifest {})",
             archive.display(),
@@ -245,6 +322,61 @@ mod tests {
         let mut old = layout::build(&layout::tests::parts(100)).unwrap();
         let e = bake(&mut old, "halt").unwrap_err().to_string();
         assert!(e.contains("the ROM in the BIOS boot partition has no baked-script area"), "{e}");
+    }
+
+    /// An aarch64 disk has no baked-script area: baking a script is an
+    /// error that says where its script comes from instead; the empty
+    /// script (nothing to bake) is fine, and a run's copy without a script
+    /// is the disk as it is.
+    #[test]
+    fn an_aarch64_disk_takes_no_baked_script() {
+        let p = layout::tests::parts(9000);
+        let mut disk = layout::build_uefi(&p.efi, Arch::Aarch64).unwrap();
+        let before = disk.clone();
+        let e = bake(&mut disk, "pvpanic.panicked").unwrap_err().to_string();
+        assert!(e.contains("the aarch64 agent has no baked-script area") && e.contains("fw_cfg only"), "{e}");
+        bake(&mut disk, "").unwrap();
+        assert!(disk == before);
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("base.raw");
+        layout::write_sparse(&base, &disk).unwrap();
+        let out = tmp.path().join("run.raw");
+        write_run_copy(&base, None, &out).unwrap();
+        assert!(std::fs::read(&out).unwrap() == disk);
+        let e = write_run_copy(&base, Some("halt"), &out).unwrap_err();
+        assert!(format!("{e:#}").contains("no baked-script area"), "{e:#}");
+        assert_eq!(bake_problem(Arch::X86_64), None);
+    }
+
+    /// `cargo xtask image --arch aarch64`: what does not apply is refused
+    /// before anything is built, naming why.
+    #[test]
+    fn image_options_that_do_not_apply_to_aarch64() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            image: ImageArgs,
+        }
+        let parse = |args: &[&str]| Cli::try_parse_from([&["image"], args].concat()).map(|c| c.image);
+        assert_eq!(parse(&[]).unwrap().arch, ImageArch::X86_64);
+        assert_eq!(default_name(Arch::X86_64, Format::Qcow2), "pvagent.qcow2");
+        assert_eq!(default_name(Arch::Aarch64, Format::Raw), "pvagent-aarch64.raw");
+        assert_eq!(Arch::from(parse(&["--arch", "aarch64"]).unwrap().arch), Arch::Aarch64);
+        assert!(parse(&["--arch", "s390x"]).is_err());
+        let root = Path::new("/nonexistent");
+        let e = run(root, &parse(&["--arch", "aarch64", "--script", "halt"]).unwrap()).unwrap_err().to_string();
+        assert!(e.starts_with("--script: the aarch64 agent has no baked-script area"), "{e}");
+        // An image of the other architecture.
+        let tmp = tempfile::tempdir().unwrap();
+        let elf = tmp.path().join("pvagent");
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(b"\x7fELF");
+        (h[4], h[5], h[18]) = (2, 1, 62);
+        std::fs::write(&elf, &h).unwrap();
+        let args = parse(&["--arch", "aarch64", "--image", elf.to_str().unwrap()]).unwrap();
+        let e = run(root, &args).unwrap_err().to_string();
+        assert!(e.contains("is the x86_64 agent, and the disk is aarch64's (--arch aarch64)"), "{e}");
     }
 
     #[test]
@@ -374,5 +506,41 @@ mod run_tests {
         assert!(crate::setup::disk_packages(&pick(&["pc", "q35"])).is_empty());
         assert!(crate::setup::rust_targets(&pick(&["pc-disk"])).contains(&"x86_64-unknown-uefi"));
         assert!(!crate::setup::rust_targets(&pick(&["pc"])).contains(&"x86_64-unknown-uefi"));
+        // virt-uefi: AAVMF's package, and the aarch64 loader's target (not x86_64's).
+        let want = crate::setup::disk_packages(&pick(&["virt-uefi"]));
+        let pkgs: Vec<(&str, &str)> = want.iter().map(|(w, p)| (w.as_str(), p.as_str())).collect();
+        for w in [
+            ("/usr/share/AAVMF/AAVMF_CODE.fd", "qemu-efi-aarch64"),
+            ("/usr/share/AAVMF/AAVMF_VARS.fd", "qemu-efi-aarch64"),
+            ("qemu-img", "qemu-utils"),
+        ] {
+            assert!(pkgs.contains(&w), "{w:?} in {pkgs:?}");
+        }
+        assert_eq!(
+            crate::setup::rust_targets(&pick(&["virt-uefi", "virt"])),
+            ["aarch64-unknown-none", "aarch64-unknown-uefi"]
+        );
+        let both = crate::setup::rust_targets(&pick(&["virt-uefi", "q35-ovmf"]));
+        assert!(both.contains(&"aarch64-unknown-uefi") && both.contains(&"x86_64-unknown-uefi"), "{both:?}");
+    }
+
+    /// An aarch64 disk board: AAVMF in pflash, the disk on virtio-blk, the
+    /// script through fw_cfg, no -kernel.
+    #[test]
+    fn the_command_line_of_the_aarch64_disk_board() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let boards = crate::config::load_boards(&root.join("boards"), root).unwrap();
+        let board = boards.iter().find(|b| b.name == "virt-uefi").unwrap();
+        let a = QemuCmd::new(board, Path::new("/run/pvagent-aarch64.disk.raw"))
+            .files_in(Path::new("/r/case"))
+            .script(Some("pvpanic.panicked"), Delivery::of(board.script_via, Path::new("/r/case")))
+            .argv();
+        assert_eq!(a[0], "qemu-system-aarch64");
+        assert!(a.windows(2).any(|w| w == ["-machine", "virt,acpi=off"]), "{a:?}");
+        assert!(a.iter().any(|x| x == "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd"));
+        assert!(a.iter().any(|x| x == "if=pflash,format=raw,unit=1,file=/r/case/uefi-vars.fd"));
+        assert!(a.windows(2).any(|w| w == ["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]), "{a:?}");
+        assert!(!a.iter().any(|x| x == "-kernel" || x == "-append" || x == "-global"), "{a:?}");
+        assert_eq!(a[a.len() - 2..], ["-fw_cfg", "name=opt/pvagent/script,string=pvpanic.panicked"]);
     }
 }

@@ -22,6 +22,8 @@ use oci_spec::image::{
 };
 use sha2::{Digest as _, Sha256};
 
+use crate::arch::Arch as GuestArch;
+
 /// The disk's name in the image (`/disk/pvagent.qcow2`).
 pub const DISK_NAME: &str = "pvagent.qcow2";
 /// The owner KubeVirt wants (the qemu user, UID and GID 107).
@@ -85,8 +87,19 @@ fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
 /// A file of the archive: its path and bytes.
 pub type File = (String, Vec<u8>);
 
-/// The archive's files, in order, and the digests.
-pub fn archive_files(qcow2: &[u8]) -> Result<(Vec<File>, Summary)> {
+/// The OCI architecture of a containerDisk of `arch`'s agent (what the
+/// image config says, and what a cluster's nodes must be).
+pub fn oci_arch(arch: GuestArch) -> Arch {
+    match arch {
+        GuestArch::X86_64 => Arch::Amd64,
+        GuestArch::Aarch64 => Arch::ARM64,
+        GuestArch::S390x => Arch::s390x,
+    }
+}
+
+/// The archive's files, in order, and the digests, for a disk of `arch`'s
+/// agent.
+pub fn archive_files(qcow2: &[u8], arch: GuestArch) -> Result<(Vec<File>, Summary)> {
     let layer = layer_tar(qcow2)?;
     let diff_id = sha256(&layer);
     let layer_gz = gzip(&layer)?;
@@ -96,7 +109,7 @@ pub fn archive_files(qcow2: &[u8]) -> Result<(Vec<File>, Summary)> {
         .created_by(format!("cargo xtask image --containerdisk (ADD --chown=107:107 {DISK_NAME} /disk/)"))
         .build()?;
     let config = ImageConfigurationBuilder::default()
-        .architecture(Arch::Amd64)
+        .architecture(oci_arch(arch))
         .os(Os::Linux)
         .rootfs(rootfs)
         .history(vec![history])
@@ -144,9 +157,9 @@ pub fn archive_files(qcow2: &[u8]) -> Result<(Vec<File>, Summary)> {
 }
 
 /// The OCI image archive (an uncompressed tar of the layout) of the
-/// containerDisk holding `qcow2`.
-pub fn archive(qcow2: &[u8]) -> Result<(Vec<u8>, Summary)> {
-    let (files, summary) = archive_files(qcow2)?;
+/// containerDisk holding `qcow2` (a disk of `arch`'s agent).
+pub fn archive(qcow2: &[u8], arch: GuestArch) -> Result<(Vec<u8>, Summary)> {
+    let (files, summary) = archive_files(qcow2, arch)?;
     let mut b = tar::Builder::new(Vec::new());
     b.mode(tar::HeaderMode::Deterministic);
     for dir in ["blobs/", "blobs/sha256/"] {
@@ -158,9 +171,10 @@ pub fn archive(qcow2: &[u8]) -> Result<(Vec<u8>, Summary)> {
     Ok((b.into_inner()?, summary))
 }
 
-/// Writes the archive of the containerDisk holding `qcow2` to `out`.
-pub fn write_archive(qcow2: &[u8], out: &Path) -> Result<Summary> {
-    let (bytes, summary) = archive(qcow2)?;
+/// Writes the archive of the containerDisk holding `qcow2` (a disk of
+/// `arch`'s agent) to `out`.
+pub fn write_archive(qcow2: &[u8], arch: GuestArch, out: &Path) -> Result<Summary> {
+    let (bytes, summary) = archive(qcow2, arch)?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -195,7 +209,7 @@ mod tests {
     #[test]
     fn manifest_config_and_layer_digests() {
         let qcow2 = b"QFI\xfb pretend qcow2 bytes".repeat(100);
-        let (archive, s) = archive(&qcow2).unwrap();
+        let (archive, s) = archive(&qcow2, GuestArch::X86_64).unwrap();
         let files = files_of(&archive);
         let get = |p: &str| files.iter().find(|f| f.0 == p).unwrap_or_else(|| panic!("{p}")).4.clone();
         let json = |p: &str| serde_json::from_slice::<Value>(&get(p)).unwrap();
@@ -236,7 +250,16 @@ mod tests {
         assert_eq!((disk.0.as_str(), disk.1, disk.2, disk.3), ("disk/pvagent.qcow2", 107, 107, 0o644));
         assert_eq!(disk.4, qcow2);
         // Reproducible.
-        assert!(super::archive(&qcow2).unwrap() == (archive, s));
+        assert!(super::archive(&qcow2, GuestArch::X86_64).unwrap() == (archive, s));
+        // The aarch64 disk's: the same but for the architecture.
+        let (arm, _) = super::archive(&qcow2, GuestArch::Aarch64).unwrap();
+        let files = files_of(&arm);
+        let index: Value = serde_json::from_slice(&files.iter().find(|f| f.0 == "index.json").unwrap().4).unwrap();
+        let manifest_blob = blob(index["manifests"][0]["digest"].as_str().unwrap());
+        let manifest: Value = serde_json::from_slice(&files.iter().find(|f| f.0 == manifest_blob).unwrap().4).unwrap();
+        let config_blob = blob(manifest["config"]["digest"].as_str().unwrap());
+        let config: Value = serde_json::from_slice(&files.iter().find(|f| f.0 == config_blob).unwrap().4).unwrap();
+        assert_eq!(config["architecture"], "arm64");
     }
 
     /// A real OCI tool reads the archive: `skopeo inspect` sees the image,
@@ -254,7 +277,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("containerdisk.tar");
         let qcow2 = b"QFI\xfb not really a qcow2".repeat(50);
-        let s = write_archive(&qcow2, &file).unwrap();
+        let s = write_archive(&qcow2, GuestArch::X86_64, &file).unwrap();
         let out = std::process::Command::new(&skopeo)
             .args(["inspect", "--raw"])
             .arg(format!("oci-archive:{}", file.display()))
