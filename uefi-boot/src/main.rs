@@ -64,11 +64,12 @@ mod uefi_app {
             say(cstr16!("pvagent: error: the embedded agent image is cut short\r\n"));
             return Status::LOAD_ERROR;
         };
-        // The agent is linked at a fixed address (1 MiB): those pages must
-        // be free in the firmware's memory map.
+        // The agent is linked at a fixed address (x86_64: 1 MiB; aarch64:
+        // RAM base + 0x80000): those pages must be free in the firmware's
+        // memory map.
         let pages = h.mem_len.div_ceil(4096);
         let Ok(memory) = boot::allocate_pages(AllocateType::Address(h.load), MemoryType::LOADER_DATA, pages) else {
-            say(cstr16!("pvagent: error: the memory the agent is linked at (1 MiB) is not free\r\n"));
+            say(cstr16!("pvagent: error: the memory the agent is linked at is not free\r\n"));
             return Status::OUT_OF_RESOURCES;
         };
         // SAFETY: the pages were just allocated for this, `mem_len` bytes
