@@ -419,68 +419,17 @@ pub fn ensure_qemu_with(
 }
 
 fn install_qemu(board: &Board, have: Option<Version>) -> Result<()> {
-    let os = parse_os_release(&std::fs::read_to_string("/etc/os-release").unwrap_or_default());
-    // SAFETY: geteuid has no preconditions.
-    let is_root = unsafe { libc::geteuid() } == 0;
-    let pkg = &board.package;
     let want = fmt_min_version(WANTED_QEMU);
     let problem = match have {
         None => format!("{} is not installed", board.binary),
         Some(v) => format!("{} is {v}, older than {want}", board.binary),
     };
-    let bookworm = os.id == "debian" && os.codename == "bookworm";
-    if bookworm {
-        let sources = system_sources();
-        let mirror = debian_mirror(&sources, "bookworm");
-        let need_source = !has_suite(&sources, "bookworm-backports");
-        let (uri, key) = mirror.clone().unwrap_or_else(|| ("<your Debian mirror>".into(), None));
-        let stanza = backports_stanza(&uri, "bookworm", key.as_deref());
-        if !is_root || mirror.is_none() {
-            let mut msg = format!("{problem}. Install QEMU ≥ {want} from bookworm-backports:\n");
-            if need_source {
-                msg.push_str(&format!("  sudo tee {BACKPORTS_FILE} <<'EOF'\n{stanza}EOF\n"));
-            }
-            msg.push_str(&format!("  sudo apt-get update\n  sudo apt-get install -y -t bookworm-backports {pkg}"));
-            if have.is_some() {
-                eprintln!("setup: warning: {msg}\nsetup: continuing; newer scenarios will be SKIPPED");
-                return Ok(());
-            }
-            bail!("{msg}");
-        }
-        eprintln!("setup: {problem}: installing {pkg} from bookworm-backports");
-        if need_source {
-            eprintln!("setup: writing {BACKPORTS_FILE} (mirror {uri})");
-            std::fs::write(BACKPORTS_FILE, &stanza).with_context(|| format!("writing {BACKPORTS_FILE}"))?;
-        }
-        run(&["apt-get", "update"])?;
-        run(&["apt-get", "install", "-y", "-t", "bookworm-backports", pkg])?;
-        return Ok(());
-    }
-    if os.debian_like() {
-        if have.is_some() {
-            eprintln!(
-                "setup: warning: {problem}; scenarios needing QEMU ≥ {want} will be SKIPPED \
-                 (install a newer {pkg} to run them)"
-            );
-            return Ok(());
-        }
-        if !is_root {
-            bail!("{problem}. Install it with:\n  sudo apt-get update\n  sudo apt-get install -y {pkg}");
-        }
-        eprintln!("setup: {problem}: installing {pkg}");
-        run(&["apt-get", "update"])?;
-        run(&["apt-get", "install", "-y", pkg])?;
-        return Ok(());
-    }
-    if have.is_some() {
-        eprintln!("setup: warning: {problem}; scenarios needing QEMU ≥ {want} will be SKIPPED");
-        return Ok(());
-    }
-    bail!(
-        "{problem}, and this is not a Debian-like system this tool can install on. \
-         Install QEMU ≥ {want} providing `{}` with your package manager (Debian: package {pkg}).",
-        board.binary
-    )
+    // With an older QEMU that works, a QEMU this tool cannot install is a
+    // warning: the scenarios that need a newer one are SKIPPED.
+    let keep =
+        have.map(|_| format!("scenarios needing QEMU ≥ {want} will be SKIPPED (install a newer {})", board.package));
+    let what = format!("QEMU ≥ {want} providing `{}`", board.binary);
+    install_packages(&problem, &[board.package.as_str()], &what, keep.as_deref())
 }
 
 /// The Debian packages of libvirt the libvirt boards need: the daemons
@@ -506,17 +455,27 @@ pub fn ensure_libvirt(boards: &[&Board]) -> Result<()> {
         return Ok(());
     }
     let problem = format!("libvirt is not installed ({} not found; board {} needs it)", missing.join(", "), board.name);
-    install_packages(&problem, &LIBVIRT_PACKAGES)
+    install_packages(&problem, &LIBVIRT_PACKAGES, "libvirt's daemons and virsh", None)
 }
 
-/// Installs `pkgs` (bookworm: from bookworm-backports, adding the source as
-/// for QEMU; other Debian-like systems: from the distribution), or says
-/// which commands to run.
-fn install_packages(problem: &str, pkgs: &[&str]) -> Result<()> {
+/// Installs `pkgs` (`what`, for messages): on Debian bookworm from
+/// bookworm-backports, adding that source with the system's own mirror; on
+/// other Debian-like systems from the distribution; or says which commands
+/// to run. With `keep` (a working older version is there), whatever this
+/// tool cannot install itself is a warning ending in `keep`, not an error,
+/// and other Debian-like systems keep what they have.
+fn install_packages(problem: &str, pkgs: &[&str], what: &str, keep: Option<&str>) -> Result<()> {
     let os = parse_os_release(&std::fs::read_to_string("/etc/os-release").unwrap_or_default());
     // SAFETY: geteuid has no preconditions.
     let is_root = unsafe { libc::geteuid() } == 0;
     let list = pkgs.join(" ");
+    let give_up = |msg: String| match keep {
+        Some(keep) => {
+            eprintln!("setup: warning: {msg}\nsetup: continuing; {keep}");
+            Ok(())
+        }
+        None => Err(anyhow::anyhow!(msg)),
+    };
     if os.id == "debian" && os.codename == "bookworm" {
         let sources = system_sources();
         let mirror = debian_mirror(&sources, "bookworm");
@@ -524,12 +483,12 @@ fn install_packages(problem: &str, pkgs: &[&str]) -> Result<()> {
         let (uri, key) = mirror.clone().unwrap_or_else(|| ("<your Debian mirror>".into(), None));
         let stanza = backports_stanza(&uri, "bookworm", key.as_deref());
         if !is_root || mirror.is_none() {
-            let mut msg = format!("{problem}. Install it from bookworm-backports:\n");
+            let mut msg = format!("{problem}. Install {what} from bookworm-backports:\n");
             if need_source {
                 msg.push_str(&format!("  sudo tee {BACKPORTS_FILE} <<'EOF'\n{stanza}EOF\n"));
             }
             msg.push_str(&format!("  sudo apt-get update\n  sudo apt-get install -y -t bookworm-backports {list}"));
-            bail!("{msg}");
+            return give_up(msg);
         }
         eprintln!("setup: {problem}: installing {list} from bookworm-backports");
         if need_source {
@@ -542,6 +501,10 @@ fn install_packages(problem: &str, pkgs: &[&str]) -> Result<()> {
         return run(&cmd);
     }
     if os.debian_like() {
+        if let Some(keep) = keep {
+            eprintln!("setup: warning: {problem}; {keep}");
+            return Ok(());
+        }
         if !is_root {
             bail!("{problem}. Install it with:\n  sudo apt-get update\n  sudo apt-get install -y {list}");
         }
@@ -551,10 +514,10 @@ fn install_packages(problem: &str, pkgs: &[&str]) -> Result<()> {
         cmd.extend(pkgs);
         return run(&cmd);
     }
-    bail!(
-        "{problem}, and this is not a Debian-like system this tool can install on. Install {list} (or your \
-           distribution's libvirt daemon and virsh) with your package manager."
-    )
+    give_up(format!(
+        "{problem}, and this is not a Debian-like system this tool can install on. Install {what} with your \
+         package manager (Debian: {list})."
+    ))
 }
 
 /// Everything `qemu-run` and `test` need for `boards`: the Rust target of
