@@ -96,58 +96,12 @@ pub fn build(parts: &Parts) -> Result<Vec<u8>> {
         parts.boot_sector.len()
     );
     ensure!(parts.rom.len() as u64 == ROM_SECTORS * SECTOR, "the ROM is {} bytes, not 64 KiB", parts.rom.len());
-    let mut disk = Cursor::new(vec![0u8; DISK_BYTES as usize]);
-
-    // The GPT (primary and backup), with fixed GUIDs.
-    let mut gpt = gpt::GptConfig::new()
-        .writable(true)
-        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
-        .create_from_device(&mut disk, Some(DISK_GUID))
-        .context("creating the GPT")?;
-    let partitions = BTreeMap::from([
-        (
-            1,
-            Partition {
-                part_type_guid: partition_types::BIOS,
-                part_guid: BIOS_BOOT_GUID,
-                first_lba: BIOS_BOOT_LBA,
-                last_lba: BIOS_BOOT_LBA + BIOS_BOOT_SECTORS - 1,
-                flags: 0,
-                name: "BIOS boot partition".into(),
-            },
-        ),
-        (
-            2,
-            Partition {
-                part_type_guid: partition_types::EFI,
-                part_guid: ESP_GUID,
-                first_lba: ESP_LBA,
-                last_lba: ESP_LBA + ESP_SECTORS - 1,
-                flags: 0,
-                name: "EFI System Partition".into(),
-            },
-        ),
-    ]);
-    gpt.update_partitions(partitions).context("adding the partitions")?;
-    gpt.write().context("writing the GPT")?;
-
-    // The protective MBR with the agent's boot sector, told where the ROM is.
+    // The agent's boot sector, told where the ROM is.
     let mut code = [0u8; 440];
     code[..BOOTSTRAP_LEN].copy_from_slice(&parts.boot_sector);
     code[MBR_LBA_AT..MBR_LBA_AT + 8].copy_from_slice(&BIOS_BOOT_LBA.to_le_bytes());
     code[MBR_ENTRY_AT..MBR_ENTRY_AT + 2].copy_from_slice(&parts.rom_entry.to_le_bytes());
-    let mut mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(DISK_BYTES / SECTOR - 1)?);
-    mbr.set_bootcode(code);
-    mbr.set_disk_signature(VOLUME_ID.to_le_bytes());
-    mbr.overwrite_lba0(&mut disk).context("writing the protective MBR")?;
-
-    let mut disk = disk.into_inner();
-    let rom_at = (BIOS_BOOT_LBA * SECTOR) as usize;
-    disk[rom_at..rom_at + parts.rom.len()].copy_from_slice(&parts.rom);
-    let esp = esp_with(&parts.efi, EFI_PATH[2])?;
-    let esp_at = (ESP_LBA * SECTOR) as usize;
-    disk[esp_at..esp_at + esp.len()].copy_from_slice(&esp);
-    Ok(disk)
+    gpt_disk(Some(Bios { code, rom: &parts.rom }), ESP_LBA, &parts.efi, EFI_PATH[2])
 }
 
 /// The name UEFI boots from `\EFI\BOOT\` on `arch` (`BOOTX64.EFI`,
@@ -163,32 +117,68 @@ pub fn loader_name(arch: Arch) -> Result<&'static str> {
 /// module's documentation): a protective MBR without boot code, a GPT with
 /// one partition, the ESP with the loader at `\EFI\BOOT\<loader_name>`.
 pub fn build_uefi(efi: &[u8], arch: Arch) -> Result<Vec<u8>> {
-    let name = loader_name(arch)?;
+    gpt_disk(None, UEFI_ESP_LBA, efi, loader_name(arch)?)
+}
+
+/// The legacy BIOS's part of a disk: the MBR's boot code and the ROM it loads.
+struct Bios<'a> {
+    code: [u8; 440],
+    rom: &'a [u8],
+}
+
+/// One GPT disk (fixed GUIDs: reproducible images): with `bios`, the
+/// BIOS boot partition (1) holding its ROM and the boot code in the
+/// protective MBR; the ESP (after it, or alone) at `esp_lba` holding the
+/// loader `efi` at `\EFI\BOOT\<name>`.
+fn gpt_disk(bios: Option<Bios<'_>>, esp_lba: u64, efi: &[u8], name: &str) -> Result<Vec<u8>> {
     let mut disk = Cursor::new(vec![0u8; DISK_BYTES as usize]);
     let mut gpt = gpt::GptConfig::new()
         .writable(true)
         .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
         .create_from_device(&mut disk, Some(DISK_GUID))
         .context("creating the GPT")?;
-    let partitions = BTreeMap::from([(
-        1,
+    let mut partitions = BTreeMap::new();
+    if bios.is_some() {
+        partitions.insert(
+            1,
+            Partition {
+                part_type_guid: partition_types::BIOS,
+                part_guid: BIOS_BOOT_GUID,
+                first_lba: BIOS_BOOT_LBA,
+                last_lba: BIOS_BOOT_LBA + BIOS_BOOT_SECTORS - 1,
+                flags: 0,
+                name: "BIOS boot partition".into(),
+            },
+        );
+    }
+    partitions.insert(
+        partitions.len() as u32 + 1,
         Partition {
             part_type_guid: partition_types::EFI,
             part_guid: ESP_GUID,
-            first_lba: UEFI_ESP_LBA,
-            last_lba: UEFI_ESP_LBA + ESP_SECTORS - 1,
+            first_lba: esp_lba,
+            last_lba: esp_lba + ESP_SECTORS - 1,
             flags: 0,
             name: "EFI System Partition".into(),
         },
-    )]);
-    gpt.update_partitions(partitions).context("adding the partition")?;
+    );
+    gpt.update_partitions(partitions).context("adding the partitions")?;
     gpt.write().context("writing the GPT")?;
+
     let mut mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(DISK_BYTES / SECTOR - 1)?);
+    if let Some(bios) = &bios {
+        mbr.set_bootcode(bios.code);
+    }
     mbr.set_disk_signature(VOLUME_ID.to_le_bytes());
     mbr.overwrite_lba0(&mut disk).context("writing the protective MBR")?;
+
     let mut disk = disk.into_inner();
+    if let Some(bios) = &bios {
+        let rom_at = (BIOS_BOOT_LBA * SECTOR) as usize;
+        disk[rom_at..rom_at + bios.rom.len()].copy_from_slice(bios.rom);
+    }
     let esp = esp_with(efi, name)?;
-    let esp_at = (UEFI_ESP_LBA * SECTOR) as usize;
+    let esp_at = (esp_lba * SECTOR) as usize;
     disk[esp_at..esp_at + esp.len()].copy_from_slice(&esp);
     Ok(disk)
 }
