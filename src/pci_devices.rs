@@ -83,3 +83,20 @@ pub fn advertising(device: Pvpanic, event: PvEvent) -> Result<Pvpanic, DeviceErr
         })
     }
 }
+
+/// Reports the agent's own crash through `device` (pvpanic `panicked`)
+/// once steps run, and halts; otherwise says why it cannot and returns,
+/// and the caller ends in its error exit. Before the first step a crash is
+/// an internal error, never an event.
+pub fn report_crash_through(device: Option<Pvpanic>, steps_started: bool) {
+    if steps_started && let Some(device) = device.filter(|d| pvpanic::advertises(d.events(), PvEvent::Panicked)) {
+        crate::say!(error, "reporting it through {=str} panicked", device.name());
+        device.fire(PvEvent::Panicked);
+        crate::arch::halt();
+    }
+    if steps_started {
+        crate::say!(error, "no pvpanic device to report it through");
+    } else {
+        crate::say!(error, "an internal error of the agent: no step has run yet");
+    }
+}

@@ -12,7 +12,7 @@ use crate::agent::{DeviceError, Machine, yes_no};
 use crate::exit::{ErrorExit, qemu_status};
 use crate::fw_cfg::{self, FileEntry, FwCfg};
 use crate::pci_devices::PciDevices;
-use crate::pvpanic::{self, PvDevice, PvEvent, Pvpanic};
+use crate::pvpanic::{PvDevice, PvEvent, Pvpanic};
 use crate::script::{Action, Fault};
 use crate::watchdog::{self, Model, Watchdog};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -371,18 +371,7 @@ fn fail(why: ErrorExit) -> ! {
 /// pvpanic `panicked` when pvpanic-pci is there; else the error exit.
 fn report_crash(why: ErrorExit) -> ! {
     let device = if REPORTING.swap(true, Ordering::AcqRel) { None } else { inventory() };
-    if STEPS_STARTED.load(Ordering::Acquire)
-        && let Some(device) = device.filter(|d| pvpanic::advertises(d.events(), PvEvent::Panicked))
-    {
-        crate::say!(error, "reporting it through {=str} panicked", device.name());
-        device.fire(PvEvent::Panicked);
-        super::halt();
-    }
-    if STEPS_STARTED.load(Ordering::Acquire) {
-        crate::say!(error, "no pvpanic-pci device to report it through");
-    } else {
-        crate::say!(error, "an internal error of the agent: no step has run yet");
-    }
+    crate::pci_devices::report_crash_through(device, STEPS_STARTED.load(Ordering::Acquire));
     fail(why)
 }
 

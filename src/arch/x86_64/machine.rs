@@ -647,16 +647,8 @@ fn report_crash(why: ErrorExit) -> ! {
         // Completes REPORT_PVPANIC once steps have started.
         inventory();
     }
-    if let Some(device) = report_device(PvEvent::Panicked) {
-        crate::say!(error, "reporting it through {=str} panicked", device.name());
-        device.fire(PvEvent::Panicked);
-        super::halt();
-    }
-    if !STEPS_STARTED.load(Ordering::Acquire) {
-        crate::say!(error, "an internal error of the agent: no step has run yet");
-    } else if REPORT_PVPANIC.load(Ordering::Acquire) == 0 {
-        crate::say!(error, "no pvpanic device to report it through");
-    }
+    let device = Pvpanic::from_raw(REPORT_PVPANIC.load(Ordering::Acquire));
+    crate::pci_devices::report_crash_through(device, STEPS_STARTED.load(Ordering::Acquire));
     // Probing reads port 0xf4 only: harmless, and right even when the fault
     // came before the devices were found.
     fail(DebugExit::probe(), why)
