@@ -149,7 +149,7 @@ impl FileEntry {
 }
 
 #[cfg(all(image, any(target_arch = "x86_64", target_arch = "aarch64")))]
-pub use hw::FwCfg;
+pub use hw::{FwCfg, inventory_state, log_inventory_state};
 
 /// MMIO fw_cfg (aarch64 `virt`): register offsets from the device's base.
 pub mod mmio {
@@ -248,6 +248,26 @@ mod hw {
         control: u32,
         length: u32,
         address: u64,
+    }
+
+    /// fw_cfg as the inventory reports it, packed in a word that crash
+    /// handlers can read from an atomic: bit 0 present, bit 1 DMA, bit 2 the
+    /// script file is there.
+    pub fn inventory_state(fw: Option<&FwCfg>, script_file: bool) -> u64 {
+        fw.map_or(0, |fw| 1 | u64::from(fw.uses_dma()) << 1 | u64::from(script_file) << 2)
+    }
+
+    /// The inventory's fw_cfg line, from [`inventory_state`].
+    pub fn log_inventory_state(state: u64) {
+        if state & 1 != 0 {
+            defmt::info!(
+                "fw_cfg: present ({=str}), script file {=str}",
+                if state & 2 != 0 { "DMA" } else { "no DMA: byte by byte" },
+                crate::agent::yes_no(state & 4 != 0)
+            );
+        } else {
+            defmt::info!("fw_cfg: not present");
+        }
     }
 
     impl FwCfg {

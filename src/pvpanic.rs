@@ -224,6 +224,19 @@ mod hw {
             None
         }
 
+        /// The inventory's line of the device `name` (absent: `None`).
+        pub fn log_inventory(name: &str, device: Option<Self>) {
+            match device {
+                Some(d) => defmt::info!(
+                    "{=str}: at {=u64:#x}, events {=u8:#04x} (bit0 panicked, bit1 crashloaded, bit2 shutdown)",
+                    name,
+                    d.address(),
+                    d.events()
+                ),
+                None => defmt::info!("{=str}: not present", name),
+            }
+        }
+
         /// Runs a `pvpanic*.<event>` step: says so, then reports the event.
         pub fn fire_step(&self, event: PvEvent) {
             crate::say!(

@@ -8,7 +8,7 @@
 use super::devicetree::{Conduit, Gic, Platform};
 use super::{psci, semihosting, timer::Timer};
 use crate::Arch;
-use crate::agent::{DeviceError, Machine, yes_no};
+use crate::agent::{DeviceError, Machine};
 use crate::exit::{ErrorExit, qemu_status};
 use crate::fw_cfg::{self, FileEntry, FwCfg};
 use crate::pci_devices::PciDevices;
@@ -121,25 +121,9 @@ fn inventory() -> Option<Pvpanic> {
     if INVENTORY_LOGGED.swap(true, Ordering::AcqRel) {
         return pvpanic;
     }
-    let fw = FW_CFG_STATE.load(Ordering::Acquire);
-    if fw & 1 != 0 {
-        info!(
-            "fw_cfg: present ({=str}), script file {=str}",
-            if fw & 2 != 0 { "DMA" } else { "no DMA" },
-            yes_no(fw & 4 != 0)
-        );
-    } else {
-        info!("fw_cfg: not present");
-    }
+    fw_cfg::log_inventory_state(FW_CFG_STATE.load(Ordering::Acquire));
     info!("pvpanic-isa: not present (no ISA bus on aarch64)");
-    match pvpanic {
-        Some(d) => info!(
-            "pvpanic-pci: at {=u64:#x}, events {=u8:#04x} (bit0 panicked, bit1 crashloaded, bit2 shutdown)",
-            d.address(),
-            d.events()
-        ),
-        None => info!("pvpanic-pci: not present"),
-    }
+    Pvpanic::log_inventory("pvpanic-pci", pvpanic);
     let esb = I6300ESB.load(Ordering::Acquire);
     crate::pci_devices::log_i6300esb((esb != 0).then_some(esb & !(1 << 63)));
     info!(

@@ -89,7 +89,7 @@ static PVPANIC_PCI: Probed = Probed::new();
 static I6300ESB: Probed = Probed::new();
 
 fn publish_fw_cfg(fw: Option<&FwCfg>, script_file: bool) {
-    FW_CFG.set(fw.map(|fw| 1 | u64::from(fw.uses_dma()) << 1 | u64::from(script_file) << 2));
+    FW_CFG.set(fw.map(|_| fw_cfg::inventory_state(fw, script_file)));
 }
 
 fn publish_pci(devices: &PciDevices) {
@@ -198,25 +198,9 @@ fn inventory() -> [Option<Pvpanic>; 2] {
     if INVENTORY_LOGGED.swap(true, Ordering::AcqRel) {
         return [isa, pci];
     }
-    match fw_state {
-        Some(state) => info!(
-            "fw_cfg: present ({=str}), script file {=str}",
-            if state & 2 != 0 { "DMA" } else { "port I/O" },
-            yes_no(state & 4 != 0)
-        ),
-        None => info!("fw_cfg: not present"),
-    }
-    for (name, device) in [("pvpanic-isa", isa), ("pvpanic-pci", pci)] {
-        match device {
-            Some(d) => info!(
-                "{=str}: at {=u64:#x}, events {=u8:#04x} (bit0 panicked, bit1 crashloaded, bit2 shutdown)",
-                name,
-                d.address(),
-                d.events()
-            ),
-            None => info!("{=str}: not present", name),
-        }
-    }
+    fw_cfg::log_inventory_state(fw_state.unwrap_or(0));
+    Pvpanic::log_inventory("pvpanic-isa", isa);
+    Pvpanic::log_inventory("pvpanic-pci", pci);
     crate::pci_devices::log_i6300esb(I6300ESB.get().flatten());
     info!("ib700: write-only ports 0x441/0x443 (cannot be detected)");
     match DebugExit::probe() {
