@@ -332,10 +332,10 @@ impl Machine for Arm {
         super::halt()
     }
 
-    /// Scans PCI for pvpanic-pci (the crash reports' device) before the
-    /// first step: a step that faults then has it at hand.
+    /// From here on the agent's own crashes are reported through
+    /// pvpanic-pci. A script that does not use PCI does not pay for the
+    /// scan before its first step: the crash path (`inventory`) scans then.
     fn start_steps(&mut self, _waits: bool) {
-        self.pci();
         STEPS_STARTED.store(true, Ordering::Release);
     }
 }
