@@ -55,6 +55,22 @@ macro_rules! delay_ns_via_sleep_us {
 #[cfg(image)]
 pub(crate) use delay_ns_via_sleep_us;
 
+/// Ticks of a periodic countdown of `period` ticks between two reads of
+/// its count, `c0` then `c1`, during which a reference clock advanced
+/// `reference` ticks; `rough` is the reference's ticks per `per` countdown
+/// ticks, roughly. The counts give the ticks modulo the period, the rough
+/// rate how many whole periods went by (right while its error over the
+/// window stays under half a period). x86_64 calibrates the TSC against
+/// the local APIC timer this way, halted between the reads.
+pub fn periodic_ticks(c0: u32, c1: u32, period: u32, reference: u64, rough: u64, per: u64) -> u64 {
+    let period = u64::from(period.max(1));
+    let within = (u64::from(c0) % period + period - u64::from(c1) % period) % period;
+    let expected = u128::from(reference) * u128::from(per) / u128::from(rough.max(1));
+    let expected = u64::try_from(expected).unwrap_or(u64::MAX);
+    let periods = expected.saturating_sub(within).saturating_add(period / 2) / period;
+    within.saturating_add(periods.saturating_mul(period))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +123,22 @@ mod tests {
         // Beyond what a u32 of milliseconds holds: several calls, nothing lost.
         let r = waits(u64::from(u32::MAX) * 3_000 + 5);
         assert_eq!(r.calls, [("ms", u32::MAX), ("ms", u32::MAX), ("ms", u32::MAX), ("us", 5)]);
+    }
+
+    #[test]
+    fn periodic_ticks_counts_the_periods_from_the_rough_rate() {
+        const P: u32 = 1_000_000;
+        // No expiry: the count went down from 900 000 to 400 000.
+        assert_eq!(periodic_ticks(900_000, 400_000, P, 500_000, 1_000_000, 1_000_000), 500_000);
+        // One expiry: 900 000 ticks to 0, then 1 000 000 → 950 000.
+        assert_eq!(periodic_ticks(900_000, 950_000, P, 950_000, 1_000_000, 1_000_000), 950_000);
+        // Three expiries, the rough rate 20 % off (TSC at 2.5 per tick,
+        // guessed 3): still 2 950 000 ticks.
+        assert_eq!(periodic_ticks(900_000, 950_000, P, 7_375_000, 3_000_000, 1_000_000), 2_950_000);
+        // Exact, in virtual time: 1:1.
+        assert_eq!(periodic_ticks(999_990, 999_990, P, 1_000_000, 1_000_000, 1_000_000), 1_000_000);
+        // Degenerate inputs neither panic nor overflow.
+        assert_eq!(periodic_ticks(0, 0, 0, u64::MAX, 0, u64::MAX), u64::MAX);
+        assert_eq!(periodic_ticks(5, 7, 1, 0, 1, 1), 0);
     }
 }

@@ -21,6 +21,8 @@ const CURRENT_COUNT: usize = 0x390;
 const DIVIDE: usize = 0x3e0;
 
 const MASKED: u32 = 1 << 16;
+/// LVT timer mode 0b01: periodic.
+const PERIODIC: u32 = 1 << 17;
 const DELIVERY_NMI: u32 = 0b100 << 8;
 const SOFTWARE_ENABLE: u32 = 1 << 8;
 /// Divide configuration 0b1011: divide by 1.
@@ -121,6 +123,11 @@ pub fn stop() {
     write(INITIAL_COUNT, 0);
 }
 
+/// Whether `init` found the APIC usable: its timer counts (else reads give 0).
+pub fn usable() -> bool {
+    AT_BASE.load(Ordering::Acquire)
+}
+
 /// Starts a free countdown from the maximum, for calibration.
 pub fn start_free() {
     write(LVT_TIMER, MASKED | u32::from(super::interrupts::TIMER));
@@ -130,4 +137,16 @@ pub fn start_free() {
 /// Ticks counted since `start_free`.
 pub fn elapsed() -> u32 {
     u32::MAX - read(CURRENT_COUNT)
+}
+
+/// Starts a countdown of `ticks` that raises the timer vector at each end
+/// and starts again (periodic mode), for calibration windows spent halted.
+pub fn start_periodic(ticks: u32) {
+    write(LVT_TIMER, PERIODIC | u32::from(super::interrupts::TIMER));
+    write(INITIAL_COUNT, ticks.max(1));
+}
+
+/// The countdown's current count.
+pub fn current_count() -> u32 {
+    read(CURRENT_COUNT)
 }

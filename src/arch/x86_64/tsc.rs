@@ -6,12 +6,24 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Calibration window, in PIT ticks (about 5 ms); three windows, median.
 const WINDOW_PIT_TICKS: u16 = 6_000;
-/// Polls to wait for the PIT to move before concluding there is none.
-const PIT_POLLS: u32 = 200_000;
+/// Polls to wait for the PIT to move before concluding there is none. It
+/// moves every 838 ns; one poll (three port accesses) takes longer than
+/// that under TCG, in real and in virtual time alike, so a PIT that has not
+/// moved in this many polls is not there (`-machine pit=off`). Polling for
+/// long is what costs: under `-icount` each port access is an exit.
+const PIT_POLLS: u32 = 2_000;
 /// QEMU's local APIC timer runs at 1 GHz (divide by 1): the fallback
 /// reference when there is no PIT, and the range a measurement must fall
 /// in before sleeps trust the timer to wake them.
 const APIC_KHZ_IN_QEMU: u64 = 1_000_000;
+/// A rough window, in APIC timer ticks (20 µs at 1 GHz), spent polling:
+/// only good enough to count the periods of a halted window.
+const ROUGH_APIC_TICKS: u32 = 20_000;
+/// A halted window: one period of the APIC timer (1 ms at 1 GHz), spent in
+/// `hlt`. The CPU reads both counters before and right after; how late it
+/// wakes only lengthens the window. In virtual time (`-icount
+/// sleep=off`) the halt costs nothing: the clock jumps to the timer.
+const PERIOD_APIC_TICKS: u32 = 1_000_000;
 
 /// The calibrated TSC (and the APIC timer's rate, measured against it).
 #[derive(Clone, Copy)]
@@ -84,41 +96,60 @@ fn pit_window() -> Option<u64> {
     }
 }
 
-/// TSC ticks per millisecond over 1 ms of QEMU's 1 GHz APIC timer.
-fn apic_window_tsc() -> u64 {
+/// TSC ticks per [`APIC_KHZ_IN_QEMU`] APIC timer ticks, roughly: over
+/// [`ROUGH_APIC_TICKS`] of polling. `None` without a usable APIC timer.
+fn rough_window() -> Option<u64> {
+    if !apic::usable() {
+        return None;
+    }
     apic::start_free();
     let (e0, t0) = (apic::elapsed(), rdtsc());
     loop {
         let (e, t) = (apic::elapsed(), rdtsc());
-        if u64::from(e - e0) >= APIC_KHZ_IN_QEMU {
+        let apic_ticks = e.wrapping_sub(e0);
+        if apic_ticks >= ROUGH_APIC_TICKS {
             apic::stop();
-            return ((t - t0) * APIC_KHZ_IN_QEMU / u64::from(e - e0)).max(1);
+            return Some(((t - t0) * APIC_KHZ_IN_QEMU / u64::from(apic_ticks)).max(1));
         }
     }
 }
 
-/// APIC timer ticks per millisecond over 1 ms of TSC.
-fn apic_window(tsc_per_ms: u64) -> u64 {
-    apic::start_free();
-    let (e0, t0) = (apic::elapsed(), rdtsc());
-    loop {
-        let (e, t) = (apic::elapsed(), rdtsc());
-        if t - t0 >= tsc_per_ms {
-            apic::stop();
-            return (u64::from(e - e0) * tsc_per_ms / (t - t0)).max(1);
+/// TSC ticks per [`APIC_KHZ_IN_QEMU`] APIC timer ticks, exactly: over (at
+/// least half) a period of the APIC timer spent in `hlt` (see
+/// [`PERIOD_APIC_TICKS`]), the periods counted with `rough`.
+fn halted_window(rough: u64) -> Option<u64> {
+    apic::start_periodic(PERIOD_APIC_TICKS);
+    let (c0, t0) = (apic::current_count(), rdtsc());
+    let (tsc, apic_ticks) = loop {
+        // `sti; hlt` is atomic (the interrupt shadow of sti): the timer
+        // cannot fire between the two. Whatever wakes the CPU (the timer,
+        // an NMI), the counters read after it say how long it slept.
+        x86_64::instructions::interrupts::enable_and_hlt();
+        x86_64::instructions::interrupts::disable();
+        let (c1, t1) = (apic::current_count(), rdtsc());
+        let ticks = crate::clock::periodic_ticks(c0, c1, PERIOD_APIC_TICKS, t1 - t0, rough, APIC_KHZ_IN_QEMU);
+        if ticks >= u64::from(PERIOD_APIC_TICKS / 2) {
+            break (t1 - t0, ticks);
         }
-    }
+    };
+    apic::stop();
+    Some((u128::from(tsc) * u128::from(APIC_KHZ_IN_QEMU) / u128::from(apic_ticks)).max(1) as u64)
 }
 
 impl Tsc {
-    /// Measures the TSC (against the PIT, else the APIC timer), then the
-    /// APIC timer against it; each the median of three windows.
+    /// Measures the TSC against the PIT (else against the APIC timer at
+    /// QEMU's 1 GHz), and the APIC timer against the TSC; each the median
+    /// of three windows. The APIC's windows are spent halted (no host CPU,
+    /// and nothing at all in virtual time); the PIT's are polled.
     pub fn calibrate() -> Self {
-        let (ticks_per_ms, reference) = match median3(pit_window) {
-            Some(rate) => (rate, "the PIT"),
-            None => (median3(|| Some(apic_window_tsc())).unwrap_or(1), "the APIC timer at QEMU's 1 GHz (no PIT)"),
+        let tsc_per_apic_mhz = median3(rough_window).and_then(|rough| median3(|| halted_window(rough)));
+        let (ticks_per_ms, reference) = match (median3(pit_window), tsc_per_apic_mhz) {
+            (Some(rate), _) => (rate, "the PIT"),
+            (None, Some(rate)) => (rate, "the APIC timer at QEMU's 1 GHz (no PIT)"),
+            (None, None) => (1, "nothing (no PIT, no usable APIC timer)"),
         };
-        let apic_ticks_per_ms = median3(|| Some(apic_window(ticks_per_ms))).unwrap_or(1);
+        let apic_ticks_per_ms = tsc_per_apic_mhz
+            .map_or(0, |rate| (u128::from(ticks_per_ms) * u128::from(APIC_KHZ_IN_QEMU) / u128::from(rate)) as u64);
         let halt_in_sleeps = (APIC_KHZ_IN_QEMU / 2..=APIC_KHZ_IN_QEMU * 2).contains(&apic_ticks_per_ms);
         TICKS_PER_MS.store(ticks_per_ms, Ordering::Release);
         Tsc { ticks_per_ms, apic_ticks_per_ms, reference, halt_in_sleeps }
