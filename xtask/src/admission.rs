@@ -62,6 +62,23 @@ struct State {
     running: usize,
     /// Start of the current measurement window.
     window: Option<(Instant, CpuTimes)>,
+    /// The newest `/proc/stat` sample, shared by the waiting cases: at most
+    /// one read per [`POLL`] for all of them, however many wait.
+    sample: Option<(Instant, CpuTimes)>,
+}
+
+impl State {
+    /// `/proc/stat` now, or the shared sample if it is younger than [`POLL`].
+    fn cpu_times(&mut self, now: Instant) -> Option<CpuTimes> {
+        if let Some((at, t)) = self.sample
+            && now.duration_since(at) < POLL
+        {
+            return Some(t);
+        }
+        let t = read_cpu_times()?;
+        self.sample = Some((now, t));
+        Some(t)
+    }
 }
 
 /// The gate every case passes before it starts its QEMU.
@@ -92,7 +109,7 @@ fn idle_needed() -> Option<f64> {
 
 impl Admission {
     pub const fn new() -> Admission {
-        Admission { state: Mutex::new(State { running: 0, window: None }) }
+        Admission { state: Mutex::new(State { running: 0, window: None, sample: None }) }
     }
 
     /// Waits until a case may start.
@@ -104,23 +121,28 @@ impl Admission {
                 let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 let now = Instant::now();
                 let admit = if let (false, Some(needed)) = (st.running == 0, needed) {
-                    match (st.window, read_cpu_times()) {
-                        (_, None) => true,
-                        (None, Some(t)) => {
-                            st.window = Some((now, t));
-                            false
-                        }
-                        (Some((since, a)), Some(b)) => {
-                            now.duration_since(since) >= WINDOW && idle_cpus(a, b, cpus) >= needed
-                        }
+                    match st.window {
+                        // A window younger than WINDOW admits nothing: no
+                        // need to look at /proc/stat.
+                        Some((since, _)) if now.duration_since(since) < WINDOW => false,
+                        window => match (window, st.cpu_times(now)) {
+                            (_, None) => true,
+                            (None, Some(t)) => {
+                                st.window = Some((now, t));
+                                false
+                            }
+                            (Some((_, a)), Some(b)) => idle_cpus(a, b, cpus) >= needed,
+                        },
                     }
                 } else {
                     true
                 };
                 if admit {
                     st.running += 1;
-                    // The next start needs a window that sees this one's load.
-                    st.window = read_cpu_times().map(|t| (now, t));
+                    // The next start needs a window that sees this one's
+                    // load: from a fresh sample.
+                    st.sample = None;
+                    st.window = st.cpu_times(now).map(|t| (now, t));
                     return Ticket { gate: self };
                 }
                 // Keep the window short and recent: restart it when it
@@ -128,7 +150,7 @@ impl Admission {
                 if let Some((since, _)) = st.window
                     && now.duration_since(since) >= 4 * WINDOW
                 {
-                    st.window = read_cpu_times().map(|t| (now, t));
+                    st.window = st.cpu_times(now).map(|t| (now, t));
                 }
             }
             std::thread::sleep(POLL);
