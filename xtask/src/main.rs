@@ -542,6 +542,13 @@ fn libvirt_xml(root: &std::path::Path, args: LibvirtXmlArgs) -> Result<ExitCode>
         script,
         settings,
         console_log,
+        // The board's clock, as its rows run (virtual: <qemu:commandline>).
+        qemu_args: match board.clock {
+            xtask::clock::Clock::Real => Vec::new(),
+            xtask::clock::Clock::Virtual => {
+                xtask::clock::Clock::ICOUNT.iter().map(|s| s.to_string()).chain(board.virtual_args.clone()).collect()
+            }
+        },
     };
     match &args.output {
         Some(f) => std::fs::write(f, domain.xml()).with_context(|| format!("writing {}", f.display()))?,

@@ -316,7 +316,7 @@ impl QemuCmd {
         crate::disk::write_run_copy(&self.image, baked, &self.disk_copy())?;
         if let Some(u) = &disk.uefi {
             let copy = self.uefi_vars_copy();
-            std::fs::copy(&u.vars, &copy).with_context(|| {
+            crate::disk::layout::copy_sparse(&u.vars, &copy).with_context(|| {
                 format!(
                     "copying the UEFI variables {} to {} (package {}: `cargo xtask setup`)",
                     u.vars.display(),

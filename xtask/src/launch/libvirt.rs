@@ -41,6 +41,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
 
 use super::{Ended, Ending, Guest, Launcher, Slot, Slots, host};
+use crate::clock::Clock;
 use crate::config::{Board, Boot, LibvirtChecks};
 use crate::libvirt::bridge::{Bridge, CoreDump, Shared};
 use crate::libvirt::xml::{self, Domain, ScriptIn, Settings};
@@ -152,6 +153,10 @@ pub fn domain_of(board: &Board, cmd: &QemuCmd, name: &str, settings: &Settings) 
         script,
         settings: settings.clone(),
         console_log: console_log.clone(),
+        qemu_args: match cmd.clock {
+            Clock::Real => Vec::new(),
+            Clock::Virtual => Clock::ICOUNT.iter().map(|s| s.to_string()).chain(cmd.virtual_args.clone()).collect(),
+        },
     })
 }
 
@@ -548,6 +553,7 @@ mod tests {
                 ..Settings::default()
             },
             console_log: "/var/tmp/pvagent-console.log".into(),
+            qemu_args: Vec::new(),
         };
         assert_eq!(xml, d.xml());
     }

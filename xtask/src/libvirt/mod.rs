@@ -246,6 +246,7 @@ fn probe_commas() -> Result<Commas> {
         script: Some(xml::ScriptIn::FwCfg("pvagent-comma-probe:a,b".into(), Commas::AsIs)),
         settings: xml::Settings::default(),
         console_log: dir.path().join("console.log"),
+        qemu_args: Vec::new(),
     };
     let file = dir.path().join("probe.xml");
     std::fs::write(&file, probe.xml())?;

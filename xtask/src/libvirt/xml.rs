@@ -205,6 +205,12 @@ pub struct Domain {
     pub settings: Settings,
     /// The console's `<log file=…>`.
     pub console_log: PathBuf,
+    /// QEMU arguments libvirt has no element for, in libvirt's QEMU
+    /// namespace (`<qemu:commandline>`): a run in virtual time's `-icount
+    /// shift=0,sleep=off` and the board's `virtual_args`. libvirt passes
+    /// them on after its own and marks the domain tainted (`custom-argv`,
+    /// a line in the domain's log); nothing else changes.
+    pub qemu_args: Vec<String>,
 }
 
 /// `<memory>` from QEMU's `-m` syntax: the number and libvirt's unit.
@@ -255,7 +261,9 @@ impl Domain {
     pub fn xml(&self) -> String {
         let mut x = String::new();
         let p = |p: &PathBuf| escape(&p.to_string_lossy());
-        let _ = writeln!(x, "<domain type='{}'>", self.domain_type);
+        let ns =
+            if self.qemu_args.is_empty() { "" } else { " xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'" };
+        let _ = writeln!(x, "<domain type='{}'{ns}>", self.domain_type);
         let _ = writeln!(x, "  <name>{}</name>", escape(&self.name));
         if let Some(d) = &self.description {
             let _ = writeln!(x, "  <description>{}</description>", escape(d));
@@ -338,7 +346,15 @@ impl Domain {
                 w => writeln!(x, "    <watchdog model='{}'{action}/>", w.name()),
             };
         }
-        x.push_str("  </devices>\n</domain>\n");
+        x.push_str("  </devices>\n");
+        if !self.qemu_args.is_empty() {
+            x.push_str("  <qemu:commandline>\n");
+            for a in &self.qemu_args {
+                let _ = writeln!(x, "    <qemu:arg value='{}'/>", escape(a));
+            }
+            x.push_str("  </qemu:commandline>\n");
+        }
+        x.push_str("</domain>\n");
         x
     }
 }
@@ -365,6 +381,7 @@ mod tests {
                 ..Settings::default()
             },
             console_log: "/tmp/d/console.log".into(),
+            qemu_args: vec![],
         }
     }
 
@@ -441,6 +458,21 @@ mod tests {
             assert!(x.contains(want), "{want}:\n{x}");
         }
         assert!(!x.contains("sysinfo") && !x.contains("acpi") && !x.contains("<emulator>"), "{x}");
+    }
+
+    #[test]
+    fn virtual_time_goes_into_the_qemu_namespace() {
+        assert!(!q35().xml().contains("qemu:"));
+        let d = Domain { qemu_args: vec!["-icount".into(), "shift=0,sleep=off".into()], ..q35() };
+        let x = d.xml();
+        assert!(x.starts_with("<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\n"), "{x}");
+        assert!(
+            x.ends_with(
+                "  </devices>\n  <qemu:commandline>\n    <qemu:arg value='-icount'/>\n    \
+                 <qemu:arg value='shift=0,sleep=off'/>\n  </qemu:commandline>\n</domain>\n"
+            ),
+            "{x}"
+        );
     }
 
     #[test]
