@@ -82,7 +82,16 @@ pub fn base_msr() -> u64 {
 /// vectors that are CPU exceptions in long mode). An APIC that is absent,
 /// disabled, in x2APIC mode or moved away from `BASE` is left alone: no
 /// NMIs through LINT1, and sleeps spin (the timer reads 0).
+///
+/// Runs once, when something first needs interrupts: the clock (sleeps and
+/// their calibration), a script that waits (an NMI can come), the power
+/// button, idling. A script that only fires an event never pays for it
+/// before its first step; until then interrupts stay off.
 pub fn init() {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::AcqRel) {
+        return;
+    }
     // SAFETY: 0x21/0xa1 are the two 8259s' mask registers; masking every
     // line only stops legacy interrupts, which the agent never uses.
     unsafe {

@@ -217,7 +217,6 @@ impl X86 {
     /// them.
     pub fn new(boot: Boot) -> Self {
         interrupts::init(interrupts::Handlers { nmi: on_nmi, sci: super::acpi::on_sci, exception: on_exception });
-        super::apic::init();
         let mut fw_cfg = FwCfg::probe();
         let files = fw_cfg.as_mut().map(find_files).unwrap_or_default();
         publish_fw_cfg(fw_cfg.as_ref(), files.script.is_some());
@@ -557,6 +556,8 @@ impl Machine for X86 {
         // (a watchdog's `shutdown` action, `virsh shutdown`): armed now.
         // Others arm it when they end (`halt`), off the path to their event.
         if waits {
+            // NMIs (a watchdog's inject-nmi) arrive through LINT1.
+            super::apic::init();
             super::acpi::arm();
         }
         let device = match self.pvpanic_isa() {

@@ -29,6 +29,7 @@ extern "C" fn pvagent_main(start_info: u32, smbios: u64) -> ! {
 /// `acpi::arm` routed it) and NMIs: QEMU uses no CPU for the guest. The
 /// local APIC timer is stopped outside sleeps, so it never fires here.
 pub fn idle() -> ! {
+    apic::init();
     loop {
         ::x86_64::instructions::interrupts::enable_and_hlt();
     }

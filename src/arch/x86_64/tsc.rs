@@ -142,6 +142,7 @@ impl Tsc {
     /// of three windows. The APIC's windows are spent halted (no host CPU,
     /// and nothing at all in virtual time); the PIT's are polled.
     pub fn calibrate() -> Self {
+        apic::init();
         let tsc_per_apic_mhz = median3(rough_window).and_then(|rough| median3(|| halted_window(rough)));
         let (ticks_per_ms, reference) = match (median3(pit_window), tsc_per_apic_mhz) {
             (Some(rate), _) => (rate, "the PIT"),
