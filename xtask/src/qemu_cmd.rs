@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::agent::SCRIPT_FW_CFG_NAME;
 use crate::clock::Clock;
-use crate::config::{Board, Boot, DiskBoot, ScriptVia};
+use crate::config::{Board, Boot, DiskBoot, Ram, ScriptVia};
 use crate::util::escape_qemu_opt;
 
 /// Where a character device goes.
@@ -142,6 +142,8 @@ pub struct QemuCmd {
     pub machine: String,
     pub accel: String,
     pub memory: String,
+    /// What backs `memory` (the board's `ram`).
+    pub ram: Ram,
     pub cpu: Option<String>,
     /// `-bios` before the boot file (the board's `firmware`).
     pub firmware: Option<PathBuf>,
@@ -177,6 +179,7 @@ impl QemuCmd {
             machine: board.machine.clone(),
             accel: board.accel.clone(),
             memory: board.memory.clone(),
+            ram: board.ram,
             cpu: board.cpu.clone(),
             firmware: board.firmware.clone(),
             qmp: None,
@@ -249,6 +252,15 @@ impl QemuCmd {
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
         push(&["-nodefaults", "-no-user-config", "-display", "none", "-S"]);
         push(&["-machine", &self.machine, "-accel", &self.accel, "-m", &self.memory]);
+        match self.ram {
+            Ram::Anonymous => {}
+            Ram::Memfd => push(&[
+                "-object",
+                &format!("memory-backend-memfd,id=pvagent-ram,size={}", self.memory),
+                "-machine",
+                "memory-backend=pvagent-ram",
+            ]),
+        }
         if let Some(cpu) = &self.cpu {
             push(&["-cpu", cpu]);
         }
@@ -337,6 +349,26 @@ pub const RUN_UEFI_VARS: &str = "uefi-vars.fd";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memfd_ram_backs_the_boards_memory() {
+        let q = QemuCmd::new(&board("ram = \"memfd\""), Path::new("/i")).argv();
+        let m = q.iter().position(|x| x == "-m").unwrap();
+        assert_eq!(q[m + 1], "128M");
+        assert!(q.windows(2).any(|w| w == ["-object", "memory-backend-memfd,id=pvagent-ram,size=128M"]));
+        assert!(q.windows(2).any(|w| w == ["-machine", "memory-backend=pvagent-ram"]));
+        let plain = QemuCmd::new(&board(""), Path::new("/i")).argv();
+        assert!(!plain.iter().any(|x| x.contains("memory-backend")));
+        let e = crate::config::parse_board(
+            Path::new("boards/pc.toml"),
+            "name = \"pc\"\ndescription = \"d\"\narch = \"x86_64\"\nbinary = \"q\"\nmachine = \"pc\"\n\
+             accel = \"tcg\"\nmemory = \"128M\"\npackage = \"p\"\nram = \"hugetlb\"\n",
+            Path::new("/w"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ram") && e.contains("memfd"), "{e}");
+    }
 
     fn board(extra: &str) -> Board {
         crate::config::parse_board(

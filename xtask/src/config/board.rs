@@ -21,6 +21,8 @@ struct BoardFile {
     machine: String,
     accel: String,
     memory: String,
+    #[serde(default)]
+    ram: Ram,
     cpu: Option<String>,
     firmware: Option<String>,
     #[serde(default)]
@@ -68,6 +70,8 @@ pub struct Board {
     pub machine: String,
     pub accel: String,
     pub memory: String,
+    /// What backs the guest's RAM (`ram = …`).
+    pub ram: Ram,
     pub cpu: Option<String>,
     /// `-bios` image, resolved against the workspace root.
     pub firmware: Option<PathBuf>,
@@ -127,6 +131,20 @@ pub enum BenchFloor {
     Image,
     /// The same command line, to QMP ready (`qmp_capabilities` answered).
     QmpReady,
+}
+
+/// What backs the guest's RAM (`ram = …` in the board file).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ram {
+    /// QEMU's default: anonymous memory, which QEMU asks the host to back
+    /// with transparent huge pages.
+    #[default]
+    Anonymous,
+    /// `-object memory-backend-memfd` of the board's `memory`: shared memory,
+    /// backed with 4 KiB pages, so the guest's first write to RAM costs the
+    /// host a small page instead of zeroing 2 MiB.
+    Memfd,
 }
 
 /// How the agent starts on a board (`boot = …` in the board file).
@@ -387,6 +405,7 @@ pub fn parse(file: &Path, text: &str, root: &Path) -> Result<Board, ConfigError>
         machine: b.machine,
         accel: b.accel,
         memory: b.memory,
+        ram: b.ram,
         cpu: b.cpu,
         firmware,
         args: b.args,
@@ -606,6 +625,9 @@ pub fn check_boards(boards: &mut [Board]) -> Vec<ConfigError> {
             }
             if b.cpu.is_some() {
                 err("cpu", format!("is set; {why}"), "remove `cpu` (libvirt's default CPU model)".into());
+            }
+            if b.ram != Ram::Anonymous {
+                err("ram", format!("is set; {why}"), "remove `ram`".into());
             }
             if b.firmware.is_some() {
                 err(

@@ -236,6 +236,9 @@ end = { stopped = true }
         std::fs::write(dir.path().join("lq.toml"), format!("{LV_Q35}args = [\"-device\", \"pvpanic\"]\n")).unwrap();
         let e = load_boards(dir.path(), dir.path()).unwrap_err();
         assert!(e.contains("`args`: is set; a libvirt board's QEMU command line is libvirt's"), "{e}");
+        std::fs::write(dir.path().join("lq.toml"), format!("{LV_Q35}ram = \"memfd\"\n")).unwrap();
+        let e = load_boards(dir.path(), dir.path()).unwrap_err();
+        assert!(e.contains("`ram`: is set; a libvirt board's QEMU command line is libvirt's"), "{e}");
 
         // ib700 is refused on the q35 board only; diag288 runs on s390x only.
         let e = table(&ROW.replace("[\"pvpanic-pci\"]", "[\"ib700\"]")).unwrap_err();

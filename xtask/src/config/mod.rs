@@ -19,7 +19,7 @@ pub mod scripts;
 #[cfg(test)]
 pub(crate) mod fixtures;
 
-pub use board::{Board, BoardKind, Boot, HostFeature, Launch, ScriptVia};
+pub use board::{Board, BoardKind, Boot, HostFeature, Launch, Ram, ScriptVia};
 pub use disk::{DiskBoot, DiskBus, Uefi};
 pub use libvirt::{LibvirtChecks, LibvirtRow};
 pub use scenario::{
