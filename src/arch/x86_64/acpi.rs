@@ -121,7 +121,6 @@ pub fn arm() -> bool {
         return false;
     };
     PM_BASE.store(base, Ordering::Release);
-    super::apic::init();
     pm_write(base, PM1_STS, PWRBTN);
     pm_write(base, PM1_EN, pm_read(base, PM1_EN) | PWRBTN);
     pm_write(base, PM1_CNT, pm_read(base, PM1_CNT) | SCI_EN);

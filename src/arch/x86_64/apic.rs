@@ -83,10 +83,11 @@ pub fn base_msr() -> u64 {
 /// disabled, in x2APIC mode or moved away from `BASE` is left alone: no
 /// NMIs through LINT1, and sleeps spin (the timer reads 0).
 ///
-/// Runs once, when something first needs interrupts: the clock (sleeps and
-/// their calibration), a script that waits (an NMI can come), the power
-/// button, idling. A script that only fires an event never pays for it
-/// before its first step; until then interrupts stay off.
+/// Runs once, when something first needs it: the clock (its calibration
+/// and sleeps enable interrupts), a script that waits (an NMI can come, on
+/// LINT1), idling at the end (the power button's SCI, NMIs). A script that
+/// only fires an event never pays for it before its first step; until then
+/// interrupts stay off.
 pub fn init() {
     static DONE: AtomicBool = AtomicBool::new(false);
     if DONE.swap(true, Ordering::AcqRel) {

@@ -117,7 +117,7 @@ fn rough_window() -> Option<u64> {
 /// TSC ticks per [`APIC_KHZ_IN_QEMU`] APIC timer ticks, exactly: over (at
 /// least half) a period of the APIC timer spent in `hlt` (see
 /// [`PERIOD_APIC_TICKS`]), the periods counted with `rough`.
-fn halted_window(rough: u64) -> Option<u64> {
+fn halted_window(rough: u64) -> u64 {
     apic::start_periodic(PERIOD_APIC_TICKS);
     let (c0, t0) = (apic::current_count(), rdtsc());
     let (tsc, apic_ticks) = loop {
@@ -133,7 +133,7 @@ fn halted_window(rough: u64) -> Option<u64> {
         }
     };
     apic::stop();
-    Some((u128::from(tsc) * u128::from(APIC_KHZ_IN_QEMU) / u128::from(apic_ticks)).max(1) as u64)
+    (u128::from(tsc) * u128::from(APIC_KHZ_IN_QEMU) / u128::from(apic_ticks)).max(1) as u64
 }
 
 impl Tsc {
@@ -143,7 +143,7 @@ impl Tsc {
     /// and nothing at all in virtual time); the PIT's are polled.
     pub fn calibrate() -> Self {
         apic::init();
-        let tsc_per_apic_mhz = median3(rough_window).and_then(|rough| median3(|| halted_window(rough)));
+        let tsc_per_apic_mhz = median3(rough_window).and_then(|rough| median3(|| Some(halted_window(rough))));
         let (ticks_per_ms, reference) = match (median3(pit_window), tsc_per_apic_mhz) {
             (Some(rate), _) => (rate, "the PIT"),
             (None, Some(rate)) => (rate, "the APIC timer at QEMU's 1 GHz (no PIT)"),
